@@ -1,0 +1,836 @@
+//! The virtio-mmio transport (VIRTIO 1.3 §4.2) around a [`DeviceBackend`]: registers, device
+//! status (§2.1), feature negotiation (§2.2), reset (§2.4), configuration space with its
+//! generation counter (§2.5), virtqueue reset (§2.6.1), notifications and interrupts.
+
+use crate::backend::{Completion, DeviceBackend};
+use crate::memory::GuestRam;
+use crate::mutant::Mutant;
+use crate::queue::{Budget, QueueError, SplitQueue, ZeroLengthPolicy, MAX_QUEUE_SIZE};
+use crate::regs::*;
+
+/// Which register map the transport presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportVersion {
+    /// Version 1, the legacy interface of §4.2.4 (GuestPageSize, QueueAlign, QueuePFN).
+    Legacy,
+    /// Version 2, the modern interface of §4.2.2.
+    Modern,
+}
+
+impl TransportVersion {
+    /// The value of the `Version` register (1 or 2).
+    pub fn register_value(self) -> u32 {
+        match self {
+            TransportVersion::Legacy => 1,
+            TransportVersion::Modern => 2,
+        }
+    }
+}
+
+/// What a read returns where the spec leaves it open (a write-only or unknown register, or
+/// an access narrower than 32 bits to a control register).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpenRead {
+    /// The read returns zeros (default).
+    #[default]
+    Zero,
+    /// The read leaves the caller's buffer untouched.
+    Untouched,
+}
+
+/// What the device does with a malformed descriptor chain or an invalid ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MalformedChainPolicy {
+    /// Stop processing, set DEVICE_NEEDS_RESET and, after DRIVER_OK, raise a
+    /// configuration-change interrupt (§2.1.2). The default, like QEMU's virtio_error().
+    #[default]
+    NeedsReset,
+    /// Return the chain's head with `len` 0 and go on with the next chain.
+    SkipChain,
+}
+
+/// Implementation-defined choices (where the spec leaves the behaviour open), each with the
+/// reference's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Knobs {
+    /// Reads of write-only registers and of offsets that name no register.
+    pub open_read: OpenRead,
+    /// Reads of a control register (below 0x100) that are not 32 bits wide and aligned; such
+    /// writes are always ignored.
+    pub narrow_control_read: OpenRead,
+    /// Zero-length descriptors.
+    pub zero_length: ZeroLengthPolicy,
+    /// Malformed chains and invalid rings.
+    pub malformed_chain: MalformedChainPolicy,
+    /// FEATURES_OK is refused when a version-2 driver does not accept VIRTIO_F_VERSION_1.
+    pub require_version_1: bool,
+    /// Queue size a queue starts with after reset, before the driver writes QueueNum:
+    /// `true` = QueueNumMax (as QEMU and virtio-queue do), `false` = 0.
+    pub queue_num_defaults_to_max: bool,
+    /// Legacy GuestPageSize before the driver writes one, in bytes.
+    pub default_guest_page_size: u32,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            open_read: OpenRead::Zero,
+            narrow_control_read: OpenRead::Untouched,
+            zero_length: ZeroLengthPolicy::Accept,
+            malformed_chain: MalformedChainPolicy::NeedsReset,
+            require_version_1: true,
+            queue_num_defaults_to_max: true,
+            default_guest_page_size: 4096,
+        }
+    }
+}
+
+/// A shared memory region (§2.10) as SHMLen/SHMBase report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShmRegion {
+    /// Guest physical base address.
+    pub base: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Everything that distinguishes one reference device instance from another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// Register map: version 2 or legacy version 1.
+    pub version: TransportVersion,
+    /// `VendorID` register value.
+    pub vendor_id: u32,
+    /// `DeviceID` override; `None` uses the backend's.
+    pub device_id: Option<u32>,
+    /// Transport/ring feature bits offered on top of the backend's device-type bits.
+    pub transport_features: u64,
+    /// QueueNumMax of each queue; the length is the number of queues.
+    pub queue_num_max: Vec<u16>,
+    /// Shared memory regions by SHMSel id.
+    pub shm_regions: Vec<ShmRegion>,
+    /// Implementation-defined choices.
+    pub knobs: Knobs,
+    /// Injected bug for mutant targets; `None` for the reference.
+    pub mutant: Option<Mutant>,
+    /// Descriptors the device may read per notification before it stops (a hang guard).
+    pub step_budget: u64,
+}
+
+impl DeviceConfig {
+    /// The defaults for `version`: VendorID "VCFM", 1 queue of up to 256 entries, no shared
+    /// memory, and offered transport features INDIRECT_DESC, EVENT_IDX, plus VERSION_1 and
+    /// RING_RESET for version 2.
+    pub fn new(version: TransportVersion) -> Self {
+        let mut transport_features = bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_F_EVENT_IDX);
+        if version == TransportVersion::Modern {
+            transport_features |= bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_RESET);
+        }
+        DeviceConfig {
+            version,
+            vendor_id: u32::from_le_bytes(*b"VCFM"),
+            device_id: None,
+            transport_features,
+            queue_num_max: vec![256],
+            shm_regions: Vec::new(),
+            knobs: Knobs::default(),
+            mutant: None,
+            step_budget: 1 << 20,
+        }
+    }
+}
+
+/// An interrupt the device raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Interrupt {
+    /// Used buffer notification for `queue` (InterruptStatus bit 0).
+    UsedBuffer {
+        /// The queue whose used ring advanced.
+        queue: u16,
+    },
+    /// Configuration change notification (InterruptStatus bit 1).
+    ConfigChange,
+}
+
+#[derive(Debug, Clone)]
+struct QueueSlot {
+    max: u16,
+    num: u32,
+    ready: bool,
+    broken: bool,
+    pfn: u32,
+    align: u32,
+    q: SplitQueue,
+}
+
+impl QueueSlot {
+    fn new(max: u16, knobs: &Knobs, mutant: Option<Mutant>) -> Self {
+        let num = if knobs.queue_num_defaults_to_max { max as u32 } else { 0 };
+        let mut q = SplitQueue::new(0);
+        q.zero_length = knobs.zero_length;
+        q.mutant = mutant;
+        QueueSlot {
+            max,
+            num,
+            ready: false,
+            broken: false,
+            pfn: 0,
+            align: 4096,
+            q,
+        }
+    }
+}
+
+/// The reference virtio-mmio device: one transport window, one backend, one guest memory.
+///
+/// Register accesses never panic and never hang, whatever the offset, width or value (the
+/// mutants excepted, which reproduce bugs that did). Every guest-memory access goes through
+/// [`GuestRam`] and can be recorded.
+pub struct MmioDevice {
+    cfg: DeviceConfig,
+    backend: Box<dyn DeviceBackend>,
+    ram: GuestRam,
+    status: u8,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    driver_features_beyond: bool,
+    queue_sel: u32,
+    queues: Vec<QueueSlot>,
+    interrupt_status: u32,
+    interrupts: Vec<Interrupt>,
+    config_generation: u32,
+    config: Vec<u8>,
+    shm_sel: u32,
+    guest_page_size: u32,
+    budget_exhausted: bool,
+    last_error: Option<QueueError>,
+}
+
+impl MmioDevice {
+    /// A device in its reset state over `ram`, running `backend`.
+    pub fn new(cfg: DeviceConfig, backend: Box<dyn DeviceBackend>, ram: GuestRam) -> Self {
+        let mut backend = backend;
+        if cfg.mutant == Some(Mutant::WritesReadableBuffers) {
+            backend.set_writes_readable(true);
+        }
+        let queues = cfg
+            .queue_num_max
+            .iter()
+            .map(|&m| QueueSlot::new(m.min(MAX_QUEUE_SIZE), &cfg.knobs, cfg.mutant))
+            .collect();
+        let config = backend.config().to_vec();
+        let guest_page_size = cfg.knobs.default_guest_page_size;
+        MmioDevice {
+            cfg,
+            backend,
+            ram,
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            driver_features_beyond: false,
+            queue_sel: 0,
+            queues,
+            interrupt_status: 0,
+            interrupts: Vec::new(),
+            config_generation: 0,
+            config,
+            shm_sel: 0,
+            guest_page_size,
+            budget_exhausted: false,
+            last_error: None,
+        }
+    }
+
+    fn is(&self, m: Mutant) -> bool {
+        self.cfg.mutant == Some(m)
+    }
+
+    fn legacy(&self) -> bool {
+        self.cfg.version == TransportVersion::Legacy
+    }
+
+    /// The configuration the device was built with.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.cfg
+    }
+
+    /// DeviceID as the register reports it.
+    pub fn device_id(&self) -> u32 {
+        self.cfg.device_id.unwrap_or_else(|| self.backend.device_id())
+    }
+
+    /// All offered feature bits (transport and device type).
+    pub fn device_features(&self) -> u64 {
+        self.cfg.transport_features | self.backend.features()
+    }
+
+    /// Feature bits the driver has written through DriverFeatures (pages 0 and 1).
+    pub fn driver_features(&self) -> u64 {
+        self.driver_features
+    }
+
+    /// The guest memory as the device sees it (recording switch and access log).
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// Mutable access to the guest memory wrapper, to switch recording or take the log.
+    pub fn ram_mut(&mut self) -> &mut GuestRam {
+        &mut self.ram
+    }
+
+    /// The device status byte.
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
+    /// The InterruptStatus register.
+    pub fn interrupt_status(&self) -> u32 {
+        self.interrupt_status
+    }
+
+    /// Takes the interrupts raised since the last call, oldest first.
+    pub fn take_interrupts(&mut self) -> Vec<Interrupt> {
+        std::mem::take(&mut self.interrupts)
+    }
+
+    /// Whether a notification ran out of its step budget since the last reset (a hang).
+    pub fn budget_exhausted(&self) -> bool {
+        self.budget_exhausted
+    }
+
+    /// Why the device last entered DEVICE_NEEDS_RESET or refused a chain, if it did.
+    pub fn last_error(&self) -> Option<QueueError> {
+        self.last_error
+    }
+
+    /// The device-side state of queue `index`, if the queue exists.
+    pub fn queue(&self, index: u16) -> Option<&SplitQueue> {
+        self.queues.get(index as usize).map(|s| &s.q)
+    }
+
+    /// The current device configuration space.
+    pub fn config_space(&self) -> &[u8] {
+        &self.config
+    }
+
+    /// The device changes its own configuration space (host side, §2.5 / §3.2.1): `data` is
+    /// written at byte `offset` (clipped to the space), ConfigGeneration changes, and a
+    /// configuration-change interrupt is raised when DRIVER_OK is set.
+    pub fn update_config(&mut self, offset: usize, data: &[u8]) {
+        let start = offset.min(self.config.len());
+        let end = offset.saturating_add(data.len()).min(self.config.len());
+        self.config[start..end].copy_from_slice(&data[..end - start]);
+        if !self.is(Mutant::ConfigGenerationStatic) {
+            self.config_generation = self.config_generation.wrapping_add(1);
+        }
+        if self.status & DRIVER_OK != 0 {
+            self.raise(Interrupt::ConfigChange);
+        }
+    }
+
+    fn raise(&mut self, irq: Interrupt) {
+        self.interrupt_status |= match irq {
+            Interrupt::UsedBuffer { .. } => INT_USED_BUFFER,
+            Interrupt::ConfigChange => INT_CONFIG_CHANGE,
+        };
+        self.interrupts.push(irq);
+    }
+
+    fn enter_needs_reset(&mut self, why: QueueError) {
+        self.last_error = Some(why);
+        if self.status & DEVICE_NEEDS_RESET != 0 {
+            return;
+        }
+        self.status |= DEVICE_NEEDS_RESET;
+        if self.status & DRIVER_OK != 0 {
+            self.raise(Interrupt::ConfigChange);
+        }
+    }
+
+    /// Device reset (§2.4): everything the driver configured returns to its initial state.
+    fn reset(&mut self) {
+        if self.is(Mutant::ResetSetsFailed) {
+            self.status |= FAILED;
+            return;
+        }
+        if self.is(Mutant::ResetFromNeedsResetFails) && self.status & DEVICE_NEEDS_RESET != 0 {
+            self.status = FAILED;
+            return;
+        }
+        self.status = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.driver_features_beyond = false;
+        self.queue_sel = 0;
+        self.shm_sel = 0;
+        if !self.is(Mutant::ResetKeepsInterruptStatus) {
+            self.interrupt_status = 0;
+        }
+        let keep_ready = self.is(Mutant::ResetKeepsQueueReady);
+        for slot in &mut self.queues {
+            let ready = slot.ready;
+            *slot = QueueSlot::new(slot.max, &self.cfg.knobs, self.cfg.mutant);
+            slot.ready = keep_ready && ready;
+        }
+        self.budget_exhausted = false;
+        self.last_error = None;
+    }
+
+    fn selected(&self) -> Option<usize> {
+        let n = self.queues.len();
+        let sel = self.queue_sel as usize;
+        if self.is(Mutant::QueueSelUnbounded) && n > 0 {
+            return Some(sel % n);
+        }
+        (sel < n).then_some(sel)
+    }
+
+    fn features_acceptable(&self) -> bool {
+        let offered = self.device_features();
+        if self.driver_features & !offered != 0 || self.driver_features_beyond {
+            return false;
+        }
+        !(self.cfg.knobs.require_version_1
+            && self.cfg.version == TransportVersion::Modern
+            && self.driver_features & bit(VIRTIO_F_VERSION_1) == 0)
+    }
+
+    fn negotiated(&self, b: u32) -> bool {
+        if b == VIRTIO_F_EVENT_IDX && self.is(Mutant::EventIdxBitNumberAsMask) {
+            return self.driver_features & VIRTIO_F_EVENT_IDX as u64 != 0;
+        }
+        self.driver_features & bit(b) != 0
+    }
+
+    /// Device status write (§2.1, §2.2.2, §3.1).
+    fn write_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let old = self.status;
+        let mut new = value as u8 | (old & DEVICE_NEEDS_RESET);
+        let newly = new & !old;
+        if self.is(Mutant::SingleBitStatusWrites) && newly.count_ones() != 1 {
+            return;
+        }
+        if !self.legacy() && newly & FEATURES_OK != 0 {
+            if self.is(Mutant::FeaturesOkNeverRefused) {
+                self.driver_features &= self.device_features();
+                self.driver_features_beyond = false;
+            }
+            if !self.features_acceptable() {
+                new &= !FEATURES_OK;
+            }
+        }
+        if self.is(Mutant::FeaturesOkLevelTriggered)
+            && old & FEATURES_OK != 0
+            && new & FEATURES_OK != 0
+            && newly != 0
+        {
+            // Re-applying the features tears the queues down; the device cannot recover.
+            self.status = new;
+            self.enter_needs_reset(QueueError::BudgetExhausted);
+            return;
+        }
+        self.status = new;
+        if newly & DRIVER_OK != 0 {
+            if self.is(Mutant::ConfigInterruptOnDriverOk) {
+                self.config_generation = self.config_generation.wrapping_add(1);
+                self.raise(Interrupt::ConfigChange);
+            }
+            for i in 0..self.queues.len() {
+                if self.queues[i].ready {
+                    self.activate(i);
+                }
+            }
+        }
+    }
+
+    /// Makes queue `i` usable: copies negotiated ring features and validates its layout.
+    fn activate(&mut self, i: usize) {
+        let event_idx = self.negotiated(VIRTIO_F_EVENT_IDX);
+        let indirect = self.negotiated(VIRTIO_F_INDIRECT_DESC);
+        let legacy = self.legacy();
+        let page = self.guest_page_size as u64;
+        let is_zero_size_mutant = self.is(Mutant::QueueSizeZeroAccepted);
+        let align_mutant = self.is(Mutant::QueueAlignZeroDivides);
+        let slot = &mut self.queues[i];
+        slot.q.event_idx = event_idx;
+        slot.q.indirect = indirect;
+        slot.q.size = slot.num as u16;
+        let mut err = None;
+        if legacy {
+            let num = slot.num as u64;
+            let desc = slot.pfn as u64 * page;
+            let avail = desc + 16 * num;
+            let avail_end = avail + 6 + 2 * num;
+            let align = slot.align as u64;
+            let used = if align_mutant {
+                // B28: align 0 divides by zero.
+                #[allow(clippy::arithmetic_side_effects)]
+                {
+                    avail_end.div_ceil(align) * align
+                }
+            } else if align == 0 || !align.is_power_of_two() || page == 0 {
+                err = Some(QueueError::Misaligned {
+                    part: crate::queue::RingPart::UsedRing,
+                    addr: avail_end,
+                    align,
+                });
+                0
+            } else {
+                avail_end.div_ceil(align) * align
+            };
+            slot.q.desc_table = desc;
+            slot.q.avail_ring = avail;
+            slot.q.used_ring = used;
+        }
+        if err.is_none() && !(is_zero_size_mutant && slot.num == 0) {
+            if slot.num > slot.max as u32 || !slot.num.is_power_of_two() {
+                err = Some(QueueError::InvalidSize {
+                    size: slot.num,
+                    max: slot.max,
+                });
+            } else if let Err(e) = slot.q.validate(&self.ram, slot.max) {
+                err = Some(e);
+            }
+        }
+        slot.q.set_indices(0, 0);
+        slot.broken = false;
+        if let Some(e) = err {
+            if self.is(Mutant::InvalidQueueActivated) {
+                return;
+            }
+            self.queues[i].broken = true;
+            if self.is(Mutant::ActivationFailureSilent) {
+                return;
+            }
+            self.enter_needs_reset(e);
+        }
+    }
+
+    /// Available buffer notification for queue `index` (§2.7.13, §4.2.3.3).
+    fn notify(&mut self, index: u32) {
+        let Some(i) = usize::try_from(index).ok().filter(|&i| i < self.queues.len()) else {
+            return;
+        };
+        if self.status & DEVICE_NEEDS_RESET != 0 || self.status & FAILED != 0 {
+            return;
+        }
+        if self.status & DRIVER_OK == 0 {
+            if !self.is(Mutant::ConsumesBeforeDriverOk) {
+                return;
+            }
+            if self.queues[i].ready {
+                self.activate(i);
+            }
+        }
+        let slot = &self.queues[i];
+        if !slot.ready || slot.broken {
+            return;
+        }
+        let mut budget = Budget::new(self.cfg.step_budget);
+        let mut used_any = false;
+        let mut failure = None;
+        {
+            let MmioDevice {
+                ram,
+                backend,
+                queues,
+                cfg,
+                ..
+            } = self;
+            let q = &mut queues[i].q;
+            loop {
+                match q.pop(ram, &mut budget) {
+                    Ok(None) => break,
+                    Ok(Some(head)) => {
+                        let len = match backend.process(i as u16, q.chain(), ram) {
+                            Completion::Written(n) => n,
+                            Completion::Malformed
+                                if cfg.mutant == Some(Mutant::MalformedRequestNotReturned) =>
+                            {
+                                continue
+                            }
+                            Completion::Malformed => 0,
+                        };
+                        if let Err(e) = q.add_used(ram, head, len) {
+                            failure = Some(e);
+                            break;
+                        }
+                        used_any = true;
+                    }
+                    Err(QueueError::BudgetExhausted) => {
+                        failure = Some(QueueError::BudgetExhausted);
+                        break;
+                    }
+                    Err(e @ QueueError::RingOutOfMemory { .. })
+                        if cfg.mutant == Some(Mutant::InvalidQueueActivated) =>
+                    {
+                        panic!("mutant invalid-queue-activated: {e}");
+                    }
+                    Err(_) if cfg.mutant == Some(Mutant::RejectedChainNotConsumed) => continue,
+                    Err(e) => {
+                        let skippable = !matches!(
+                            e,
+                            QueueError::AvailIdxJump { .. } | QueueError::RingOutOfMemory { .. }
+                        );
+                        if cfg.knobs.malformed_chain == MalformedChainPolicy::SkipChain && skippable
+                        {
+                            // The entry was consumed; hand the head back unused.
+                            let head = q.last_head();
+                            if q.add_used(ram, head, 0).is_ok() {
+                                used_any = true;
+                                continue;
+                            }
+                        }
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if failure.is_none() {
+                if let Err(e) = q.publish_avail_event(ram) {
+                    failure = Some(e);
+                }
+            }
+        }
+        let notify = used_any && self.queues[i].q.needs_notification(&mut self.ram).unwrap_or(true);
+        if notify {
+            self.raise(Interrupt::UsedBuffer { queue: i as u16 });
+        }
+        match failure {
+            Some(QueueError::BudgetExhausted) => {
+                self.budget_exhausted = true;
+                self.last_error = Some(QueueError::BudgetExhausted);
+            }
+            Some(e) => self.enter_needs_reset(e),
+            None => {}
+        }
+    }
+
+    fn shm_region(&self) -> Option<ShmRegion> {
+        let sel = self.shm_sel as usize;
+        let regions = &self.cfg.shm_regions;
+        if self.is(Mutant::ShmSelOffByOne) {
+            // B17: `>` where `>=` belongs; indexing with sel == len panics.
+            #[allow(clippy::indexing_slicing)]
+            return if sel > regions.len() {
+                None
+            } else {
+                Some(regions[sel])
+            };
+        }
+        regions.get(sel).copied()
+    }
+
+    /// Reads `data.len()` bytes (1, 2, 4 or 8) at `offset` of the transport window.
+    ///
+    /// Control registers (below 0x100) answer 32-bit aligned reads; other widths follow
+    /// [`Knobs::narrow_control_read`]. The configuration space answers any width inside it;
+    /// bytes past its end read as zero. Never panics (the mutants excepted).
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG {
+            self.read_config(offset - CONFIG, data);
+            return;
+        }
+        if data.len() != 4 || offset % 4 != 0 {
+            if self.cfg.knobs.narrow_control_read == OpenRead::Zero {
+                data.fill(0);
+            }
+            return;
+        }
+        match self.read_register(offset) {
+            Some(v) => data.copy_from_slice(&v.to_le_bytes()),
+            None => {
+                if self.cfg.knobs.open_read == OpenRead::Zero {
+                    data.fill(0)
+                }
+            }
+        }
+    }
+
+    fn read_config(&mut self, off: u64, data: &mut [u8]) {
+        if self.is(Mutant::NarrowConfigAccessIgnored) && data.len() < 4 {
+            return;
+        }
+        for (k, b) in data.iter_mut().enumerate() {
+            *b = off
+                .checked_add(k as u64)
+                .and_then(|o| usize::try_from(o).ok())
+                .and_then(|o| self.config.get(o).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn read_register(&self, offset: u64) -> Option<u32> {
+        let legacy = self.legacy();
+        let q = self.selected().map(|i| &self.queues[i]);
+        Some(match offset {
+            MAGIC => MAGIC_VALUE,
+            VERSION => self.cfg.version.register_value(),
+            DEVICE_ID => self.device_id(),
+            VENDOR_ID => self.cfg.vendor_id,
+            DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device_features() as u32,
+                1 => (self.device_features() >> 32) as u32,
+                _ => 0,
+            },
+            QUEUE_NUM_MAX => q.map_or(0, |s| s.max as u32),
+            QUEUE_READY if !legacy => q.map_or(0, |s| s.ready as u32),
+            QUEUE_PFN if legacy => q.map_or(0, |s| s.pfn),
+            INTERRUPT_STATUS => self.interrupt_status,
+            STATUS => self.status as u32,
+            SHM_LEN_LOW | SHM_LEN_HIGH | SHM_BASE_LOW | SHM_BASE_HIGH if !legacy => {
+                let (base, len) = self
+                    .shm_region()
+                    .map_or((u64::MAX, u64::MAX), |r| (r.base, r.len));
+                match offset {
+                    SHM_LEN_LOW => len as u32,
+                    SHM_LEN_HIGH => (len >> 32) as u32,
+                    SHM_BASE_LOW => base as u32,
+                    _ => (base >> 32) as u32,
+                }
+            }
+            QUEUE_RESET if !legacy => 0,
+            CONFIG_GENERATION if !legacy => self.config_generation,
+            _ => return None,
+        })
+    }
+
+    /// Writes `data` (1, 2, 4 or 8 bytes) at `offset` of the transport window.
+    ///
+    /// Control registers take 32-bit aligned writes only; anything else is ignored. Writes to
+    /// the configuration space are ignored (neither backend has a driver-writable field).
+    /// Never panics (the mutants excepted).
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG || data.len() != 4 || offset % 4 != 0 {
+            return;
+        }
+        let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        self.write_register(offset, v);
+    }
+
+    /// Convenience: a 32-bit register read.
+    pub fn read_u32(&mut self, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Convenience: a 32-bit register write.
+    pub fn write_u32(&mut self, offset: u64, value: u32) {
+        self.write(offset, &value.to_le_bytes());
+    }
+
+    fn write_register(&mut self, offset: u64, v: u32) {
+        let legacy = self.legacy();
+        match offset {
+            DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            DRIVER_FEATURES => {
+                if !legacy && self.status & FEATURES_OK != 0 {
+                    return;
+                }
+                match self.driver_features_sel {
+                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v as u64,
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | ((v as u64) << 32)
+                    }
+                    _ => self.driver_features_beyond |= v != 0,
+                }
+            }
+            GUEST_PAGE_SIZE if legacy => self.guest_page_size = v,
+            QUEUE_SEL => self.queue_sel = v,
+            QUEUE_NUM => {
+                let truncate = self.is(Mutant::QueueNumTruncated);
+                if let Some(slot) = self.selected().map(|i| &mut self.queues[i]) {
+                    if !slot.ready {
+                        slot.num = if truncate { v as u16 as u32 } else { v };
+                    }
+                }
+            }
+            QUEUE_ALIGN if legacy => {
+                if let Some(slot) = self.selected().map(|i| &mut self.queues[i]) {
+                    if !slot.ready {
+                        slot.align = v;
+                    }
+                }
+            }
+            QUEUE_PFN if legacy => {
+                if let Some(i) = self.selected() {
+                    let slot = &mut self.queues[i];
+                    slot.pfn = v;
+                    slot.ready = v != 0;
+                    slot.broken = false;
+                    if slot.ready && self.status & DRIVER_OK != 0 {
+                        self.activate(i);
+                    }
+                }
+            }
+            QUEUE_READY if !legacy => {
+                if let Some(i) = self.selected() {
+                    match v {
+                        0 => self.queues[i].ready = false,
+                        1 if !self.queues[i].ready => {
+                            self.queues[i].ready = true;
+                            self.queues[i].broken = false;
+                            self.queues[i].q.set_indices(0, 0);
+                            if self.status & DRIVER_OK != 0 {
+                                self.activate(i);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            QUEUE_DESC_LOW | QUEUE_DESC_HIGH | QUEUE_DRIVER_LOW | QUEUE_DRIVER_HIGH
+            | QUEUE_DEVICE_LOW | QUEUE_DEVICE_HIGH
+                if !legacy =>
+            {
+                if let Some(slot) = self.selected().map(|i| &mut self.queues[i]) {
+                    if slot.ready {
+                        return;
+                    }
+                    let q = &mut slot.q;
+                    let (field, high) = match offset {
+                        QUEUE_DESC_LOW => (&mut q.desc_table, false),
+                        QUEUE_DESC_HIGH => (&mut q.desc_table, true),
+                        QUEUE_DRIVER_LOW => (&mut q.avail_ring, false),
+                        QUEUE_DRIVER_HIGH => (&mut q.avail_ring, true),
+                        QUEUE_DEVICE_LOW => (&mut q.used_ring, false),
+                        _ => (&mut q.used_ring, true),
+                    };
+                    *field = if high {
+                        (*field & 0xffff_ffff) | ((v as u64) << 32)
+                    } else {
+                        (*field & !0xffff_ffff) | v as u64
+                    };
+                }
+            }
+            QUEUE_NOTIFY => self.notify(v & 0xffff),
+            INTERRUPT_ACK => {
+                if !self.is(Mutant::InterruptAckIgnored) {
+                    self.interrupt_status &= !v;
+                }
+            }
+            STATUS => self.write_status(v),
+            SHM_SEL if !legacy => self.shm_sel = v,
+            QUEUE_RESET if !legacy => {
+                if v == 1 && self.negotiated(VIRTIO_F_RING_RESET) {
+                    if let Some(i) = self.selected() {
+                        let max = self.queues[i].max;
+                        self.queues[i] = QueueSlot::new(max, &self.cfg.knobs, self.cfg.mutant);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -25,12 +25,14 @@
 
 pub mod backend;
 pub mod device;
+pub mod driver;
 pub mod memory;
 pub mod mutant;
 pub mod queue;
 pub mod regs;
 
 pub use backend::{BlockBackend, ChainReader, ChainWriter, Completion, DeviceBackend, EntropyBackend};
+pub use driver::{DriverMemory, DriverQueue};
 pub use device::{
     DeviceConfig, Interrupt, Knobs, MalformedChainPolicy, MmioDevice, OpenRead, ShmRegion,
     TransportVersion,

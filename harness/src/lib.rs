@@ -1,1 +1,8 @@
+//! virtio-conform: a conformance test harness and fuzzer for virtio-mmio device
+//! implementations. The harness plays the guest driver and checks the device against the
+//! VIRTIO specification (1.2/1.3 numbering), citing the normative statement broken.
 
+#![forbid(unsafe_code)]
+
+pub mod fuzz;
+pub mod target;

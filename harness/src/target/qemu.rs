@@ -1,0 +1,1 @@
+//! QEMU over qtest as a target; see the module docs below.

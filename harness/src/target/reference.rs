@@ -1,0 +1,190 @@
+//! The reference device (optionally with a [`Mutant`]) as an in-process [`Target`].
+
+use super::{Capabilities, DeviceKind, IrqEvent, Target, TargetError, TargetInfo};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use virtio_reference_device::{
+    BlockBackend, DeviceBackend, DeviceConfig, EntropyBackend, GuestRam, Interrupt, MemoryAccess,
+    MmioDevice, Mutant, TransportVersion,
+};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Guest RAM of an in-process target: 16 MiB at guest physical address 0.
+pub const REFERENCE_RAM: u64 = 16 << 20;
+
+/// How to build a device instance; kept so [`Target::fresh`] can rebuild it.
+pub type DeviceFactory = Box<dyn Fn(GuestRam) -> MmioDevice + Send>;
+
+/// The reference device in process. Panics inside the device (mutants only) are caught and
+/// reported as [`TargetError::Crashed`]; an exhausted step budget as [`TargetError::Hung`].
+pub struct ReferenceTarget {
+    name: String,
+    device: DeviceKind,
+    version: TransportVersion,
+    factory: DeviceFactory,
+    dev: Option<MmioDevice>,
+    mem: GuestMemoryMmap,
+    ram_size: u64,
+}
+
+/// Builds the backend for `device`.
+pub fn backend(device: DeviceKind) -> Result<Box<dyn DeviceBackend>, TargetError> {
+    match device {
+        DeviceKind::Entropy => Ok(Box::new(EntropyBackend::new(0x5eed))),
+        DeviceKind::Block => Ok(Box::new(BlockBackend::new(2048))),
+        DeviceKind::Net => Err(TargetError::Unavailable(
+            "the reference device has no net backend".into(),
+        )),
+    }
+}
+
+impl ReferenceTarget {
+    /// The reference device (`mutant` = `None`) or a mutant of it.
+    pub fn new(
+        device: DeviceKind,
+        version: TransportVersion,
+        mutant: Option<Mutant>,
+    ) -> Result<Self, TargetError> {
+        backend(device)?;
+        let name = match mutant {
+            Some(m) => format!("mutant:{}", m.name()),
+            None => "reference".to_string(),
+        };
+        let factory: DeviceFactory = Box::new(move |ram| {
+            let mut cfg = DeviceConfig::new(version);
+            cfg.mutant = mutant;
+            cfg.step_budget = 1 << 16;
+            let b = backend(device).unwrap_or_else(|_| Box::new(EntropyBackend::new(0)));
+            MmioDevice::new(cfg, b, ram)
+        });
+        Self::with_factory(name, device, version, factory)
+    }
+
+    /// A target around any device factory (for example a reference device with other
+    /// knobs, or a VMM's own device wrapped to the same shape).
+    pub fn with_factory(
+        name: String,
+        device: DeviceKind,
+        version: TransportVersion,
+        factory: DeviceFactory,
+    ) -> Result<Self, TargetError> {
+        let mut t = ReferenceTarget {
+            name,
+            device,
+            version,
+            factory,
+            dev: None,
+            mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4096)])
+                .map_err(|e| TargetError::Unavailable(e.to_string()))?,
+            ram_size: REFERENCE_RAM,
+        };
+        t.fresh()?;
+        Ok(t)
+    }
+
+    /// The device, for white-box inspection.
+    pub fn device(&mut self) -> Option<&mut MmioDevice> {
+        self.dev.as_mut()
+    }
+
+    fn call<R>(&mut self, f: impl FnOnce(&mut MmioDevice) -> R) -> Result<R, TargetError> {
+        let dev = self
+            .dev
+            .as_mut()
+            .ok_or_else(|| TargetError::Crashed("device panicked earlier in this case".into()))?;
+        match catch_unwind(AssertUnwindSafe(|| f(dev))) {
+            Ok(r) => {
+                if dev.budget_exhausted() {
+                    return Err(TargetError::Hung(
+                        "a notification exhausted the device's step budget".into(),
+                    ));
+                }
+                Ok(r)
+            }
+            Err(p) => {
+                self.dev = None;
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into());
+                Err(TargetError::Crashed(format!("device panicked: {msg}")))
+            }
+        }
+    }
+}
+
+impl Target for ReferenceTarget {
+    fn info(&self) -> TargetInfo {
+        TargetInfo {
+            name: self.name.clone(),
+            device: self.device.name().into(),
+            version: self.version.register_value(),
+            implementation: format!("virtio-reference-device {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            config_change: true,
+            memory_log: true,
+            interrupts: true,
+        }
+    }
+
+    fn ram_size(&self) -> u64 {
+        self.ram_size
+    }
+
+    fn read(&mut self, offset: u64, data: &mut [u8]) -> Result<(), TargetError> {
+        self.call(|d| d.read(offset, data))
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
+        self.call(|d| d.write(offset, data))
+    }
+
+    fn mem_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), TargetError> {
+        self.mem
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|e| TargetError::Protocol(format!("guest memory write at {gpa:#x}: {e}")))
+    }
+
+    fn mem_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {
+        self.mem
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|e| TargetError::Protocol(format!("guest memory read at {gpa:#x}: {e}")))
+    }
+
+    fn fresh(&mut self) -> Result<(), TargetError> {
+        let mut ram =
+            GuestRam::anonymous(self.ram_size).map_err(|e| TargetError::Unavailable(e.to_string()))?;
+        ram.set_recording(true);
+        self.mem = ram.memory().clone();
+        self.dev = Some((self.factory)(ram));
+        Ok(())
+    }
+
+    fn take_interrupts(&mut self) -> Vec<IrqEvent> {
+        self.dev
+            .as_mut()
+            .map(|d| {
+                d.take_interrupts()
+                    .into_iter()
+                    .map(|i| match i {
+                        Interrupt::UsedBuffer { queue } => IrqEvent::UsedBuffer(Some(queue)),
+                        Interrupt::ConfigChange => IrqEvent::ConfigChange,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn take_accesses(&mut self) -> Option<Vec<MemoryAccess>> {
+        Some(self.dev.as_mut()?.ram_mut().take_accesses())
+    }
+
+    fn config_change(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
+        let off = usize::try_from(offset).unwrap_or(usize::MAX);
+        self.call(|d| d.update_config(off, data))
+    }
+}

@@ -4,5 +4,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod case;
+pub mod catalog;
 pub mod fuzz;
+pub mod outcome;
+pub mod report;
+pub mod runner;
+pub mod suite;
 pub mod target;

@@ -98,7 +98,9 @@ pub trait Target {
     }
     /// The host changes `data.len()` bytes of the configuration space at `offset`.
     fn config_change(&mut self, _offset: u64, _data: &[u8]) -> Result<(), TargetError> {
-        Err(TargetError::Unsupported("host-side configuration change".into()))
+        Err(TargetError::Unsupported(
+            "host-side configuration change".into(),
+        ))
     }
     /// Extra diagnostics to attach to a failure (for example the tail of QEMU's stderr).
     fn diagnostics(&mut self) -> Option<String> {
@@ -148,10 +150,12 @@ impl std::str::FromStr for TargetKind {
             "reference" => Ok(TargetKind::Reference),
             "qemu" => Ok(TargetKind::Qemu),
             _ => match s.strip_prefix("mutant:") {
-                Some(name) => Mutant::from_name(name).map(TargetKind::Mutant).ok_or_else(|| {
-                    let all: Vec<_> = Mutant::ALL.iter().map(|m| m.name()).collect();
-                    format!("unknown mutant `{name}`; known: {}", all.join(", "))
-                }),
+                Some(name) => Mutant::from_name(name)
+                    .map(TargetKind::Mutant)
+                    .ok_or_else(|| {
+                        let all: Vec<_> = Mutant::ALL.iter().map(|m| m.name()).collect();
+                        format!("unknown mutant `{name}`; known: {}", all.join(", "))
+                    }),
                 None => Err(format!(
                     "unknown target `{s}`: expected `reference`, `qemu` or `mutant:<name>`"
                 )),
@@ -190,7 +194,9 @@ impl std::str::FromStr for DeviceKind {
             "entropy" | "rng" => Ok(DeviceKind::Entropy),
             "block" | "blk" => Ok(DeviceKind::Block),
             "net" => Ok(DeviceKind::Net),
-            _ => Err(format!("unknown device `{s}`: expected entropy, block or net")),
+            _ => Err(format!(
+                "unknown device `{s}`: expected entropy, block or net"
+            )),
         }
     }
 }

@@ -156,8 +156,8 @@ impl Target for ReferenceTarget {
     }
 
     fn fresh(&mut self) -> Result<(), TargetError> {
-        let mut ram =
-            GuestRam::anonymous(self.ram_size).map_err(|e| TargetError::Unavailable(e.to_string()))?;
+        let mut ram = GuestRam::anonymous(self.ram_size)
+            .map_err(|e| TargetError::Unavailable(e.to_string()))?;
         ram.set_recording(true);
         self.mem = ram.memory().clone();
         self.dev = Some((self.factory)(ram));

@@ -1,0 +1,474 @@
+//! Reports: the versioned JSON report, JUnit XML, the terminal summary, expectations files and
+//! report comparison.
+
+use crate::case::Case;
+use crate::catalog::Catalog;
+use crate::outcome::{Outcome, Severity};
+use crate::runner::Failure;
+use crate::target::TargetInfo;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Schema tag of the JSON report.
+pub const REPORT_SCHEMA: &str = "virtio-conform/report/1";
+/// Schema tag of an expectations file.
+pub const EXPECTATIONS_SCHEMA: &str = "virtio-conform/expectations/1";
+
+/// A requirement as cited in a result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cited {
+    /// Requirement id.
+    pub id: String,
+    /// Spec section (1.3 numbering).
+    pub section: String,
+    /// MUST / SHOULD / ...
+    pub level: String,
+}
+
+/// The result of one case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseResult {
+    /// Case id.
+    pub case: String,
+    /// Case title.
+    pub title: String,
+    /// Outcome after expectations.
+    pub outcome: Outcome,
+    /// Worst severity.
+    pub severity: Severity,
+    /// Requirements the case checks.
+    pub requirements: Vec<Cited>,
+    /// Failed checks.
+    #[serde(default)]
+    pub failures: Vec<FailureOut>,
+    /// Why the case stopped early or was skipped/expected to fail.
+    pub reason: Option<String>,
+    /// Target diagnostics (e.g. QEMU's stderr tail).
+    pub diagnostics: Option<String>,
+    /// Command that replays the case.
+    pub replay: String,
+    /// Wall time in milliseconds.
+    pub duration_ms: f64,
+}
+
+/// A failed check in the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureOut {
+    /// Step index (0-based) if the failure belongs to a step.
+    pub step: Option<usize>,
+    /// Line of the case file.
+    pub line: Option<usize>,
+    /// Step op or oracle.
+    pub op: String,
+    /// Requirements broken, with sections.
+    pub requirements: Vec<Cited>,
+    /// MUST / SHOULD / MAY grade.
+    pub level: String,
+    /// Severity.
+    pub severity: Severity,
+    /// What the spec asks for.
+    pub expected: String,
+    /// What the target did.
+    pub observed: String,
+}
+
+/// Spec coverage: statements with at least one case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Coverage {
+    /// Device-side statements in the catalog.
+    pub device_statements: usize,
+    /// Of those, how many at least one case checks.
+    pub covered: usize,
+    /// Per section prefix (e.g. `2.7`): (covered, total).
+    pub by_section: BTreeMap<String, (usize, usize)>,
+    /// Device-side statements no case checks.
+    pub uncovered: Vec<String>,
+}
+
+/// The JSON report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Always [`REPORT_SCHEMA`].
+    pub schema: String,
+    /// `virtio-conform <version>`.
+    pub tool: String,
+    /// Spec edition of the catalog.
+    pub spec: String,
+    /// The target.
+    pub target: TargetInfoOut,
+    /// Counts per outcome.
+    pub summary: BTreeMap<String, usize>,
+    /// Wall time of the run in milliseconds.
+    pub duration_ms: f64,
+    /// One entry per case.
+    pub results: Vec<CaseResult>,
+    /// Spec coverage of the cases that were loaded.
+    pub coverage: Coverage,
+}
+
+/// Target identity in a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetInfoOut {
+    /// `--target` value.
+    pub name: String,
+    /// Device type.
+    pub device: String,
+    /// Transport version.
+    pub version: u32,
+    /// Implementation version string.
+    pub implementation: String,
+}
+
+impl From<TargetInfo> for TargetInfoOut {
+    fn from(t: TargetInfo) -> Self {
+        TargetInfoOut {
+            name: t.name,
+            device: t.device,
+            version: t.version,
+            implementation: t.implementation,
+        }
+    }
+}
+
+/// Cites `ids` with their sections from the catalog.
+pub fn cite(catalog: &Catalog, ids: &[String]) -> Vec<Cited> {
+    ids.iter()
+        .map(|id| match catalog.requirements.get(id) {
+            Some(r) => Cited {
+                id: id.clone(),
+                section: r.section.clone(),
+                level: r.level.clone(),
+            },
+            None => Cited {
+                id: id.clone(),
+                section: "?".into(),
+                level: "?".into(),
+            },
+        })
+        .collect()
+}
+
+/// Converts interpreter failures for the report.
+pub fn failures_out(catalog: &Catalog, f: &[Failure]) -> Vec<FailureOut> {
+    f.iter()
+        .map(|f| FailureOut {
+            step: f.step,
+            line: f.line,
+            op: f.op.clone(),
+            requirements: cite(catalog, &f.requirements),
+            level: format!("{:?}", f.level).to_uppercase(),
+            severity: f.severity,
+            expected: f.expected.clone(),
+            observed: f.observed.clone(),
+        })
+        .collect()
+}
+
+/// Computes spec coverage of `cases`.
+pub fn coverage(catalog: &Catalog, cases: &[Case]) -> Coverage {
+    let checked: std::collections::BTreeSet<&str> = cases
+        .iter()
+        .flat_map(|c| c.requirements.iter().map(|s| s.as_str()))
+        .collect();
+    let mut cov = Coverage::default();
+    for r in catalog.device_side() {
+        cov.device_statements += 1;
+        let sec: String = r.section.split('.').take(2).collect::<Vec<_>>().join(".");
+        let e = cov.by_section.entry(sec).or_default();
+        e.1 += 1;
+        if checked.contains(r.id.as_str()) {
+            cov.covered += 1;
+            e.0 += 1;
+        } else {
+            cov.uncovered.push(r.id.clone());
+        }
+    }
+    cov
+}
+
+/// Counts outcomes.
+pub fn summarize(results: &[CaseResult]) -> BTreeMap<String, usize> {
+    let mut m: BTreeMap<String, usize> = Outcome::ALL
+        .iter()
+        .map(|o| (o.name().to_string(), 0))
+        .collect();
+    for r in results {
+        *m.entry(r.outcome.name().to_string()).or_default() += 1;
+    }
+    m
+}
+
+/// One expectation: cases matching `case` (a glob) are expected to `fail` (→ xfail/xpass) or
+/// are `skip`ped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    /// Glob over case ids (`malformed.*`).
+    pub case: String,
+    /// `fail` or `skip`.
+    pub expect: String,
+    /// Why (cite the spec section or the known divergence).
+    pub reason: String,
+    /// Restrict to one transport version.
+    pub version: Option<u32>,
+    /// Restrict to one device.
+    pub device: Option<String>,
+}
+
+/// A committed expectations file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectations {
+    /// Always [`EXPECTATIONS_SCHEMA`].
+    pub schema: String,
+    /// Target the file describes.
+    pub target: String,
+    /// The entries, first match wins.
+    pub entries: Vec<Expectation>,
+}
+
+impl Expectations {
+    /// Loads and validates an expectations file; errors name the file and line.
+    pub fn load(path: &Path) -> anyhow::Result<(Expectations, Vec<globset::GlobMatcher>)> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let ex: Expectations = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))?;
+        if ex.schema != EXPECTATIONS_SCHEMA {
+            anyhow::bail!(
+                "{}: schema `{}` is not `{EXPECTATIONS_SCHEMA}`",
+                path.display(),
+                ex.schema
+            );
+        }
+        let mut globs = Vec::new();
+        for e in &ex.entries {
+            if e.expect != "fail" && e.expect != "skip" {
+                anyhow::bail!(
+                    "{}: entry `{}`: expect must be `fail` or `skip`, not `{}`",
+                    path.display(),
+                    e.case,
+                    e.expect
+                );
+            }
+            globs.push(
+                globset::Glob::new(&e.case)
+                    .map_err(|err| {
+                        anyhow::anyhow!("{}: entry `{}`: {err}", path.display(), e.case)
+                    })?
+                    .compile_matcher(),
+            );
+        }
+        Ok((ex, globs))
+    }
+}
+
+/// Applies the expectation matching `case` (if any) to an outcome.
+pub fn apply_expectation<'a>(
+    ex: Option<&'a (Expectations, Vec<globset::GlobMatcher>)>,
+    case: &str,
+    device: &str,
+    version: u32,
+) -> Option<&'a Expectation> {
+    let (ex, globs) = ex?;
+    ex.entries.iter().zip(globs).find_map(|(e, g)| {
+        let ok = g.is_match(case)
+            && e.version.is_none_or(|v| v == version)
+            && e.device.as_deref().is_none_or(|d| d == device);
+        ok.then_some(e)
+    })
+}
+
+/// Terminal summary grouped by spec section of each case's first requirement.
+pub fn text_summary(report: &Report, catalog: &Catalog, verbose: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let t = &report.target;
+    let _ = writeln!(
+        out,
+        "virtio-conform: {} (device {}, version {}, {})",
+        t.name, t.device, t.version, t.implementation
+    );
+    let mut groups: BTreeMap<String, Vec<&CaseResult>> = BTreeMap::new();
+    for r in &report.results {
+        let sec = r
+            .requirements
+            .first()
+            .map(|c| c.section.clone())
+            .unwrap_or_default();
+        let top: String = sec.split('.').take(2).collect::<Vec<_>>().join(".");
+        groups.entry(top).or_default().push(r);
+    }
+    for (sec, rs) in groups {
+        let _ = writeln!(out, "\n§{sec}");
+        for r in rs {
+            let mark = match r.outcome {
+                Outcome::Pass => "ok",
+                Outcome::Unsupported | Outcome::Skipped => "--",
+                Outcome::Informational | Outcome::Xfail => "~~",
+                _ => "XX",
+            };
+            if !verbose && matches!(r.outcome, Outcome::Pass) {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "  [{mark}] {:<44} {}{}",
+                r.case,
+                r.outcome.name(),
+                if r.severity > Severity::None {
+                    format!(" ({:?})", r.severity).to_lowercase()
+                } else {
+                    String::new()
+                }
+            );
+            for f in r.failures.iter().take(3) {
+                let ids: Vec<_> = f
+                    .requirements
+                    .iter()
+                    .map(|c| format!("{} §{}", c.id, c.section))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "       step {} (line {}) {}: [{}] expected {}; observed {}",
+                    f.step.map_or("-".into(), |s| s.to_string()),
+                    f.line.map_or("-".into(), |s| s.to_string()),
+                    f.op,
+                    ids.join(", "),
+                    f.expected,
+                    f.observed
+                );
+            }
+            if let Some(why) = &r.reason {
+                let _ = writeln!(out, "       reason: {why}");
+            }
+            if r.outcome.is_failure() {
+                let _ = writeln!(out, "       replay: {}", r.replay);
+            }
+        }
+    }
+    let _ = writeln!(out);
+    let counts: Vec<String> = report
+        .summary
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "{} cases in {:.0} ms: {}",
+        report.results.len(),
+        report.duration_ms,
+        counts.join(", ")
+    );
+    let c = &report.coverage;
+    let _ = writeln!(
+        out,
+        "spec coverage: {}/{} device-side statements have at least one case ({})",
+        c.covered, c.device_statements, catalog.spec
+    );
+    let passed = report.summary.get("pass").copied().unwrap_or(0);
+    let failed: usize = report
+        .results
+        .iter()
+        .filter(|r| r.outcome.is_unexpected(false))
+        .count();
+    let skipped = report.results.len() - passed - failed;
+    let _ = writeln!(out, "{passed} passed, {failed} failed, {skipped} skipped");
+    out
+}
+
+/// JUnit XML of the report (one test suite, one test case per case).
+pub fn junit(report: &Report) -> String {
+    use quick_junit::{NonSuccessKind, Report as JReport, TestCase, TestCaseStatus, TestSuite};
+    let mut jr = JReport::new("virtio-conform");
+    let mut suite = TestSuite::new(format!(
+        "{}:{}:v{}",
+        report.target.name, report.target.device, report.target.version
+    ));
+    for r in &report.results {
+        let status = match r.outcome {
+            Outcome::Pass | Outcome::Informational | Outcome::Xfail => TestCaseStatus::success(),
+            Outcome::Unsupported | Outcome::Skipped => TestCaseStatus::skipped(),
+            Outcome::Error => {
+                let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
+                s.set_message(r.reason.clone().unwrap_or_default());
+                s
+            }
+            _ => {
+                let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                let msg: Vec<String> = r
+                    .failures
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "line {:?}: expected {}; observed {}",
+                            f.line, f.expected, f.observed
+                        )
+                    })
+                    .collect();
+                s.set_message(format!("{}: {}", r.outcome.name(), msg.join(" | ")));
+                s.set_description(r.replay.clone());
+                s
+            }
+        };
+        let mut tc = TestCase::new(r.case.clone(), status);
+        tc.set_time(std::time::Duration::from_secs_f64(r.duration_ms / 1000.0));
+        suite.add_test_case(tc);
+    }
+    jr.add_test_suite(suite);
+    jr.to_string().unwrap_or_default()
+}
+
+/// Differences between two reports of the same suite.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Comparison {
+    /// Cases that failed in OLD and pass in NEW.
+    pub fixed: Vec<String>,
+    /// Cases that passed in OLD and fail in NEW.
+    pub broken: Vec<String>,
+    /// Cases that are errors in NEW but were not in OLD.
+    pub new_errors: Vec<String>,
+    /// Cases only in NEW.
+    pub added: Vec<String>,
+    /// Cases only in OLD.
+    pub removed: Vec<String>,
+}
+
+/// Compares two reports.
+pub fn compare(old: &Report, new: &Report) -> Comparison {
+    let o: BTreeMap<_, _> = old
+        .results
+        .iter()
+        .map(|r| (r.case.as_str(), r.outcome))
+        .collect();
+    let n: BTreeMap<_, _> = new
+        .results
+        .iter()
+        .map(|r| (r.case.as_str(), r.outcome))
+        .collect();
+    let mut c = Comparison::default();
+    for (case, &no) in &n {
+        match o.get(case) {
+            None => c.added.push(case.to_string()),
+            Some(&oo) => {
+                if oo.is_failure() && no == Outcome::Pass {
+                    c.fixed.push(case.to_string());
+                }
+                if oo == Outcome::Pass && no.is_failure() {
+                    c.broken.push(case.to_string());
+                }
+                if no == Outcome::Error && oo != Outcome::Error {
+                    c.new_errors.push(case.to_string());
+                }
+            }
+        }
+    }
+    c.removed = o
+        .keys()
+        .filter(|k| !n.contains_key(*k))
+        .map(|k| k.to_string())
+        .collect();
+    c
+}

@@ -1,0 +1,1331 @@
+//! The sequence interpreter: runs one [`Case`] against one [`Target`] with the driver model,
+//! grading every check against the spec catalog.
+
+use crate::case::{Buf, Case, Grade, Op, Order, QueueSpec, Reg, Upto};
+use crate::catalog::{Catalog, Level};
+use crate::outcome::{Outcome, Severity};
+use crate::target::{Target, TargetError, TargetMemory, SENTINEL};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+use virtio_reference_device::regs::*;
+use virtio_reference_device::{AccessKind, Descriptor, DriverQueue};
+
+/// One check that did not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// 0-based step index in the case (`None` for case-level oracles).
+    pub step: Option<usize>,
+    /// Line in the case file.
+    pub line: Option<usize>,
+    /// The step's op (or the oracle's name).
+    pub op: String,
+    /// Requirement ids the check proves.
+    pub requirements: Vec<String>,
+    /// How the failure is graded.
+    pub level: Level,
+    /// How bad it is.
+    pub severity: Severity,
+    /// What the spec asks for.
+    pub expected: String,
+    /// What the target did.
+    pub observed: String,
+}
+
+/// Result of running one case before expectations are applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseRun {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Worst severity among the failures.
+    pub severity: Severity,
+    /// Every failed check.
+    pub failures: Vec<Failure>,
+    /// Why the case stopped early, if it did (unsupported feature, target error).
+    pub reason: Option<String>,
+    /// Target diagnostics attached to a crash or hang.
+    pub diagnostics: Option<String>,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+enum Stop {
+    Target(TargetError),
+    Unsupported(String),
+    Abort,
+}
+
+impl From<TargetError> for Stop {
+    fn from(e: TargetError) -> Self {
+        match e {
+            TargetError::Unsupported(s) => Stop::Unsupported(s),
+            e => Stop::Target(e),
+        }
+    }
+}
+
+type R<T = ()> = Result<T, Stop>;
+
+/// Where the harness puts things in guest memory (guest physical addresses).
+const RING_BASE: u64 = 0x10_0000;
+const RING_STRIDE: u64 = 0x10_0000;
+const BUF_BASE: u64 = 0x100_0000 - 0x80_0000;
+const BUF_END: u64 = 0x100_0000 - 0x1000;
+const PAGE: u32 = 4096;
+/// How long to poll for a used buffer before calling it missing.
+const USED_WAIT: Duration = Duration::from_millis(1000);
+/// How long to wait before deciding that nothing was used.
+const NONE_WAIT: Duration = Duration::from_millis(30);
+
+#[derive(Debug, Clone, Default)]
+struct Posted {
+    head: u16,
+    writable: Vec<(u64, u32)>,
+}
+
+impl Posted {
+    fn writable_total(&self) -> u64 {
+        self.writable.iter().map(|w| w.1 as u64).sum()
+    }
+}
+
+struct QState {
+    dq: DriverQueue,
+    next_desc: u16,
+    outstanding: Vec<Posted>,
+    last: Option<Posted>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Area {
+    Ring,
+    ReadOnly,
+    Writable,
+    DescTable,
+    AvailRing,
+}
+
+struct Exec<'a> {
+    t: &'a mut dyn Target,
+    case: &'a Case,
+    catalog: &'a Catalog,
+    legacy: bool,
+    ram: u64,
+    queues: BTreeMap<u16, QState>,
+    alloc: u64,
+    vars: HashMap<String, u64>,
+    failures: Vec<Failure>,
+    areas: Vec<(u64, u64, Area)>,
+    step: Option<usize>,
+    line: Option<usize>,
+    op: &'static str,
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Read { .. } => "read",
+        Op::Write { .. } => "write",
+        Op::Reset { .. } => "reset",
+        Op::Init { .. } => "init",
+        Op::Queue { .. } => "queue",
+        Op::Post { .. } => "post",
+        Op::Blk { .. } => "blk",
+        Op::Kick { .. } => "kick",
+        Op::ExpectUsed { .. } => "expect_used",
+        Op::ExpectData { .. } => "expect_data",
+        Op::ExpectInterrupt { .. } => "expect_interrupt",
+        Op::Ack { .. } => "ack",
+        Op::ConfigChange { .. } => "config_change",
+        Op::SetAvailIdx { .. } => "set_avail_idx",
+        Op::SetAvailFlags { .. } => "set_avail_flags",
+        Op::SetUsedEvent { .. } => "set_used_event",
+        Op::Cycle { .. } => "cycle",
+        Op::ExpectGraceful { .. } => "expect_graceful",
+        Op::MemWrite { .. } => "mem_write",
+        Op::MemExpect { .. } => "mem_expect",
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Runs `case` on `target` (which must be fresh). Never panics on target behaviour: every
+/// misbehaviour becomes a failure or an outcome.
+pub fn run_case(target: &mut dyn Target, case: &Case, catalog: &Catalog) -> CaseRun {
+    let start = Instant::now();
+    let info = target.info();
+    let caps = target.capabilities();
+    let ram = target.ram_size();
+    let mut ex = Exec {
+        t: target,
+        case,
+        catalog,
+        legacy: info.version == 1,
+        ram,
+        queues: BTreeMap::new(),
+        alloc: BUF_BASE,
+        vars: HashMap::new(),
+        failures: Vec::new(),
+        areas: Vec::new(),
+        step: None,
+        line: None,
+        op: "setup",
+    };
+    let mut reason = None;
+    let result = (|| -> R {
+        for need in &case.needs {
+            let ok = match need.as_str() {
+                "config_change" => caps.config_change,
+                "memory_log" => caps.memory_log,
+                _ => false,
+            };
+            if !ok {
+                return Err(Stop::Unsupported(format!(
+                    "target lacks capability `{need}`"
+                )));
+            }
+        }
+        if !case.features.is_empty() {
+            let offered = ex.offered()?;
+            for &b in &case.features {
+                if offered & bit(b) == 0 {
+                    return Err(Stop::Unsupported(format!("feature bit {b} not offered")));
+                }
+            }
+        }
+        let _ = ex.t.take_accesses();
+        for (i, step) in case.steps.iter().enumerate() {
+            ex.step = Some(i);
+            ex.line = Some(step.line);
+            ex.op = op_name(&step.op);
+            ex.exec(&step.op)?;
+            ex.memory_oracle();
+        }
+        Ok(())
+    })();
+    let mut diagnostics = None;
+    let (mut outcome, mut severity) = grade(&ex.failures);
+    match result {
+        Ok(()) | Err(Stop::Abort) => {}
+        Err(Stop::Unsupported(why)) => {
+            if ex.failures.is_empty() {
+                outcome = Outcome::Unsupported;
+            }
+            reason = Some(why);
+        }
+        Err(Stop::Target(e)) => {
+            diagnostics = ex.t.diagnostics();
+            let (o, what) = match &e {
+                TargetError::Crashed(_) => (Outcome::Fail, "the target must not crash"),
+                TargetError::Hung(_) => {
+                    (Outcome::Timeout, "the target must answer within its budget")
+                }
+                _ => (Outcome::Error, "a working target connection"),
+            };
+            if o != Outcome::Error {
+                ex.failures.push(Failure {
+                    step: ex.step,
+                    line: ex.line,
+                    op: ex.op.to_string(),
+                    requirements: vec!["SPLIT-DEV-MALFORMED-CHAIN".into()]
+                        .into_iter()
+                        .filter(|id| catalog.requirements.contains_key(id))
+                        .collect(),
+                    level: Level::Must,
+                    severity: Severity::High,
+                    expected: what.into(),
+                    observed: e.to_string(),
+                });
+                severity = Severity::High;
+            }
+            outcome = o;
+            reason = Some(e.to_string());
+        }
+    }
+    CaseRun {
+        outcome,
+        severity,
+        failures: ex.failures,
+        reason,
+        diagnostics,
+        duration: start.elapsed(),
+    }
+}
+
+fn grade(failures: &[Failure]) -> (Outcome, Severity) {
+    let worst = failures.iter().map(|f| f.level).min();
+    let outcome = match worst {
+        None => Outcome::Pass,
+        Some(Level::Must) => Outcome::Fail,
+        Some(Level::Should) => Outcome::NonStrict,
+        Some(Level::May) => Outcome::Informational,
+    };
+    let severity = failures
+        .iter()
+        .filter(|f| f.level != Level::May)
+        .map(|f| f.severity)
+        .max()
+        .unwrap_or(Severity::None);
+    (outcome, severity)
+}
+
+impl Exec<'_> {
+    fn reqs(&self, g: Option<&Grade>, default: &[&str]) -> (Vec<String>, Level) {
+        let ids = match g.and_then(|g| g.req.as_ref()) {
+            Some(r) => r.ids(),
+            None if !default.is_empty() => default.iter().map(|s| s.to_string()).collect(),
+            None => self.case.requirements.clone(),
+        };
+        let level = g
+            .and_then(|g| g.level)
+            .unwrap_or_else(|| self.catalog.level(&ids));
+        (ids, level)
+    }
+
+    /// Records a check; returns whether it held.
+    fn check(
+        &mut self,
+        g: Option<&Grade>,
+        default: &[&str],
+        ok: bool,
+        severity: Severity,
+        expected: impl FnOnce() -> String,
+        observed: impl FnOnce() -> String,
+    ) -> bool {
+        if !ok {
+            let (requirements, level) = self.reqs(g, default);
+            self.failures.push(Failure {
+                step: self.step,
+                line: self.line,
+                op: self.op.to_string(),
+                requirements,
+                level,
+                severity,
+                expected: expected(),
+                observed: observed(),
+            });
+        }
+        ok
+    }
+
+    fn r32(&mut self, off: u64) -> R<u32> {
+        Ok(self.t.read32(off)?)
+    }
+
+    fn w32(&mut self, off: u64, v: u32) -> R {
+        Ok(self.t.write32(off, v)?)
+    }
+
+    fn offered(&mut self) -> R<u64> {
+        self.w32(DEVICE_FEATURES_SEL, 0)?;
+        let lo = self.r32(DEVICE_FEATURES)? as u64;
+        self.w32(DEVICE_FEATURES_SEL, 1)?;
+        let hi = self.r32(DEVICE_FEATURES)? as u64;
+        Ok(lo | hi << 32)
+    }
+
+    fn offset(at: &Reg) -> u64 {
+        let base = at.reg.as_deref().and_then(register_offset).unwrap_or(0);
+        base + at.offset.map_or(0, |n| n.0)
+    }
+
+    fn mem(&mut self) -> TargetMemory<'_> {
+        TargetMemory(&mut *self.t)
+    }
+
+    fn q(&mut self, index: u16) -> R<&mut QState> {
+        if !self.queues.contains_key(&index) {
+            self.check(
+                None,
+                &[],
+                false,
+                Severity::None,
+                || format!("queue {index} set up by an earlier step"),
+                || "case error: queue not set up".into(),
+            );
+            return Err(Stop::Abort);
+        }
+        Ok(self.queues.get_mut(&index).expect("checked above"))
+    }
+
+    fn alloc(&mut self, len: u64) -> u64 {
+        let len = len.clamp(1, 1 << 20);
+        let aligned = (len + 15) & !15;
+        if self.alloc + aligned > BUF_END {
+            self.alloc = BUF_BASE;
+        }
+        let a = self.alloc;
+        self.alloc += aligned;
+        a
+    }
+
+    fn allow(&mut self, addr: u64, len: u64, area: Area) {
+        if let Some(end) = addr.checked_add(len) {
+            if end <= self.ram && len > 0 {
+                self.areas.push((addr, end, area));
+            }
+        }
+    }
+
+    /// Checks the device's guest-memory accesses since the last call (targets with a log).
+    fn memory_oracle(&mut self) {
+        let Some(log) = self.t.take_accesses() else {
+            return;
+        };
+        let mut seen = 0;
+        for a in log {
+            let end = a.gpa.saturating_add(a.len);
+            let inside = |k: Area| {
+                self.areas
+                    .iter()
+                    .any(|&(s, e, area)| area == k && a.gpa >= s && end <= e)
+            };
+            let problem = if end > self.ram || a.gpa.checked_add(a.len).is_none() {
+                Some(("SPLIT-DEV-MALFORMED-CHAIN", "an access inside guest memory"))
+            } else if a.kind == AccessKind::Write {
+                if inside(Area::Writable) || inside(Area::Ring) {
+                    None
+                } else if inside(Area::DescTable) {
+                    Some(("VQ-DEV-05", "no write to a descriptor table"))
+                } else if inside(Area::AvailRing) {
+                    Some(("VQ-DEV-22", "no write to the available ring"))
+                } else if inside(Area::ReadOnly) {
+                    Some(("VQ-DEV-03", "no write to a device-readable buffer"))
+                } else {
+                    Some((
+                        "SPLIT-DEV-MALFORMED-CHAIN",
+                        "writes only into the used ring and writable buffers",
+                    ))
+                }
+            } else if [
+                Area::Writable,
+                Area::Ring,
+                Area::DescTable,
+                Area::AvailRing,
+                Area::ReadOnly,
+            ]
+            .iter()
+            .any(|&k| inside(k))
+            {
+                None
+            } else {
+                Some((
+                    "SPLIT-DEV-MALFORMED-CHAIN",
+                    "reads only of rings, tables and posted buffers",
+                ))
+            };
+            if let Some((id, what)) = problem {
+                seen += 1;
+                if seen > 3 {
+                    continue;
+                }
+                let kind = if a.kind == AccessKind::Write {
+                    "write"
+                } else {
+                    "read"
+                };
+                self.check(
+                    None,
+                    &[id],
+                    false,
+                    Severity::Critical,
+                    || what.to_string(),
+                    || format!("device {kind} of {} bytes at {:#x}", a.len, a.gpa),
+                );
+            }
+        }
+    }
+
+    fn exec(&mut self, op: &Op) -> R {
+        match op {
+            Op::Read {
+                at,
+                expect,
+                mask,
+                bits_set,
+                bits_clear,
+                expect_ne,
+                expect_in,
+                save,
+                expect_var,
+                expect_ne_var,
+                grade,
+            } => {
+                if let Some(q) = at.queue {
+                    self.w32(QUEUE_SEL, q)?;
+                }
+                let off = Self::offset(at);
+                let width = at.width.unwrap_or(4) as usize;
+                let mut buf = [SENTINEL; 8];
+                self.t.read(off, &mut buf[..width])?;
+                let mut full = [0u8; 8];
+                full[..width].copy_from_slice(&buf[..width]);
+                let raw = u64::from_le_bytes(full);
+                let v = raw & mask.map_or(u64::MAX, |m| m.0);
+                let name = at.reg.clone().unwrap_or_else(|| format!("{off:#x}"));
+                let obs = || format!("{name} = {raw:#x}");
+                let g = Some(grade);
+                if let Some(e) = expect {
+                    self.check(
+                        g,
+                        &[],
+                        v == e.0,
+                        Severity::Low,
+                        || format!("{name} = {:#x}", e.0),
+                        obs,
+                    );
+                }
+                if let Some(e) = expect_ne {
+                    self.check(
+                        g,
+                        &[],
+                        v != e.0,
+                        Severity::Low,
+                        || format!("{name} != {:#x}", e.0),
+                        obs,
+                    );
+                }
+                if let Some(b) = bits_set {
+                    self.check(
+                        g,
+                        &[],
+                        v & b.0 == b.0,
+                        Severity::Low,
+                        || format!("{name} has bits {:#x} set", b.0),
+                        obs,
+                    );
+                }
+                if let Some(b) = bits_clear {
+                    self.check(
+                        g,
+                        &[],
+                        v & b.0 == 0,
+                        Severity::Low,
+                        || format!("{name} has bits {:#x} clear", b.0),
+                        obs,
+                    );
+                }
+                if let Some(list) = expect_in {
+                    let ok = list.iter().any(|n| n.0 == v);
+                    self.check(
+                        g,
+                        &[],
+                        ok,
+                        Severity::Low,
+                        || {
+                            format!(
+                                "{name} one of {:?}",
+                                list.iter().map(|n| n.0).collect::<Vec<_>>()
+                            )
+                        },
+                        obs,
+                    );
+                }
+                if let Some(var) = expect_var {
+                    let want = self.vars.get(var).copied();
+                    self.check(
+                        g,
+                        &[],
+                        want == Some(v),
+                        Severity::Low,
+                        || format!("{name} = ${var} ({want:#x?})"),
+                        obs,
+                    );
+                }
+                if let Some(var) = expect_ne_var {
+                    let want = self.vars.get(var).copied();
+                    self.check(
+                        g,
+                        &[],
+                        want != Some(v),
+                        Severity::Low,
+                        || format!("{name} != ${var} ({want:#x?})"),
+                        obs,
+                    );
+                }
+                if let Some(var) = save {
+                    self.vars.insert(var.clone(), v);
+                }
+            }
+            Op::Write { at, value } => {
+                if let Some(q) = at.queue {
+                    self.w32(QUEUE_SEL, q)?;
+                }
+                let width = at.width.unwrap_or(4) as usize;
+                let bytes = value.0.to_le_bytes();
+                self.t.write(Self::offset(at), &bytes[..width])?;
+            }
+            Op::Reset { grade } => self.reset(Some(grade))?,
+            Op::Init {
+                features,
+                order,
+                upto,
+                queues,
+                grade,
+            } => {
+                let feats = match features {
+                    Some(list) => list
+                        .iter()
+                        .filter_map(|f| f.bit())
+                        .map(bit)
+                        .fold(0, |a, b| a | b),
+                    None if self.legacy => 0,
+                    None => bit(VIRTIO_F_VERSION_1),
+                };
+                let queues = queues.clone().unwrap_or_else(|| {
+                    vec![QueueSpec {
+                        index: 0,
+                        size: 8,
+                        align: None,
+                    }]
+                });
+                self.init(feats, *order, *upto, &queues, grade)?;
+            }
+            Op::Queue { index, size, align } => self.setup_queue(*index, *size, *align)?,
+            Op::Post {
+                queue,
+                chain,
+                indirect,
+                indirect_flags,
+                indirect_len,
+                kick,
+                head,
+            } => {
+                self.post(
+                    *queue,
+                    chain,
+                    *indirect,
+                    indirect_flags.map(|n| n.0 as u16),
+                    indirect_len.map(|n| n.0 as u32),
+                    head.map(|n| n.0 as u16),
+                )?;
+                if kick.unwrap_or(true) {
+                    self.w32(QUEUE_NOTIFY, *queue as u32)?;
+                }
+            }
+            Op::Blk {
+                queue,
+                kind,
+                sector,
+                data_len,
+                data,
+                split,
+                kick,
+            } => {
+                let mut hdr = [0u8; 16];
+                hdr[..4].copy_from_slice(&kind.0.to_le_bytes());
+                hdr[8..].copy_from_slice(&sector.map_or(0, |n| n.0).to_le_bytes());
+                let mut chain = Vec::new();
+                let parts = split.clone().unwrap_or_else(|| vec![16]);
+                let mut at = 0usize;
+                for p in parts {
+                    let end = (at + p as usize).min(16);
+                    chain.push(Buf {
+                        len: crate::case::Num((end - at) as u64),
+                        data: Some(crate::case::Hex(hdr[at..end].to_vec())),
+                        ..Buf::default()
+                    });
+                    at = end;
+                }
+                let out = kind.0 == 1;
+                let len = match (data, data_len) {
+                    (Some(d), _) if out => d.0.len() as u64,
+                    (_, Some(n)) => n.0,
+                    _ => 0,
+                };
+                if len > 0 {
+                    chain.push(Buf {
+                        len: crate::case::Num(len),
+                        write: !out,
+                        data: data.clone().filter(|_| out),
+                        ..Buf::default()
+                    });
+                }
+                chain.push(Buf {
+                    len: crate::case::Num(1),
+                    write: true,
+                    fill: Some(0xff),
+                    ..Buf::default()
+                });
+                self.post(*queue, &chain, false, None, None, None)?;
+                if kick.unwrap_or(true) {
+                    self.w32(QUEUE_NOTIFY, *queue as u32)?;
+                }
+            }
+            Op::Kick { queue, value } => {
+                self.w32(QUEUE_NOTIFY, value.map_or(*queue as u32, |v| v.0 as u32))?
+            }
+            Op::ExpectUsed {
+                queue,
+                count,
+                len,
+                len_max,
+                len_min,
+                none,
+                grade,
+            } => self.expect_used(*queue, *count, *len, *len_max, *len_min, *none, grade)?,
+            Op::ExpectData {
+                queue,
+                data,
+                status,
+                grade,
+            } => {
+                let last = self.q(*queue)?.last.clone();
+                let Some(p) = last else {
+                    self.check(
+                        Some(grade),
+                        &[],
+                        false,
+                        Severity::Low,
+                        || "a completed chain".into(),
+                        || "none completed".into(),
+                    );
+                    return Ok(());
+                };
+                let total = p.writable_total().min(1 << 20) as usize;
+                let mut bytes = Vec::with_capacity(total);
+                for &(a, l) in &p.writable {
+                    let mut b = vec![0u8; l.min(1 << 20) as usize];
+                    self.t.mem_read(a, &mut b)?;
+                    bytes.extend_from_slice(&b);
+                }
+                if let Some(d) = data {
+                    let got = &bytes[..d.0.len().min(bytes.len())];
+                    self.check(
+                        Some(grade),
+                        &[],
+                        got == &d.0[..],
+                        Severity::Low,
+                        || hex(&d.0),
+                        || hex(got),
+                    );
+                }
+                if let Some(s) = status {
+                    let got = bytes.last().copied();
+                    self.check(
+                        Some(grade),
+                        &[],
+                        got == Some(*s),
+                        Severity::Low,
+                        || format!("status byte {s}"),
+                        || format!("status byte {got:?}"),
+                    );
+                }
+            }
+            Op::ExpectInterrupt {
+                used,
+                config,
+                grade,
+            } => {
+                let isr = self.r32(INTERRUPT_STATUS)?;
+                if let Some(u) = used {
+                    let got = isr & INT_USED_BUFFER != 0;
+                    self.check(
+                        Some(grade),
+                        &[],
+                        got == *u,
+                        Severity::Low,
+                        || format!("InterruptStatus used-buffer bit {}", *u as u8),
+                        || format!("InterruptStatus = {isr:#x}"),
+                    );
+                }
+                if let Some(c) = config {
+                    let got = isr & INT_CONFIG_CHANGE != 0;
+                    self.check(
+                        Some(grade),
+                        &[],
+                        got == *c,
+                        Severity::Low,
+                        || format!("InterruptStatus configuration-change bit {}", *c as u8),
+                        || format!("InterruptStatus = {isr:#x}"),
+                    );
+                }
+            }
+            Op::Ack { value } => {
+                let v = match value {
+                    Some(v) => v.0 as u32,
+                    None => self.r32(INTERRUPT_STATUS)?,
+                };
+                self.w32(INTERRUPT_ACK, v)?;
+            }
+            Op::ConfigChange { offset, data } => self.t.config_change(offset.0, &data.0)?,
+            Op::SetAvailIdx { queue, value } => {
+                let mut dq = self.q(*queue)?.dq.clone();
+                dq.set_avail_idx(&mut self.mem(), value.0 as u16)?;
+                self.q(*queue)?.dq = dq;
+            }
+            Op::SetAvailFlags { queue, value } => {
+                let dq = self.q(*queue)?.dq.clone();
+                dq.set_avail_flags(&mut self.mem(), value.0 as u16)?;
+            }
+            Op::SetUsedEvent { queue, value } => {
+                let dq = self.q(*queue)?.dq.clone();
+                dq.set_used_event(&mut self.mem(), value.0 as u16)?;
+            }
+            Op::Cycle {
+                queue,
+                count,
+                batch,
+                len,
+                grade,
+            } => self.cycle(*queue, *count, *batch, len.unwrap_or(1), grade)?,
+            Op::ExpectGraceful { queue, grade } => self.expect_graceful(*queue, grade)?,
+            Op::MemWrite { addr, data } => self.t.mem_write(addr.0, &data.0)?,
+            Op::MemExpect { addr, data, grade } => {
+                let mut b = vec![0u8; data.0.len()];
+                self.t.mem_read(addr.0, &mut b)?;
+                self.check(
+                    Some(grade),
+                    &[],
+                    b == data.0,
+                    Severity::Low,
+                    || hex(&data.0),
+                    || hex(&b),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self, g: Option<&Grade>) -> R {
+        self.w32(STATUS, 0)?;
+        let st = self.r32(STATUS)?;
+        self.check(
+            g,
+            &["RESET-DEV-01"],
+            st == 0,
+            Severity::Low,
+            || "Status = 0 after reset".into(),
+            || format!("Status = {st:#x}"),
+        );
+        for q in self.queues.values_mut() {
+            q.outstanding.clear();
+        }
+        Ok(())
+    }
+
+    fn init(&mut self, feats: u64, order: Order, upto: Upto, queues: &[QueueSpec], g: &Grade) -> R {
+        self.reset(None)?;
+        self.w32(STATUS, ACKNOWLEDGE as u32)?;
+        let st = self.r32(STATUS)?;
+        self.check(
+            None,
+            &["STATUS-DEV-05"],
+            st as u8 & !DEVICE_NEEDS_RESET == ACKNOWLEDGE,
+            Severity::Low,
+            || "Status = ACKNOWLEDGE".into(),
+            || format!("Status = {st:#x}"),
+        );
+        if upto == Upto::Acknowledge {
+            return Ok(());
+        }
+        if order == Order::Combined {
+            // rcore's virtio-drivers writes ACKNOWLEDGE|DRIVER in one go after a reset.
+            self.w32(STATUS, 0)?;
+        }
+        self.w32(STATUS, (ACKNOWLEDGE | DRIVER) as u32)?;
+        let st = self.r32(STATUS)?;
+        if !self.check(
+            None,
+            &["STATUS-DEV-05"],
+            st as u8 == ACKNOWLEDGE | DRIVER,
+            Severity::Low,
+            || "Status = ACKNOWLEDGE|DRIVER".into(),
+            || format!("Status = {st:#x}"),
+        ) {
+            return Err(Stop::Abort);
+        }
+        if upto == Upto::Driver {
+            return Ok(());
+        }
+        let offered = self.offered()?;
+        self.w32(DRIVER_FEATURES_SEL, 0)?;
+        self.w32(DRIVER_FEATURES, feats as u32)?;
+        self.w32(DRIVER_FEATURES_SEL, 1)?;
+        self.w32(DRIVER_FEATURES, (feats >> 32) as u32)?;
+        if !self.legacy {
+            self.w32(STATUS, (ACKNOWLEDGE | DRIVER | FEATURES_OK) as u32)?;
+            let st = self.r32(STATUS)? as u8;
+            if feats & !offered != 0 {
+                // The driver accepted something not offered: FEATURES_OK must read back clear.
+                self.check(
+                    None,
+                    &["FEAT-DEV-02a"],
+                    st & FEATURES_OK == 0,
+                    Severity::Low,
+                    || {
+                        format!(
+                            "FEATURES_OK clear after accepting unoffered bits {:#x}",
+                            feats & !offered
+                        )
+                    },
+                    || format!("Status = {st:#x}"),
+                );
+                return Ok(());
+            }
+            if !self.check(
+                Some(g),
+                &["FEAT-DEV-01"],
+                st & FEATURES_OK != 0,
+                Severity::Low,
+                || format!("FEATURES_OK kept for offered features {feats:#x}"),
+                || format!("Status = {st:#x}"),
+            ) {
+                return Err(Stop::Abort);
+            }
+        }
+        if upto == Upto::FeaturesOk {
+            return Ok(());
+        }
+        if self.legacy {
+            self.w32(GUEST_PAGE_SIZE, PAGE)?;
+        }
+        for q in queues {
+            if order == Order::Linux && !self.legacy {
+                self.w32(QUEUE_SEL, q.index as u32)?;
+                let ready = self.r32(QUEUE_READY)?;
+                self.check(
+                    None,
+                    &["MMIO-DEV-06"],
+                    ready == 0,
+                    Severity::Low,
+                    || "QueueReady = 0 before setup".into(),
+                    || format!("QueueReady = {ready}"),
+                );
+            }
+            self.setup_queue(q.index, q.size, q.align)?;
+        }
+        if upto == Upto::Queues {
+            return Ok(());
+        }
+        let ok = if self.legacy {
+            ACKNOWLEDGE | DRIVER | DRIVER_OK
+        } else {
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+        };
+        self.w32(STATUS, ok as u32)?;
+        let st = self.r32(STATUS)? as u8;
+        self.check(
+            None,
+            &["STATUS-DEV-05"],
+            st == ok,
+            Severity::Low,
+            || format!("Status = {ok:#x}"),
+            || format!("Status = {st:#x}"),
+        );
+        Ok(())
+    }
+
+    fn setup_queue(&mut self, index: u16, size: u16, align: Option<u32>) -> R {
+        self.w32(QUEUE_SEL, index as u32)?;
+        let max = self.r32(QUEUE_NUM_MAX)?;
+        if max == 0 {
+            return Err(Stop::Unsupported(format!("queue {index} does not exist")));
+        }
+        let size = if (size as u32) > max {
+            max as u16
+        } else {
+            size
+        };
+        let base = RING_BASE + RING_STRIDE * index as u64;
+        let dq = if self.legacy {
+            DriverQueue::legacy(
+                (base / PAGE as u64) as u32,
+                PAGE,
+                size,
+                align.unwrap_or(PAGE),
+            )
+        } else {
+            DriverQueue::modern(base, size)
+        };
+        dq.clear(&mut self.mem())?;
+        self.w32(QUEUE_NUM, size as u32)?;
+        if self.legacy {
+            self.w32(QUEUE_ALIGN, align.unwrap_or(PAGE))?;
+            self.w32(QUEUE_PFN, (base / PAGE as u64) as u32)?;
+        } else {
+            for (lo, v) in [
+                (QUEUE_DESC_LOW, dq.desc),
+                (QUEUE_DRIVER_LOW, dq.avail),
+                (QUEUE_DEVICE_LOW, dq.used),
+            ] {
+                self.w32(lo, v as u32)?;
+                self.w32(lo + 4, (v >> 32) as u32)?;
+            }
+            self.w32(QUEUE_READY, 1)?;
+        }
+        let n = size as u64;
+        self.allow(dq.desc, 16 * n, Area::DescTable);
+        self.allow(dq.avail, 6 + 2 * n, Area::AvailRing);
+        self.allow(dq.used, 6 + 8 * n, Area::Ring);
+        self.queues.insert(
+            index,
+            QState {
+                dq,
+                next_desc: 0,
+                outstanding: Vec::new(),
+                last: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn post(
+        &mut self,
+        queue: u16,
+        chain: &[Buf],
+        indirect: bool,
+        indirect_flags: Option<u16>,
+        indirect_len: Option<u32>,
+        head: Option<u16>,
+    ) -> R {
+        let size = self.q(queue)?.dq.size;
+        let mut descs = Vec::new();
+        let mut posted = Posted::default();
+        for b in chain {
+            let len = b.len.0 as u32;
+            let addr = match b.addr {
+                Some(a) => a.0,
+                None => self.alloc(len as u64),
+            };
+            let inside = addr.checked_add(len as u64).is_some_and(|e| e <= self.ram);
+            if inside && len as u64 <= 1 << 20 {
+                let content = match (&b.data, b.fill) {
+                    (Some(d), _) => {
+                        let mut c = d.0.clone();
+                        c.resize(len as usize, b.fill.unwrap_or(0));
+                        Some(c)
+                    }
+                    (None, Some(f)) => Some(vec![f; len as usize]),
+                    (None, None) if !b.write => Some(vec![0x5a; len as usize]),
+                    _ => None,
+                };
+                if let Some(c) = content {
+                    self.t.mem_write(addr, &c)?;
+                }
+            }
+            if b.write {
+                posted.writable.push((addr, len));
+                self.allow(addr, len as u64, Area::Writable);
+            } else {
+                self.allow(addr, len as u64, Area::ReadOnly);
+            }
+            descs.push((b, addr, len));
+        }
+        let n = descs.len() as u16;
+        let (table, table_len, first) = if indirect {
+            let bytes = 16 * n.max(1) as u64;
+            let t = self.alloc(bytes);
+            self.allow(t, bytes, Area::DescTable);
+            (Some(t), n, 0u16)
+        } else {
+            let q = self.q(queue)?;
+            let first = q.next_desc % size;
+            q.next_desc = (first + n.max(1)) % size;
+            (None, size, first)
+        };
+        for (k, (b, addr, len)) in descs.iter().enumerate() {
+            let idx = (first + k as u16) % table_len.max(1);
+            let last = k + 1 == descs.len();
+            let flags = match b.flags {
+                Some(f) => f.0 as u16,
+                None => {
+                    (if b.write { VIRTQ_DESC_F_WRITE } else { 0 })
+                        | if last { 0 } else { VIRTQ_DESC_F_NEXT }
+                }
+            };
+            let next = b.next.map_or((idx + 1) % table_len.max(1), |n| n.0 as u16);
+            let d = Descriptor {
+                addr: *addr,
+                len: *len,
+                flags,
+                next,
+            };
+            match table {
+                Some(t) => DriverQueue::write_descriptor_at(&mut self.mem(), t, idx, &d)?,
+                None => {
+                    let dq = self.q(queue)?.dq.clone();
+                    dq.write_descriptor(&mut self.mem(), idx, &d)?;
+                }
+            }
+        }
+        let mut head_idx = first;
+        if let Some(t) = table {
+            let q = self.q(queue)?;
+            head_idx = q.next_desc % size;
+            q.next_desc = (head_idx + 1) % size;
+            let d = Descriptor {
+                addr: t,
+                len: indirect_len.unwrap_or(16 * n as u32),
+                flags: indirect_flags.unwrap_or(VIRTQ_DESC_F_INDIRECT),
+                next: 0,
+            };
+            let dq = self.q(queue)?.dq.clone();
+            dq.write_descriptor(&mut self.mem(), head_idx, &d)?;
+        }
+        let h = head.unwrap_or(head_idx);
+        posted.head = h;
+        let mut dq = self.q(queue)?.dq.clone();
+        dq.publish(&mut self.mem(), &[h])?;
+        let q = self.q(queue)?;
+        q.dq = dq;
+        q.outstanding.push(posted);
+        Ok(())
+    }
+
+    fn wait_used(&mut self, queue: u16, want: u16, wait: Duration) -> R<u16> {
+        let start = Instant::now();
+        loop {
+            let dq = self.q(queue)?.dq.clone();
+            let idx = dq.used_idx(&mut self.mem())?;
+            let n = idx.wrapping_sub(dq.last_used);
+            if n >= want || start.elapsed() >= wait {
+                return Ok(n);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn expect_used(
+        &mut self,
+        queue: u16,
+        count: Option<u16>,
+        len: Option<crate::case::Num>,
+        len_max: Option<crate::case::Num>,
+        len_min: Option<crate::case::Num>,
+        none: bool,
+        g: &Grade,
+    ) -> R {
+        let g = Some(g);
+        if none {
+            let n = self.wait_used(queue, 1, NONE_WAIT)?;
+            self.check(
+                g,
+                &[],
+                n == 0,
+                Severity::Low,
+                || "no used element".into(),
+                || format!("{n} used element(s)"),
+            );
+            return Ok(());
+        }
+        let want = count.unwrap_or(1);
+        let n = self.wait_used(queue, want, USED_WAIT)?;
+        if !self.check(
+            g,
+            &[],
+            n == want,
+            Severity::Low,
+            || format!("used.idx advanced by {want}"),
+            || format!("advanced by {n}"),
+        ) {
+            if n == 0 {
+                return Ok(());
+            }
+        }
+        let mut dq = self.q(queue)?.dq.clone();
+        let elems = dq.take_used(&mut self.mem())?;
+        self.q(queue)?.dq = dq;
+        for (id, l) in elems {
+            let q = self.q(queue)?;
+            let pos = q.outstanding.iter().position(|p| p.head as u32 == id);
+            let posted = pos.map(|p| q.outstanding.remove(p));
+            if let Some(p) = &posted {
+                q.last = Some(p.clone());
+            }
+            let Some(p) = posted else {
+                self.check(
+                    None,
+                    &["VQ-DEV-17"],
+                    false,
+                    Severity::Low,
+                    || "used id names an outstanding head".into(),
+                    || format!("used id {id}"),
+                );
+                continue;
+            };
+            let cap = p.writable_total();
+            self.check(
+                None,
+                &["VQ-DEV-15"],
+                l as u64 <= cap,
+                Severity::Low,
+                || format!("used len <= {cap} writable bytes"),
+                || format!("used len {l}"),
+            );
+            if let Some(e) = len {
+                self.check(
+                    g,
+                    &[],
+                    l as u64 == e.0,
+                    Severity::Low,
+                    || format!("used len {}", e.0),
+                    || format!("used len {l}"),
+                );
+            }
+            if let Some(e) = len_max {
+                self.check(
+                    g,
+                    &[],
+                    l as u64 <= e.0,
+                    Severity::Low,
+                    || format!("used len <= {}", e.0),
+                    || format!("used len {l}"),
+                );
+            }
+            if let Some(e) = len_min {
+                self.check(
+                    g,
+                    &[],
+                    l as u64 >= e.0,
+                    Severity::Low,
+                    || format!("used len >= {}", e.0),
+                    || format!("used len {l}"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn cycle(&mut self, queue: u16, count: u32, batch: u16, len: u32, g: &Grade) -> R {
+        let size = self.q(queue)?.dq.size;
+        let batch = batch.clamp(1, size);
+        let mut addrs = Vec::new();
+        for i in 0..batch {
+            let a = self.alloc(len as u64);
+            self.allow(a, len as u64, Area::Writable);
+            let d = Descriptor {
+                addr: a,
+                len,
+                flags: VIRTQ_DESC_F_WRITE,
+                next: 0,
+            };
+            let dq = self.q(queue)?.dq.clone();
+            dq.write_descriptor(&mut self.mem(), i, &d)?;
+            addrs.push(a);
+        }
+        let mut done = 0u32;
+        while done < count {
+            let k = batch.min((count - done).min(u16::MAX as u32) as u16);
+            let mut dq = self.q(queue)?.dq.clone();
+            // One write for the ring slots (two when they wrap), then the index.
+            let start = dq.avail_idx;
+            let slots: Vec<u16> = (0..k).collect();
+            let first_slot = start % size;
+            let run = k.min(size - first_slot);
+            let bytes = |s: &[u16]| s.iter().flat_map(|h| h.to_le_bytes()).collect::<Vec<u8>>();
+            self.t.mem_write(
+                dq.avail + 4 + 2 * first_slot as u64,
+                &bytes(&slots[..run as usize]),
+            )?;
+            if run < k {
+                self.t
+                    .mem_write(dq.avail + 4, &bytes(&slots[run as usize..]))?;
+            }
+            dq.avail_idx = start.wrapping_add(k);
+            self.t
+                .mem_write(dq.avail + 2, &dq.avail_idx.to_le_bytes())?;
+            self.q(queue)?.dq = dq.clone();
+            self.w32(QUEUE_NOTIFY, queue as u32)?;
+            let n = self.wait_used(queue, k, USED_WAIT)?;
+            if !self.check(
+                Some(g),
+                &[],
+                n == k,
+                Severity::Low,
+                || {
+                    format!(
+                        "{k} used elements after {done} completions (used.idx {:#x})",
+                        dq.last_used
+                    )
+                },
+                || format!("{n}"),
+            ) {
+                return Err(Stop::Abort);
+            }
+            // Read the used elements in one go (two when they wrap).
+            let first = dq.last_used % size;
+            let run = k.min(size - first);
+            let mut raw = vec![0u8; 8 * k as usize];
+            self.t
+                .mem_read(dq.used + 4 + 8 * first as u64, &mut raw[..8 * run as usize])?;
+            if run < k {
+                self.t.mem_read(dq.used + 4, &mut raw[8 * run as usize..])?;
+            }
+            for (j, e) in raw.chunks(8).enumerate() {
+                let id = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+                let l = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+                if !self.check(
+                    Some(g),
+                    &[],
+                    id == j as u32 && l <= len,
+                    Severity::Low,
+                    || {
+                        format!(
+                            "used element {{id {j}, len <= {len}}} at used index {:#x}",
+                            dq.last_used.wrapping_add(j as u16)
+                        )
+                    },
+                    || format!("{{id {id}, len {l}}}"),
+                ) {
+                    return Err(Stop::Abort);
+                }
+            }
+            dq.last_used = dq.last_used.wrapping_add(k);
+            self.q(queue)?.dq = dq;
+            done += k as u32;
+            if done % 4096 < k as u32 {
+                let isr = self.r32(INTERRUPT_STATUS)?;
+                self.w32(INTERRUPT_ACK, isr)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn expect_graceful(&mut self, queue: u16, g: &Grade) -> R {
+        let g = Some(g);
+        let magic = self.r32(MAGIC)?;
+        self.check(
+            g,
+            &["MMIO-DEV-01"],
+            magic == MAGIC_VALUE,
+            Severity::High,
+            || "device still answers MagicValue".into(),
+            || format!("MagicValue = {magic:#x}"),
+        );
+        let st = self.r32(STATUS)? as u8;
+        let n = self.wait_used(queue, 1, NONE_WAIT)?;
+        if st & DEVICE_NEEDS_RESET != 0 {
+            if st & DRIVER_OK != 0 {
+                let isr = self.r32(INTERRUPT_STATUS)?;
+                self.check(
+                    None,
+                    &["STATUS-DEV-03"],
+                    isr & INT_CONFIG_CHANGE != 0,
+                    Severity::Low,
+                    || "configuration-change interrupt after DEVICE_NEEDS_RESET".into(),
+                    || format!("InterruptStatus = {isr:#x}"),
+                );
+            }
+            return Ok(());
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let mut dq = self.q(queue)?.dq.clone();
+        let elems = dq.take_used(&mut self.mem())?;
+        self.q(queue)?.dq = dq;
+        let bad: Vec<_> = elems.iter().filter(|e| e.1 != 0).collect();
+        self.check(
+            g,
+            &["SPLIT-DEV-MALFORMED-CHAIN"],
+            bad.is_empty(),
+            Severity::Low,
+            || "malformed chain ignored, used with len 0, or DEVICE_NEEDS_RESET".into(),
+            || format!("chain completed as valid: used {bad:?}, Status {st:#x}"),
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,196 @@
+//! The library entry point: run the whole suite (or a filtered part) against one target.
+//!
+//! ```no_run
+//! use virtio_conform::suite::{run_suite, Options, Suite};
+//! use virtio_conform::target::{DeviceKind, ReferenceTarget};
+//! use virtio_reference_device::TransportVersion;
+//! let suite = Suite::load_default().unwrap();
+//! let mut target = ReferenceTarget::new(DeviceKind::Entropy, TransportVersion::Modern, None).unwrap();
+//! let report = run_suite(&suite, &mut target, &Options::default());
+//! assert_eq!(report.exit_code(false), 0, "{}", suite.summary(&report));
+//! ```
+
+use crate::case::{self, Case};
+use crate::catalog::Catalog;
+use crate::outcome::{Outcome, Severity};
+use crate::report::{self, CaseResult, Expectations, Report};
+use crate::runner::run_case;
+use crate::target::Target;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The catalog and the cases.
+#[derive(Debug, Clone)]
+pub struct Suite {
+    /// The spec catalog.
+    pub catalog: Catalog,
+    /// All cases, sorted by id.
+    pub cases: Vec<Case>,
+}
+
+/// The `specs/` directory of this source tree (where `cargo test` runs from).
+pub fn default_specs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("specs")
+}
+
+impl Suite {
+    /// Loads `<specs>/requirements.json` and `<specs>/sequences/*.jsonl`.
+    pub fn load(specs: &Path) -> anyhow::Result<Suite> {
+        let catalog = Catalog::load(&specs.join("requirements.json"))?;
+        let cases = case::load_dir(&specs.join("sequences"), &catalog)?;
+        Ok(Suite { catalog, cases })
+    }
+
+    /// Loads the suite shipped in this source tree.
+    pub fn load_default() -> anyhow::Result<Suite> {
+        Self::load(&default_specs_dir())
+    }
+
+    /// The terminal summary of a report.
+    pub fn summary(&self, report: &Report) -> String {
+        report::text_summary(report, &self.catalog, false)
+    }
+}
+
+/// What to run and how to grade it.
+#[derive(Default)]
+pub struct Options {
+    /// Only cases whose id matches one of these globs (empty = all).
+    pub only: Vec<String>,
+    /// Skip cases whose id matches one of these globs.
+    pub skip: Vec<String>,
+    /// Expectations (known divergences) for the target.
+    pub expectations: Option<(Expectations, Vec<globset::GlobMatcher>)>,
+    /// The `--target` string and flags to print in replay commands.
+    pub replay_prefix: Option<String>,
+    /// Called after each case with (done, total).
+    pub progress: Option<Box<dyn Fn(usize, usize)>>,
+}
+
+fn globs(pats: &[String]) -> Vec<globset::GlobMatcher> {
+    pats.iter()
+        .filter_map(|p| globset::Glob::new(p).ok().map(|g| g.compile_matcher()))
+        .collect()
+}
+
+impl Report {
+    /// 0 nothing unexpected, 1 unexpected results (fail, timeout, xpass; `strict` adds
+    /// non_strict), 2 a harness or target error.
+    pub fn exit_code(&self, strict: bool) -> i32 {
+        if self.results.iter().any(|r| r.outcome == Outcome::Error) {
+            2
+        } else if self.results.iter().any(|r| r.outcome.is_unexpected(strict)) {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// Runs every applicable case on `target`, each on a fresh instance.
+pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Report {
+    let start = Instant::now();
+    let info = target.info();
+    let only = globs(&opts.only);
+    let skip = globs(&opts.skip);
+    let selected: Vec<&Case> = suite
+        .cases
+        .iter()
+        .filter(|c| c.applies_to(&info.device, info.version))
+        .filter(|c| only.is_empty() || only.iter().any(|g| g.is_match(&c.id)))
+        .filter(|c| !skip.iter().any(|g| g.is_match(&c.id)))
+        .collect();
+    let prefix = opts.replay_prefix.clone().unwrap_or_else(|| {
+        format!(
+            "virtio-conform run --target {} --device {} --version {}",
+            info.name, info.device, info.version
+        )
+    });
+    let mut results = Vec::new();
+    let total = selected.len();
+    for (i, case) in selected.into_iter().enumerate() {
+        let cited = report::cite(&suite.catalog, &case.requirements);
+        let replay = format!("{prefix} --only '{}'", case.id);
+        let exp = report::apply_expectation(
+            opts.expectations.as_ref(),
+            &case.id,
+            &info.device,
+            info.version,
+        );
+        if let Some(e) = exp.filter(|e| e.expect == "skip") {
+            results.push(CaseResult {
+                case: case.id.clone(),
+                title: case.title.clone(),
+                outcome: Outcome::Skipped,
+                severity: Severity::None,
+                requirements: cited,
+                failures: vec![],
+                reason: Some(e.reason.clone()),
+                diagnostics: None,
+                replay,
+                duration_ms: 0.0,
+            });
+            if let Some(p) = &opts.progress {
+                p(i + 1, total);
+            }
+            continue;
+        }
+        let run = match target.fresh() {
+            Ok(()) => run_case(target, case, &suite.catalog),
+            Err(e) => crate::runner::CaseRun {
+                outcome: Outcome::Error,
+                severity: Severity::None,
+                failures: vec![],
+                reason: Some(format!("could not start a fresh target: {e}")),
+                diagnostics: target.diagnostics(),
+                duration: std::time::Duration::ZERO,
+            },
+        };
+        let mut outcome = run.outcome;
+        let mut reason = run.reason.clone();
+        if let Some(e) = exp.filter(|e| e.expect == "fail") {
+            match outcome {
+                o if o.is_failure() || o == Outcome::Informational => {
+                    outcome = Outcome::Xfail;
+                    reason = Some(e.reason.clone());
+                }
+                Outcome::Pass => {
+                    outcome = Outcome::Xpass;
+                    reason = Some(format!(
+                        "expected to fail ({}) but passed: the expectation is stale",
+                        e.reason
+                    ));
+                }
+                _ => {}
+            }
+        }
+        results.push(CaseResult {
+            case: case.id.clone(),
+            title: case.title.clone(),
+            outcome,
+            severity: run.severity,
+            requirements: cited,
+            failures: report::failures_out(&suite.catalog, &run.failures),
+            reason,
+            diagnostics: run.diagnostics,
+            replay,
+            duration_ms: run.duration.as_secs_f64() * 1000.0,
+        });
+        if let Some(p) = &opts.progress {
+            p(i + 1, total);
+        }
+    }
+    let summary = report::summarize(&results);
+    Report {
+        schema: report::REPORT_SCHEMA.into(),
+        tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
+        spec: suite.catalog.spec.clone(),
+        target: info.into(),
+        summary,
+        duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+        results,
+        coverage: report::coverage(&suite.catalog, &suite.cases),
+    }
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The project's test command (README): installs what the tests need, then runs them all.
+#   1. QEMU (for the qemu target; the QEMU tests skip with the reason when it cannot be had)
+#   2. every Rust test of the workspace (unit, integration, doc tests, corpus replay)
+#   3. the conformance suite against the reference (v1/v2, entropy/block) and, with the
+#      committed expectations, against QEMU
+#   4. cargo-fuzz: build every fuzz target with `-s none` and run each for a short time box
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== install: QEMU"
+sh scripts/install-qemu.sh
+
+echo "== cargo test (workspace)"
+cargo test --workspace --locked 2>&1
+
+echo "== suite: reference target"
+cargo build --release --locked -p virtio-conform
+bin=target/release/virtio-conform
+for dev in entropy block; do
+  for ver in 2 1; do
+    "$bin" run --target reference --device "$dev" --version "$ver" --strict
+  done
+done
+
+if command -v qemu-system-x86_64 >/dev/null 2>&1; then
+  echo "== suite: QEMU with the committed expectations"
+  for dev in entropy block; do
+    for ver in 2 1; do
+      ex="specs/expectations/qemu-v$ver.json"
+      args=()
+      [ -f "$ex" ] && args=(--expectations "$ex")
+      "$bin" run --target qemu --device "$dev" --version "$ver" "${args[@]}"
+    done
+  done
+else
+  echo "== suite: QEMU skipped: qemu-system-x86_64 unavailable (see install step above)"
+fi
+
+if [ -f scripts/fuzz-smoke.sh ]; then
+  echo "== fuzz smoke (cargo fuzz, stable, -s none)"
+  bash scripts/fuzz-smoke.sh
+fi
+echo "== all tests passed"

@@ -301,6 +301,9 @@ pub fn text_summary(report: &Report, catalog: &Catalog, verbose: bool) -> String
         groups.entry(top).or_default().push(r);
     }
     for (sec, rs) in groups {
+        if !verbose && rs.iter().all(|r| r.outcome == Outcome::Pass) {
+            continue;
+        }
         let _ = writeln!(out, "\n§{sec}");
         for r in rs {
             let mark = match r.outcome {

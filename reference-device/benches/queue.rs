@@ -66,7 +66,14 @@ fn write_desc(mem: &GuestMemoryMmap, at: u64, addr: u64, len: u32, flags: u16, n
 
 /// Writes `n` chained descriptors (readable first) into the table at `table`, starting at entry
 /// `first`, with buffers taken from slot `buf_slot` on.
-fn write_chain(mem: &GuestMemoryMmap, table: u64, first: u16, n: u16, readable: u16, buf_slot: u64) {
+fn write_chain(
+    mem: &GuestMemoryMmap,
+    table: u64,
+    first: u16,
+    n: u16,
+    readable: u16,
+    buf_slot: u64,
+) {
     for k in 0..n {
         let idx = first + k;
         let (len, mut flags) = if k < readable {

@@ -165,7 +165,11 @@ struct QueueSlot {
 
 impl QueueSlot {
     fn new(max: u16, knobs: &Knobs, mutant: Option<Mutant>) -> Self {
-        let num = if knobs.queue_num_defaults_to_max { max as u32 } else { 0 };
+        let num = if knobs.queue_num_defaults_to_max {
+            max as u32
+        } else {
+            0
+        };
         let mut q = SplitQueue::new(0);
         q.zero_length = knobs.zero_length;
         q.mutant = mutant;
@@ -258,7 +262,9 @@ impl MmioDevice {
 
     /// DeviceID as the register reports it.
     pub fn device_id(&self) -> u32 {
-        self.cfg.device_id.unwrap_or_else(|| self.backend.device_id())
+        self.cfg
+            .device_id
+            .unwrap_or_else(|| self.backend.device_id())
     }
 
     /// All offered feature bits (transport and device type).
@@ -516,7 +522,10 @@ impl MmioDevice {
 
     /// Available buffer notification for queue `index` (§2.7.13, §4.2.3.3).
     fn notify(&mut self, index: u32) {
-        let Some(i) = usize::try_from(index).ok().filter(|&i| i < self.queues.len()) else {
+        let Some(i) = usize::try_from(index)
+            .ok()
+            .filter(|&i| i < self.queues.len())
+        else {
             return;
         };
         if self.status & DEVICE_NEEDS_RESET != 0 || self.status & FAILED != 0 {
@@ -600,7 +609,11 @@ impl MmioDevice {
                 }
             }
         }
-        let notify = used_any && self.queues[i].q.needs_notification(&mut self.ram).unwrap_or(true);
+        let notify = used_any
+            && self.queues[i]
+                .q
+                .needs_notification(&mut self.ram)
+                .unwrap_or(true);
         if notify {
             self.raise(Interrupt::UsedBuffer { queue: i as u16 });
         }

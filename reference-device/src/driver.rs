@@ -162,13 +162,21 @@ impl DriverQueue {
 
     /// Sets `avail.idx` directly (used to start a queue near the 16-bit wrap, or to probe a
     /// jump); the driver's own index follows.
-    pub fn set_avail_idx<M: DriverMemory>(&mut self, mem: &mut M, idx: u16) -> Result<(), M::Error> {
+    pub fn set_avail_idx<M: DriverMemory>(
+        &mut self,
+        mem: &mut M,
+        idx: u16,
+    ) -> Result<(), M::Error> {
         self.avail_idx = idx;
         mem.write_u16(self.avail + 2, idx)
     }
 
     /// Writes `avail.flags` (`VIRTQ_AVAIL_F_NO_INTERRUPT` = 1).
-    pub fn set_avail_flags<M: DriverMemory>(&self, mem: &mut M, flags: u16) -> Result<(), M::Error> {
+    pub fn set_avail_flags<M: DriverMemory>(
+        &self,
+        mem: &mut M,
+        flags: u16,
+    ) -> Result<(), M::Error> {
         mem.write_u16(self.avail, flags)
     }
 
@@ -188,7 +196,11 @@ impl DriverQueue {
     }
 
     /// Reads the used element at free-running index `idx`: `(id, len)`.
-    pub fn used_elem<M: DriverMemory>(&self, mem: &mut M, idx: u16) -> Result<(u32, u32), M::Error> {
+    pub fn used_elem<M: DriverMemory>(
+        &self,
+        mem: &mut M,
+        idx: u16,
+    ) -> Result<(u32, u32), M::Error> {
         let slot = (idx % self.size.max(1)) as u64;
         let mut b = [0u8; 8];
         mem.read_bytes(self.used + 4 + 8 * slot, &mut b)?;

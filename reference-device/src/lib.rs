@@ -31,12 +31,14 @@ pub mod mutant;
 pub mod queue;
 pub mod regs;
 
-pub use backend::{BlockBackend, ChainReader, ChainWriter, Completion, DeviceBackend, EntropyBackend};
-pub use driver::{DriverMemory, DriverQueue};
+pub use backend::{
+    BlockBackend, ChainReader, ChainWriter, Completion, DeviceBackend, EntropyBackend,
+};
 pub use device::{
     DeviceConfig, Interrupt, Knobs, MalformedChainPolicy, MmioDevice, OpenRead, ShmRegion,
     TransportVersion,
 };
+pub use driver::{DriverMemory, DriverQueue};
 pub use memory::{AccessKind, GuestRam, MemoryAccess, OutOfBounds};
 pub use mutant::Mutant;
 pub use queue::{Budget, Descriptor, QueueError, RingPart, SplitQueue, ZeroLengthPolicy};

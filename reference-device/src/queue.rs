@@ -367,7 +367,11 @@ impl SplitQueue {
     /// Returns `Ok(None)` when the ring is empty, `Ok(Some(head))` with the chain in
     /// [`chain`](Self::chain), or the first rule it breaks. A popped entry is consumed even when
     /// its chain is malformed, so a bad chain is never parsed twice.
-    pub fn pop(&mut self, ram: &mut GuestRam, budget: &mut Budget) -> Result<Option<u16>, QueueError> {
+    pub fn pop(
+        &mut self,
+        ram: &mut GuestRam,
+        budget: &mut Budget,
+    ) -> Result<Option<u16>, QueueError> {
         let avail_idx = ram
             .read_u16(self.avail_ring.wrapping_add(2))
             .map_err(|e| (RingPart::AvailRing, e))?;
@@ -406,7 +410,12 @@ impl SplitQueue {
         Ok(Some(head))
     }
 
-    fn walk(&mut self, ram: &mut GuestRam, head: u16, budget: &mut Budget) -> Result<(), QueueError> {
+    fn walk(
+        &mut self,
+        ram: &mut GuestRam,
+        head: u16,
+        budget: &mut Budget,
+    ) -> Result<(), QueueError> {
         self.chain.clear();
         if head >= self.size {
             return Err(QueueError::HeadOutOfRange {
@@ -484,7 +493,13 @@ impl SplitQueue {
         }
     }
 
-    fn check_buffer(&self, ram: &GuestRam, index: u16, addr: u64, len: u32) -> Result<(), QueueError> {
+    fn check_buffer(
+        &self,
+        ram: &GuestRam,
+        index: u16,
+        addr: u64,
+        len: u32,
+    ) -> Result<(), QueueError> {
         let Some(end) = addr.checked_add(len as u64) else {
             return Err(QueueError::AddrLenOverflow { index, addr, len });
         };
@@ -540,7 +555,11 @@ impl SplitQueue {
             let at = self.avail_ring.wrapping_add(4 + 2 * self.size as u64);
             let used_event = ram.read_u16(at).map_err(|e| (RingPart::AvailRing, e))?;
             let off_by_one = self.is(Mutant::EventIdxOffByOne);
-            let event = if off_by_one { used_event.wrapping_add(1) } else { used_event };
+            let event = if off_by_one {
+                used_event.wrapping_add(1)
+            } else {
+                used_event
+            };
             Ok(new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old))
         } else {
             let flags = ram

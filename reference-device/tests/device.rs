@@ -27,14 +27,26 @@ fn s4_2_2_device_features_pages() {
     assert_ne!(lo & (1 << VIRTIO_F_INDIRECT_DESC), 0);
     assert_ne!(lo & (1 << VIRTIO_BLK_F_FLUSH), 0);
     r.w(DEVICE_FEATURES_SEL, 1);
-    assert_eq!(r.r(DEVICE_FEATURES) & 1, 1, "VERSION_1 offered in page 1 (§6.2)");
+    assert_eq!(
+        r.r(DEVICE_FEATURES) & 1,
+        1,
+        "VERSION_1 offered in page 1 (§6.2)"
+    );
     for sel in [2, 3, 0x7fff_ffff, u32::MAX] {
         r.w(DEVICE_FEATURES_SEL, sel);
-        assert_eq!(r.r(DEVICE_FEATURES), 0, "page {sel} beyond offered bits reads 0");
+        assert_eq!(
+            r.r(DEVICE_FEATURES),
+            0,
+            "page {sel} beyond offered bits reads 0"
+        );
     }
     let mut l = block(L);
     l.w(DEVICE_FEATURES_SEL, 1);
-    assert_eq!(l.r(DEVICE_FEATURES), 0, "legacy device does not offer VERSION_1");
+    assert_eq!(
+        l.r(DEVICE_FEATURES),
+        0,
+        "legacy device does not offer VERSION_1"
+    );
 }
 
 #[test]
@@ -127,7 +139,11 @@ fn s2_5_config_generation_and_config_interrupt() {
     assert_eq!(r.r(CONFIG_GENERATION), g0, "stable when nothing changed");
     r.dev.update_config(0, &128u64.to_le_bytes());
     assert_ne!(r.r(CONFIG_GENERATION), g0);
-    assert_eq!(r.r(INTERRUPT_STATUS), 0, "no config interrupt before DRIVER_OK");
+    assert_eq!(
+        r.r(INTERRUPT_STATUS),
+        0,
+        "no config interrupt before DRIVER_OK"
+    );
     r.init(0);
     r.dev.update_config(0, &256u64.to_le_bytes());
     assert_eq!(r.r(INTERRUPT_STATUS), INT_CONFIG_CHANGE);
@@ -179,7 +195,10 @@ fn s4_2_2_shared_memory_regions() {
     assert_eq!(r.r(SHM_LEN_LOW), u32::MAX);
     assert_eq!(r.r(SHM_LEN_HIGH), u32::MAX);
     let mut cfg = DeviceConfig::new(M);
-    cfg.shm_regions = vec![ShmRegion { base: 0x1_2345_6000, len: 0x2000 }];
+    cfg.shm_regions = vec![ShmRegion {
+        base: 0x1_2345_6000,
+        len: 0x2000,
+    }];
     let mut r = rig(cfg, Box::new(EntropyBackend::new(0)));
     r.w(SHM_SEL, 0);
     assert_eq!(r.r(SHM_LEN_LOW), 0x2000);
@@ -216,7 +235,10 @@ fn s5_4_entropy_request_completes_with_interrupt() {
     r.post(0, &[(16, true), (16, true)]);
     assert_eq!(r.used(), vec![(0, 32)]);
     assert_eq!(r.r(INTERRUPT_STATUS), INT_USED_BUFFER);
-    assert_eq!(r.dev.take_interrupts(), vec![Interrupt::UsedBuffer { queue: 0 }]);
+    assert_eq!(
+        r.dev.take_interrupts(),
+        vec![Interrupt::UsedBuffer { queue: 0 }]
+    );
     // §2.7.5.1 / §2.7.8: no write to the descriptor table or the available ring.
     let q = r.q.clone();
     for a in r.dev.ram().accesses() {
@@ -241,14 +263,25 @@ fn s2_1_2_no_buffers_consumed_before_driver_ok() {
     assert_eq!(r.used(), vec![(0, 16)]);
 }
 
-fn blk_request(r: &mut Rig, kind: u32, sector: u64, data: &[u8], readable_data: bool, status_len: u32) -> (u32, u32) {
+fn blk_request(
+    r: &mut Rig,
+    kind: u32,
+    sector: u64,
+    data: &[u8],
+    readable_data: bool,
+    status_len: u32,
+) -> (u32, u32) {
     use vm_memory::Bytes;
     let mut hdr = [0u8; 16];
     hdr[..4].copy_from_slice(&kind.to_le_bytes());
     hdr[8..].copy_from_slice(&sector.to_le_bytes());
-    r.mem.write_slice(&hdr, vm_memory::GuestAddress(BUF_BASE)).unwrap();
+    r.mem
+        .write_slice(&hdr, vm_memory::GuestAddress(BUF_BASE))
+        .unwrap();
     if readable_data {
-        r.mem.write_slice(data, vm_memory::GuestAddress(BUF_BASE + 16)).unwrap();
+        r.mem
+            .write_slice(data, vm_memory::GuestAddress(BUF_BASE + 16))
+            .unwrap();
     }
     let mut bufs = vec![(16, false), (data.len() as u32, !readable_data)];
     if status_len > 0 {
@@ -272,10 +305,14 @@ fn s5_2_block_write_then_read_back() {
     let (_, len) = blk_request(&mut r, 0, 2, &[0u8; 1024], false, 1);
     assert_eq!(len, 1025);
     let mut back = vec![0u8; 1024];
-    r.mem.read_slice(&mut back, vm_memory::GuestAddress(BUF_BASE + 16)).unwrap();
+    r.mem
+        .read_slice(&mut back, vm_memory::GuestAddress(BUF_BASE + 16))
+        .unwrap();
     assert_eq!(back, data);
     let mut st = [9u8];
-    r.mem.read_slice(&mut st, vm_memory::GuestAddress(BUF_BASE + 16 + 1024)).unwrap();
+    r.mem
+        .read_slice(&mut st, vm_memory::GuestAddress(BUF_BASE + 16 + 1024))
+        .unwrap();
     assert_eq!(st[0], 0);
     let (_, len) = blk_request(&mut r, 4, 0, &[], false, 1);
     assert_eq!(len, 1, "FLUSH");
@@ -283,11 +320,15 @@ fn s5_2_block_write_then_read_back() {
     assert_eq!(len, 21, "GET_ID");
     let (_, len) = blk_request(&mut r, 99, 0, &[], false, 1);
     assert_eq!(len, 1);
-    r.mem.read_slice(&mut st, vm_memory::GuestAddress(BUF_BASE + 16)).unwrap();
+    r.mem
+        .read_slice(&mut st, vm_memory::GuestAddress(BUF_BASE + 16))
+        .unwrap();
     assert_eq!(st[0], 2, "UNSUPP");
     let (_, len) = blk_request(&mut r, 0, 1 << 40, &[0u8; 512], false, 1);
     assert_eq!(len, 513);
-    r.mem.read_slice(&mut st, vm_memory::GuestAddress(BUF_BASE + 16 + 512)).unwrap();
+    r.mem
+        .read_slice(&mut st, vm_memory::GuestAddress(BUF_BASE + 16 + 512))
+        .unwrap();
     assert_eq!(st[0], 1, "IOERR past capacity");
 }
 
@@ -302,9 +343,21 @@ fn s5_2_block_header_only_request_returned_with_len_0() {
 
 fn expect_needs_reset(r: &mut Rig, what: &str) {
     let st = r.r(STATUS) as u8;
-    assert_ne!(st & DEVICE_NEEDS_RESET, 0, "{what}: DEVICE_NEEDS_RESET expected, status {st:#x}");
-    assert_ne!(r.r(INTERRUPT_STATUS) & INT_CONFIG_CHANGE, 0, "{what}: config interrupt (§2.1.2)");
-    assert_eq!(r.q.used_idx(&mut r.mem).unwrap(), 0, "{what}: chain not used");
+    assert_ne!(
+        st & DEVICE_NEEDS_RESET,
+        0,
+        "{what}: DEVICE_NEEDS_RESET expected, status {st:#x}"
+    );
+    assert_ne!(
+        r.r(INTERRUPT_STATUS) & INT_CONFIG_CHANGE,
+        0,
+        "{what}: config interrupt (§2.1.2)"
+    );
+    assert_eq!(
+        r.q.used_idx(&mut r.mem).unwrap(),
+        0,
+        "{what}: chain not used"
+    );
     assert!(!r.dev.budget_exhausted(), "{what}: no hang");
 }
 
@@ -319,15 +372,27 @@ fn raw_chain(r: &mut Rig, descs: &[(u16, Descriptor)], features: u64) {
 }
 
 fn d(addr: u64, len: u32, flags: u16, next: u16) -> Descriptor {
-    Descriptor { addr, len, flags, next }
+    Descriptor {
+        addr,
+        len,
+        flags,
+        next,
+    }
 }
 
 #[test]
 fn s2_7_5_looped_chain_sets_needs_reset() {
     let mut r = entropy(M);
-    raw_chain(&mut r, &[(0, d(BUF_BASE, 8, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 0))], 0);
+    raw_chain(
+        &mut r,
+        &[(0, d(BUF_BASE, 8, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 0))],
+        0,
+    );
     expect_needs_reset(&mut r, "loop");
-    assert!(matches!(r.dev.last_error(), Some(QueueError::ChainTooLong { limit: 8 })));
+    assert!(matches!(
+        r.dev.last_error(),
+        Some(QueueError::ChainTooLong { limit: 8 })
+    ));
     // Reset recovers the device.
     r.w(STATUS, 0);
     r.q = DriverQueue::modern(RING_BASE, 8);
@@ -339,7 +404,11 @@ fn s2_7_5_looped_chain_sets_needs_reset() {
 #[test]
 fn s2_7_5_next_out_of_range() {
     let mut r = entropy(M);
-    raw_chain(&mut r, &[(0, d(BUF_BASE, 8, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 8))], 0);
+    raw_chain(
+        &mut r,
+        &[(0, d(BUF_BASE, 8, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 8))],
+        0,
+    );
     expect_needs_reset(&mut r, "next out of range");
 }
 
@@ -351,7 +420,10 @@ fn s2_7_5_descriptor_beyond_memory_and_overflow() {
         expect_needs_reset(&mut r, "beyond memory");
         for a in r.dev.ram().accesses() {
             assert!(a.end() <= RAM, "access outside memory {a:?}");
-            assert!(!(a.kind == AccessKind::Write && a.gpa >= BUF_BASE), "buffer written {a:?}");
+            assert!(
+                !(a.kind == AccessKind::Write && a.gpa >= BUF_BASE),
+                "buffer written {a:?}"
+            );
         }
     }
 }
@@ -368,11 +440,15 @@ fn s2_7_5_buffer_ending_at_last_byte_of_memory_is_valid() {
 fn s2_7_13_avail_index_jump_is_an_error() {
     let mut r = entropy(M);
     r.init(0);
-    r.q.write_descriptor(&mut r.mem, 0, &d(BUF_BASE, 8, VIRTQ_DESC_F_WRITE, 0)).unwrap();
+    r.q.write_descriptor(&mut r.mem, 0, &d(BUF_BASE, 8, VIRTQ_DESC_F_WRITE, 0))
+        .unwrap();
     r.q.set_avail_idx(&mut r.mem, 9).unwrap();
     r.w(QUEUE_NOTIFY, 0);
     expect_needs_reset(&mut r, "avail jump");
-    assert!(matches!(r.dev.last_error(), Some(QueueError::AvailIdxJump { ahead: 9, .. })));
+    assert!(matches!(
+        r.dev.last_error(),
+        Some(QueueError::AvailIdxJump { ahead: 9, .. })
+    ));
 }
 
 #[test]
@@ -385,32 +461,66 @@ fn s2_7_5_3_indirect_rules() {
     expect_needs_reset(&mut r, "indirect not negotiated");
     // INDIRECT with NEXT.
     let mut r = entropy(M);
-    raw_chain(&mut r, &[(0, d(table, 16, ind | VIRTQ_DESC_F_NEXT, 1))], bit(VIRTIO_F_INDIRECT_DESC));
+    raw_chain(
+        &mut r,
+        &[(0, d(table, 16, ind | VIRTQ_DESC_F_NEXT, 1))],
+        bit(VIRTIO_F_INDIRECT_DESC),
+    );
     expect_needs_reset(&mut r, "indirect with next");
     // Length not a multiple of 16, and 0.
     for len in [0, 15, 24] {
         let mut r = entropy(M);
-        raw_chain(&mut r, &[(0, d(table, len, ind, 0))], bit(VIRTIO_F_INDIRECT_DESC));
+        raw_chain(
+            &mut r,
+            &[(0, d(table, len, ind, 0))],
+            bit(VIRTIO_F_INDIRECT_DESC),
+        );
         expect_needs_reset(&mut r, "indirect length");
     }
     // Nested.
     let mut r = entropy(M);
     DriverQueue::write_descriptor_at(&mut r.mem, table, 0, &d(table, 16, ind, 0)).unwrap();
-    raw_chain(&mut r, &[(0, d(table, 16, ind, 0))], bit(VIRTIO_F_INDIRECT_DESC));
+    raw_chain(
+        &mut r,
+        &[(0, d(table, 16, ind, 0))],
+        bit(VIRTIO_F_INDIRECT_DESC),
+    );
     expect_needs_reset(&mut r, "nested indirect");
 }
 
 #[test]
 fn s2_7_5_3_2_indirect_chain_and_write_flag_ignored() {
     let table = BUF_BASE + 0x1000;
-    for flags in [VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE] {
+    for flags in [
+        VIRTQ_DESC_F_INDIRECT,
+        VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE,
+    ] {
         let mut r = entropy(M);
-        DriverQueue::write_descriptor_at(&mut r.mem, table, 0, &d(BUF_BASE, 4, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1)).unwrap();
-        DriverQueue::write_descriptor_at(&mut r.mem, table, 1, &d(BUF_BASE + 4, 12, VIRTQ_DESC_F_WRITE, 0)).unwrap();
-        raw_chain(&mut r, &[(0, d(table, 32, flags, 0))], bit(VIRTIO_F_INDIRECT_DESC));
+        DriverQueue::write_descriptor_at(
+            &mut r.mem,
+            table,
+            0,
+            &d(BUF_BASE, 4, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1),
+        )
+        .unwrap();
+        DriverQueue::write_descriptor_at(
+            &mut r.mem,
+            table,
+            1,
+            &d(BUF_BASE + 4, 12, VIRTQ_DESC_F_WRITE, 0),
+        )
+        .unwrap();
+        raw_chain(
+            &mut r,
+            &[(0, d(table, 32, flags, 0))],
+            bit(VIRTIO_F_INDIRECT_DESC),
+        );
         assert_eq!(r.used(), vec![(0, 16)]);
         for a in r.dev.ram().accesses() {
-            assert!(!(a.kind == AccessKind::Write && a.gpa >= table && a.gpa < table + 32), "table written");
+            assert!(
+                !(a.kind == AccessKind::Write && a.gpa >= table && a.gpa < table + 32),
+                "table written"
+            );
         }
     }
 }
@@ -434,7 +544,11 @@ fn knob_skip_chain_returns_head_with_len_0() {
     let mut cfg = DeviceConfig::new(M);
     cfg.knobs.malformed_chain = MalformedChainPolicy::SkipChain;
     let mut r = rig(cfg, Box::new(EntropyBackend::new(0)));
-    raw_chain(&mut r, &[(0, d(BUF_BASE, 8, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 0))], 0);
+    raw_chain(
+        &mut r,
+        &[(0, d(BUF_BASE, 8, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 0))],
+        0,
+    );
     assert_eq!(r.used(), vec![(0, 0)]);
     assert_eq!(r.r(STATUS), 0xf);
 }
@@ -444,7 +558,12 @@ fn s2_7_13_indices_wrap_past_65535() {
     let mut r = entropy(M);
     r.init(0);
     for i in 0..8u16 {
-        r.q.write_descriptor(&mut r.mem, i, &d(BUF_BASE + 8 * i as u64, 1, VIRTQ_DESC_F_WRITE, 0)).unwrap();
+        r.q.write_descriptor(
+            &mut r.mem,
+            i,
+            &d(BUF_BASE + 8 * i as u64, 1, VIRTQ_DESC_F_WRITE, 0),
+        )
+        .unwrap();
     }
     let mut total = 0u32;
     while total < 65536 + 24 {
@@ -452,7 +571,10 @@ fn s2_7_13_indices_wrap_past_65535() {
         r.w(QUEUE_NOTIFY, 0);
         let used = r.used();
         assert_eq!(used.len(), 8, "at {total}");
-        assert_eq!(used.iter().map(|u| u.0).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(
+            used.iter().map(|u| u.0).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4, 5, 6, 7]
+        );
         total += 8;
     }
     assert_eq!(r.q.used_idx(&mut r.mem).unwrap(), (total % 65536) as u16);
@@ -463,21 +585,31 @@ fn s2_7_13_indices_wrap_past_65535() {
 fn s2_7_7_2_no_interrupt_flag_without_event_idx() {
     let mut r = entropy(M);
     r.init(0);
-    r.q.set_avail_flags(&mut r.mem, VIRTQ_AVAIL_F_NO_INTERRUPT).unwrap();
+    r.q.set_avail_flags(&mut r.mem, VIRTQ_AVAIL_F_NO_INTERRUPT)
+        .unwrap();
     r.q.set_used_event(&mut r.mem, 0x1234).unwrap();
     r.post(0, &[(4, true)]);
     assert_eq!(r.used().len(), 1);
-    assert_eq!(r.r(INTERRUPT_STATUS), 0, "SHOULD NOT notify with NO_INTERRUPT");
+    assert_eq!(
+        r.r(INTERRUPT_STATUS),
+        0,
+        "SHOULD NOT notify with NO_INTERRUPT"
+    );
     r.q.set_avail_flags(&mut r.mem, 0).unwrap();
     r.post(1, &[(4, true)]);
-    assert_eq!(r.r(INTERRUPT_STATUS), INT_USED_BUFFER, "MUST notify, used_event ignored");
+    assert_eq!(
+        r.r(INTERRUPT_STATUS),
+        INT_USED_BUFFER,
+        "MUST notify, used_event ignored"
+    );
 }
 
 #[test]
 fn s2_7_7_2_event_idx_notifies_exactly_at_used_event() {
     let mut r = entropy(M);
     r.init(bit(VIRTIO_F_EVENT_IDX));
-    r.q.set_avail_flags(&mut r.mem, VIRTQ_AVAIL_F_NO_INTERRUPT).unwrap();
+    r.q.set_avail_flags(&mut r.mem, VIRTQ_AVAIL_F_NO_INTERRUPT)
+        .unwrap();
     r.q.set_used_event(&mut r.mem, 3).unwrap();
     let mut notified = vec![];
     for i in 0..6u16 {
@@ -507,7 +639,9 @@ fn s2_7_10_avail_event_not_written_without_event_idx() {
     r.init(0);
     let at = r.q.avail_event_addr();
     use vm_memory::Bytes;
-    r.mem.write_slice(&[0xa5, 0xa5], vm_memory::GuestAddress(at)).unwrap();
+    r.mem
+        .write_slice(&[0xa5, 0xa5], vm_memory::GuestAddress(at))
+        .unwrap();
     r.post(0, &[(4, true)]);
     assert_eq!(r.mem_u16(at), 0xa5a5);
 }
@@ -555,7 +689,11 @@ fn s4_2_2_invalid_queue_size_at_driver_ok() {
         r.w(QUEUE_NUM, num);
         r.w(QUEUE_READY, 1);
         r.w(STATUS, 0xf);
-        assert_ne!(r.r(STATUS) as u8 & DEVICE_NEEDS_RESET, 0, "QueueNum {num:#x}");
+        assert_ne!(
+            r.r(STATUS) as u8 & DEVICE_NEEDS_RESET,
+            0,
+            "QueueNum {num:#x}"
+        );
         assert_ne!(r.r(INTERRUPT_STATUS) & INT_CONFIG_CHANGE, 0);
     }
 }
@@ -578,7 +716,11 @@ fn step_budget_bounds_a_mutant_loop() {
     cfg.mutant = Some(Mutant::NoChainLengthCap);
     cfg.step_budget = 10_000;
     let mut r = rig(cfg, Box::new(EntropyBackend::new(0)));
-    raw_chain(&mut r, &[(0, d(BUF_BASE, 8, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 0))], 0);
+    raw_chain(
+        &mut r,
+        &[(0, d(BUF_BASE, 8, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 0))],
+        0,
+    );
     assert!(r.dev.budget_exhausted());
 }
 

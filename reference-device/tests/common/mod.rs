@@ -75,7 +75,10 @@ impl Rig {
         let st = self.negotiate(features | bit(VIRTIO_F_VERSION_1));
         assert_eq!(st as u8 & FEATURES_OK, FEATURES_OK, "FEATURES_OK refused");
         self.setup_queue();
-        self.w(STATUS, (ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK) as u32);
+        self.w(
+            STATUS,
+            (ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK) as u32,
+        );
     }
 
     /// Writes a chain of (len, writable) buffers at BUF_BASE.. using descriptors from `first`,
@@ -88,7 +91,8 @@ impl Rig {
             let d = Descriptor {
                 addr,
                 len,
-                flags: if w { VIRTQ_DESC_F_WRITE } else { 0 } | if last { 0 } else { VIRTQ_DESC_F_NEXT },
+                flags: if w { VIRTQ_DESC_F_WRITE } else { 0 }
+                    | if last { 0 } else { VIRTQ_DESC_F_NEXT },
                 next: (idx + 1) % self.q.size,
             };
             self.q.write_descriptor(&mut self.mem, idx, &d).unwrap();

@@ -25,7 +25,8 @@ use crate::regs::{
 
 /// Largest queue size a split virtqueue may have (§2.7).
 pub const MAX_QUEUE_SIZE: u16 = 32768;
-/// Largest number of entries the reference accepts in one indirect table.
+/// Largest number of entries the reference accepts in one indirect table, whatever the
+/// queue size (the queue size itself is the first bound, §2.7.5.3.1).
 pub const MAX_INDIRECT_ENTRIES: u32 = 65536;
 
 /// One descriptor of a chain as the device resolved it (§2.7.5).
@@ -450,11 +451,13 @@ impl SplitQueue {
                 if d.flags & VIRTQ_DESC_F_NEXT != 0 {
                     return Err(QueueError::IndirectWithNext { index });
                 }
-                if d.len == 0 || d.len % 16 != 0 || d.len / 16 > MAX_INDIRECT_ENTRIES {
+                // §2.7.5.3.1: a chain, indirect table included, is at most Queue Size long.
+                let max = (self.size as u32).min(MAX_INDIRECT_ENTRIES);
+                if d.len == 0 || d.len % 16 != 0 || d.len / 16 > max {
                     return Err(QueueError::IndirectTableLength {
                         index,
                         len: d.len,
-                        max: MAX_INDIRECT_ENTRIES,
+                        max,
                     });
                 }
                 self.check_buffer(ram, index, d.addr, d.len)?;

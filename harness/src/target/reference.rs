@@ -52,7 +52,7 @@ impl ReferenceTarget {
         let factory: DeviceFactory = Box::new(move |ram| {
             let mut cfg = DeviceConfig::new(version);
             cfg.mutant = mutant;
-            cfg.step_budget = 1 << 16;
+            cfg.step_budget = 1 << 20;
             let b = backend(device).unwrap_or_else(|_| Box::new(EntropyBackend::new(0)));
             MmioDevice::new(cfg, b, ram)
         });

@@ -1,1 +1,988 @@
 //! QEMU over qtest as a target; see the module docs below.
+//!
+//! [`QemuTarget`] starts `qemu-system-x86_64 -M microvm` with one virtio-mmio device and
+//! drives it over QEMU's qtest line protocol on a Unix socket: `readb`/`readw`/`readl`/`readq`
+//! and `writeb`/`writew`/`writel`/`writeq` for registers, `read ADDR SIZE` / `write ADDR SIZE
+//! 0x<hex>` for guest memory, and `irq_intercept_in /machine/ioapic` so that interrupt lines
+//! arrive as asynchronous `IRQ raise N` / `IRQ lower N` lines.
+//!
+//! # Machine
+//!
+//! `-M microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=off,ioapic2=off`, a BIOS
+//! of 64 KiB of `HLT` (the vCPU halts at the reset vector and leaves RAM alone), `-accel tcg`.
+//! The machine has 8 virtio-mmio transports at `0xfeb00000 + i * 0x200`; the device's window
+//! is found by probing MagicValue and DeviceID. Transport `i` raises GSI `16 + i`.
+//! Guest RAM starts at guest physical address 0 and is [`QemuOptions::ram_mib`] MiB long;
+//! `0xe0000..0x100000` is the read-only alias of the BIOS, so keep buffers at or above 1 MiB.
+//!
+//! # Speed
+//!
+//! A value-returning command costs one round trip (roughly 10k per second). Commands whose
+//! reply carries no value (register writes, guest-memory writes) are pipelined: they are sent
+//! without waiting, and their `OK`s are collected (and checked) before the next command that
+//! needs a value, so a failed write surfaces as [`TargetError::Protocol`] at that point.
+//!
+//! # Clean-up
+//!
+//! QEMU is killed when the target is dropped or [`Target::fresh`] replaces it. It is started
+//! with a parent-death signal (through util-linux `setpriv --pdeathsig KILL`, from one
+//! long-lived spawner thread) so it also dies when the harness is killed, and the first QEMU
+//! start installs a Ctrl-C/SIGTERM handler that kills every QEMU child and exits with 130.
+//! An application that installs its own handler should call [`kill_all_qemu`] in it.
+
+use super::{Capabilities, DeviceKind, IrqEvent, Target, TargetError, TargetInfo};
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock};
+use std::time::{Duration, Instant};
+use virtio_reference_device::TransportVersion;
+
+/// Guest physical address of the first virtio-mmio transport on `-M microvm`.
+pub const MICROVM_MMIO_BASE: u64 = 0xfeb0_0000;
+/// Distance in bytes between two transports, and the size of one window.
+pub const MICROVM_MMIO_STRIDE: u64 = 0x200;
+/// Number of transports with `ioapic2=off`.
+pub const MICROVM_MMIO_COUNT: u64 = 8;
+/// First GSI of the transports: transport `i` raises `IRQ raise {16 + i}`.
+pub const MICROVM_MMIO_FIRST_GSI: u32 = 16;
+
+/// Lines of QEMU's stderr kept in crash messages and [`Target::diagnostics`].
+const STDERR_TAIL_LINES: usize = 20;
+/// Pipelined commands allowed in flight before their replies are collected. Bounded so
+/// neither side's socket buffer fills up while the other waits.
+const MAX_IN_FLIGHT: usize = 1024;
+/// Unsent command bytes buffered before a `write(2)`.
+const SEND_BUFFER: usize = 32 * 1024;
+/// Largest guest-memory transfer per qtest command, in bytes.
+const MEM_CHUNK: usize = 32 * 1024;
+/// QEMU gets at least this long to start and connect, whatever the per-reply timeout.
+const MIN_STARTUP: Duration = Duration::from_secs(10);
+
+/// How to start QEMU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuOptions {
+    /// The QEMU binary (default `qemu-system-x86_64`, looked up on `PATH`).
+    pub qemu: PathBuf,
+    /// The device to attach (`virtio-rng-device`, `virtio-blk-device` on a `null-co://`
+    /// drive, or `virtio-net-device` on a user-mode netdev).
+    pub device: DeviceKind,
+    /// `Modern` adds `-global virtio-mmio.force-legacy=false` (Version 2); `Legacy` is QEMU's
+    /// default (Version 1).
+    pub version: TransportVersion,
+    /// Guest RAM in MiB (default 64), at guest physical address 0.
+    pub ram_mib: u64,
+    /// How long to wait for one qtest reply before [`TargetError::Hung`] (default 5 s).
+    pub timeout: Duration,
+}
+
+impl Default for QemuOptions {
+    fn default() -> Self {
+        QemuOptions {
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            device: DeviceKind::Entropy,
+            version: TransportVersion::Legacy,
+            ram_mib: 64,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl QemuOptions {
+    /// Default options for `device` over transport `version`.
+    pub fn new(device: DeviceKind, version: TransportVersion) -> Self {
+        QemuOptions {
+            device,
+            version,
+            ..Self::default()
+        }
+    }
+
+    /// The `-device` (and backend) arguments for [`QemuOptions::device`].
+    fn device_args(&self) -> Vec<&'static str> {
+        match self.device {
+            DeviceKind::Entropy => vec!["-device", "virtio-rng-device"],
+            DeviceKind::Block => vec![
+                "-device",
+                "virtio-blk-device,drive=d0",
+                "-drive",
+                "if=none,id=d0,file=null-co://,format=raw",
+            ],
+            DeviceKind::Net => vec![
+                "-device",
+                "virtio-net-device,netdev=n0",
+                "-netdev",
+                "user,id=n0",
+            ],
+        }
+    }
+
+    /// The DeviceID the device presents (§5).
+    fn device_id(&self) -> u32 {
+        match self.device {
+            DeviceKind::Entropy => 4,
+            DeviceKind::Block => 2,
+            DeviceKind::Net => 1,
+        }
+    }
+}
+
+/// The first line of `<qemu> --version`, or why QEMU cannot be run
+/// ([`TargetError::Unavailable`]). Tests use it to decide whether to skip.
+pub fn qemu_version(qemu: &Path) -> Result<String, TargetError> {
+    let out = Command::new(qemu)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            TargetError::Unavailable(format!(
+                "cannot run `{}`: {e} (install it with scripts/install-qemu.sh)",
+                qemu.display()
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(TargetError::Unavailable(format!(
+            "`{} --version` failed with {}: {}",
+            qemu.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes: spawning with a parent-death signal, and a registry for Ctrl-C.
+
+/// A QEMU process shared between its target and the Ctrl-C registry.
+type SharedChild = Arc<Mutex<Child>>;
+
+#[derive(Default)]
+struct Registry {
+    next: u64,
+    children: HashMap<u64, (SharedChild, PathBuf)>,
+}
+
+fn registry() -> MutexGuard<'static, Registry> {
+    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+    REGISTRY
+        .get_or_init(|| Mutex::new(Registry::default()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_child(c: &SharedChild) -> MutexGuard<'_, Child> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kills every QEMU this process started and still owns, and removes their scratch folders.
+/// Installed as the Ctrl-C handler by the first QEMU start; call it from your own handler
+/// if the application installs one first.
+pub fn kill_all_qemu() {
+    let all: Vec<(SharedChild, PathBuf)> = registry().children.drain().map(|(_, v)| v).collect();
+    for (child, dir) in all {
+        let mut c = lock_child(&child);
+        let _ = c.kill();
+        let _ = c.wait();
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+fn install_interrupt_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Fails when the application already has a handler; it then owns the clean-up.
+        let _ = ctrlc::set_handler(|| {
+            kill_all_qemu();
+            std::process::exit(130);
+        });
+    });
+}
+
+/// Whether `setpriv --pdeathsig` is available (util-linux 2.33 and later).
+fn have_setpriv() -> bool {
+    static HAVE: OnceLock<bool> = OnceLock::new();
+    *HAVE.get_or_init(|| {
+        Command::new("setpriv")
+            .arg("--help")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("--pdeathsig"))
+            .unwrap_or(false)
+    })
+}
+
+type SpawnJob = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// Spawns `cmd` from one thread that lives as long as the process: the parent-death signal
+/// fires when the *thread* that forked the child ends, so children must not come from
+/// short-lived threads (a test thread, a worker).
+fn spawn_long_lived(cmd: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<Option<mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("qemu-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    let mut cmd = cmd;
+    let Some(tx) = tx else { return cmd.spawn() };
+    let (rtx, rrx) = mpsc::channel();
+    if let Err(mpsc::SendError((mut back, _))) = tx.send((cmd, rtx)) {
+        return back.spawn();
+    }
+    rrx.recv()
+        .unwrap_or_else(|_| Err(io::Error::other("the QEMU spawner thread is gone")))
+}
+
+/// `msg`, followed by the last lines of QEMU's stderr when there are any.
+fn with_stderr_tail(msg: String, stderr: &Path) -> String {
+    let tail = file_tail(stderr, STDERR_TAIL_LINES);
+    if tail.trim().is_empty() {
+        msg
+    } else {
+        format!("{msg}; last lines of QEMU's stderr:\n{tail}")
+    }
+}
+
+/// The last `n` lines of the file at `path` (empty when unreadable).
+fn file_tail(path: &Path, n: usize) -> String {
+    let text = fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The qtest connection.
+
+/// Why a qtest exchange failed, before it is mapped to a [`TargetError`].
+#[derive(Debug)]
+enum LinkError {
+    /// No reply within the timeout.
+    Timeout(String),
+    /// The connection closed or broke (QEMU exited).
+    Closed(String),
+    /// QEMU answered `FAIL ...`/`ERR ...` or something unparsable; the link stays usable.
+    Reply(String),
+}
+
+struct Conn {
+    stream: UnixStream,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    /// Commands sent whose replies (no value expected) are not collected yet.
+    in_flight: VecDeque<String>,
+    irqs: Vec<IrqEvent>,
+    /// Wall time of the first complete line received (startup measurement).
+    first_reply: Option<Instant>,
+}
+
+impl Conn {
+    fn new(stream: UnixStream, timeout: Duration) -> io::Result<Conn> {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        Ok(Conn {
+            stream,
+            rbuf: Vec::with_capacity(64 * 1024),
+            wbuf: Vec::with_capacity(SEND_BUFFER + 256),
+            in_flight: VecDeque::new(),
+            irqs: Vec::new(),
+            first_reply: None,
+        })
+    }
+
+    fn flush(&mut self) -> Result<(), LinkError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let r = self.stream.write_all(&self.wbuf);
+        self.wbuf.clear();
+        r.map_err(|e| match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                LinkError::Timeout("QEMU stopped reading qtest commands".into())
+            }
+            _ => LinkError::Closed(format!("sending to QEMU: {e}")),
+        })
+    }
+
+    /// Reads more bytes into `rbuf`, blocking up to the read timeout.
+    fn fill(&mut self, waiting_for: &str) -> Result<(), LinkError> {
+        let mut tmp = [0u8; 16 * 1024];
+        loop {
+            match self.stream.read(&mut tmp) {
+                Ok(0) => {
+                    return Err(LinkError::Closed(format!(
+                        "qtest connection closed while waiting for the reply to `{waiting_for}`"
+                    )))
+                }
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&tmp[..n]);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(LinkError::Timeout(format!(
+                        "no reply to `{waiting_for}` in time"
+                    )))
+                }
+                Err(e) => return Err(LinkError::Closed(format!("reading from QEMU: {e}"))),
+            }
+        }
+    }
+
+    /// Takes one complete line out of `rbuf`, if there is one.
+    fn take_line(&mut self) -> Option<String> {
+        let pos = self.rbuf.iter().position(|&b| b == b'\n')?;
+        let line = String::from_utf8_lossy(&self.rbuf[..pos])
+            .trim()
+            .to_string();
+        self.rbuf.drain(..=pos);
+        if self.first_reply.is_none() {
+            self.first_reply = Some(Instant::now());
+        }
+        Some(line)
+    }
+
+    /// Records an asynchronous `IRQ ...` line; false when `line` is something else.
+    fn absorb_irq(&mut self, line: &str) -> bool {
+        match line.strip_prefix("IRQ ") {
+            Some(rest) => {
+                if rest.starts_with("raise") {
+                    self.irqs.push(IrqEvent::Raised);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The next reply line, skipping (and recording) asynchronous IRQ lines.
+    fn next_reply(&mut self, waiting_for: &str) -> Result<String, LinkError> {
+        loop {
+            while let Some(line) = self.take_line() {
+                if !self.absorb_irq(&line) {
+                    return Ok(line);
+                }
+            }
+            self.fill(waiting_for)?;
+        }
+    }
+
+    /// Queues a command whose reply carries no value; its `OK` is checked later.
+    fn post(&mut self, cmd: String) -> Result<(), LinkError> {
+        self.wbuf.extend_from_slice(cmd.as_bytes());
+        self.wbuf.push(b'\n');
+        self.in_flight.push_back(cmd);
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            self.sync()
+        } else if self.wbuf.len() >= SEND_BUFFER {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sends everything queued and collects every outstanding reply. The first non-`OK`
+    /// reply becomes [`LinkError::Reply`] after all replies are in (the link stays in step).
+    fn sync(&mut self) -> Result<(), LinkError> {
+        self.flush()?;
+        let mut failure = None;
+        while let Some(cmd) = self.in_flight.front().cloned() {
+            let line = self.next_reply(&cmd)?;
+            self.in_flight.pop_front();
+            if line != "OK" && !line.starts_with("OK ") && failure.is_none() {
+                failure = Some(format!("`{cmd}` -> `{line}`"));
+            }
+        }
+        match failure {
+            Some(f) => Err(LinkError::Reply(f)),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends `cmds` back to back and returns their `OK` payloads in order.
+    fn query_many(&mut self, cmds: &[String]) -> Result<Vec<String>, LinkError> {
+        self.sync()?;
+        for c in cmds {
+            self.wbuf.extend_from_slice(c.as_bytes());
+            self.wbuf.push(b'\n');
+        }
+        self.flush()?;
+        let mut out = Vec::with_capacity(cmds.len());
+        let mut failure = None;
+        for c in cmds {
+            let line = self.next_reply(c)?;
+            match line.strip_prefix("OK") {
+                Some(rest) => out.push(rest.trim().to_string()),
+                None => {
+                    out.push(String::new());
+                    failure.get_or_insert_with(|| format!("`{c}` -> `{line}`"));
+                }
+            }
+        }
+        match failure {
+            Some(f) => Err(LinkError::Reply(f)),
+            None => Ok(out),
+        }
+    }
+
+    /// Sends one command and returns the payload of its `OK` reply.
+    fn query(&mut self, cmd: String) -> Result<String, LinkError> {
+        let mut v = self.query_many(std::slice::from_ref(&cmd))?;
+        Ok(v.pop().unwrap_or_default())
+    }
+
+    /// Reads whatever QEMU has already sent (asynchronous IRQ lines) without waiting.
+    fn poll_async(&mut self) -> Result<(), LinkError> {
+        self.stream
+            .set_nonblocking(true)
+            .map_err(|e| LinkError::Closed(e.to_string()))?;
+        let mut tmp = [0u8; 4096];
+        let res = loop {
+            match self.stream.read(&mut tmp) {
+                Ok(0) => break Err(LinkError::Closed("qtest connection closed".into())),
+                Ok(n) => self.rbuf.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break Ok(()),
+                Err(e) => break Err(LinkError::Closed(format!("reading from QEMU: {e}"))),
+            }
+        };
+        let _ = self.stream.set_nonblocking(false);
+        // Nothing is in flight here, so every complete line is asynchronous.
+        while let Some(line) = self.take_line() {
+            if !self.absorb_irq(&line) {
+                return Err(LinkError::Reply(format!(
+                    "unexpected line from QEMU: `{line}`"
+                )));
+            }
+        }
+        res
+    }
+}
+
+fn parse_u64(payload: &str) -> Result<u64, LinkError> {
+    let hex = payload.strip_prefix("0x").unwrap_or(payload);
+    u64::from_str_radix(hex, 16)
+        .map_err(|_| LinkError::Reply(format!("expected a hex value, got `{payload}`")))
+}
+
+fn hex_encode(data: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 + 2 * data.len());
+    s.push_str("0x");
+    for &b in data {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn hex_decode(payload: &str, out: &mut [u8]) -> Result<(), LinkError> {
+    let hex = payload.strip_prefix("0x").unwrap_or(payload).as_bytes();
+    if hex.len() != 2 * out.len() {
+        return Err(LinkError::Reply(format!(
+            "expected {} hex bytes, got {} characters",
+            out.len(),
+            hex.len()
+        )));
+    }
+    let nib = |c: u8| -> Result<u8, LinkError> {
+        (c as char)
+            .to_digit(16)
+            .map(|d| d as u8)
+            .ok_or_else(|| LinkError::Reply("bad hex digit in a read reply".into()))
+    };
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (nib(hex[2 * i])? << 4) | nib(hex[2 * i + 1])?;
+    }
+    Ok(())
+}
+
+fn width_suffix(len: usize) -> Option<char> {
+    match len {
+        1 => Some('b'),
+        2 => Some('w'),
+        4 => Some('l'),
+        8 => Some('q'),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One running QEMU.
+
+struct Instance {
+    /// Scratch folder (socket, BIOS image, stderr log); removed on drop.
+    dir: tempfile::TempDir,
+    child: SharedChild,
+    registry_id: u64,
+    pid: u32,
+    conn: Conn,
+    /// Guest physical address of the device's transport window.
+    base: u64,
+    /// Spawn to first qtest reply.
+    startup: Duration,
+}
+
+impl Instance {
+    fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("qemu.stderr")
+    }
+
+    fn socket_path(&self) -> PathBuf {
+        self.dir.path().join("qtest.sock")
+    }
+
+    /// The exit status if QEMU has exited, waiting up to `grace` for it to do so.
+    fn exit_status(&self, grace: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + grace;
+        loop {
+            if let Ok(Some(st)) = lock_child(&self.child).try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn start(opts: &QemuOptions) -> Result<Instance, TargetError> {
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            TargetError::Unavailable(format!("QEMU target: {what}: {e}"))
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("virtio-conform-qemu-")
+            .tempdir()
+            .map_err(|e| unavailable("creating a scratch folder", &e))?;
+        let bios = dir.path().join("hlt.bin");
+        fs::write(&bios, vec![0xf4u8; 65536]).map_err(|e| unavailable("writing hlt.bin", &e))?;
+        let sock = dir.path().join("qtest.sock");
+        let listener =
+            UnixListener::bind(&sock).map_err(|e| unavailable("binding the qtest socket", &e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| unavailable("configuring the qtest socket", &e))?;
+        let stderr_path = dir.path().join("qemu.stderr");
+        let stderr = fs::File::create(&stderr_path)
+            .map_err(|e| unavailable("creating the stderr log", &e))?;
+
+        let machine =
+            "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=off,ioapic2=off";
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut push = |s: &dyn AsRef<std::ffi::OsStr>| args.push(s.as_ref().to_os_string());
+        for a in ["-M", machine, "-display", "none", "-nodefaults"] {
+            push(&a);
+        }
+        push(&"-m");
+        push(&format!("{}M", opts.ram_mib));
+        push(&"-bios");
+        push(&bios);
+        push(&"-qtest-log");
+        push(&"none");
+        for a in opts.device_args() {
+            push(&a);
+        }
+        if opts.version == TransportVersion::Modern {
+            push(&"-global");
+            push(&"virtio-mmio.force-legacy=false");
+        }
+        push(&"-qtest");
+        push(&format!("unix:{}", sock.display()));
+        push(&"-accel");
+        push(&"tcg");
+
+        let mut cmd = if have_setpriv() {
+            let mut c = Command::new("setpriv");
+            c.args(["--pdeathsig", "KILL", "--"]).arg(&opts.qemu);
+            c
+        } else {
+            Command::new(&opts.qemu)
+        };
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr));
+
+        install_interrupt_handler();
+        let spawned = Instant::now();
+        let child = spawn_long_lived(cmd)
+            .map_err(|e| unavailable(&format!("starting {}", opts.qemu.display()), &e))?;
+        let pid = child.id();
+        let child: SharedChild = Arc::new(Mutex::new(child));
+        let registry_id = {
+            let mut r = registry();
+            r.next += 1;
+            let id = r.next;
+            r.children
+                .insert(id, (child.clone(), dir.path().to_path_buf()));
+            id
+        };
+
+        // From here on, dropping `inst` (on any error) kills QEMU.
+        let deadline = spawned + opts.timeout.max(MIN_STARTUP);
+        let stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break Ok(s),
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
+                {
+                    if let Ok(Some(st)) = lock_child(&child).try_wait() {
+                        break Err(with_stderr_tail(
+                            format!("QEMU exited at startup ({st})"),
+                            &stderr_path,
+                        ));
+                    }
+                    if Instant::now() >= deadline {
+                        break Err("QEMU did not connect to the qtest socket in time".to_string());
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => break Err(format!("accepting the qtest connection: {e}")),
+            }
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(msg) => {
+                kill_and_forget(registry_id, &child);
+                return Err(TargetError::Unavailable(msg));
+            }
+        };
+        let conn = match Conn::new(stream, opts.timeout.max(MIN_STARTUP)) {
+            Ok(c) => c,
+            Err(e) => {
+                kill_and_forget(registry_id, &child);
+                return Err(unavailable("configuring the qtest connection", &e));
+            }
+        };
+        let mut inst = Instance {
+            dir,
+            child,
+            registry_id,
+            pid,
+            conn,
+            base: 0,
+            startup: Duration::ZERO,
+        };
+        inst.setup(opts, spawned).map_err(|e| {
+            let msg = match e {
+                LinkError::Timeout(m) | LinkError::Closed(m) | LinkError::Reply(m) => m,
+            };
+            TargetError::Unavailable(with_stderr_tail(
+                format!("QEMU target setup: {msg}"),
+                &inst.stderr_path(),
+            ))
+        })?;
+        // Back to the per-reply timeout for normal operation.
+        let t = Some(opts.timeout.max(Duration::from_millis(1)));
+        inst.conn
+            .stream
+            .set_read_timeout(t)
+            .and_then(|_| inst.conn.stream.set_write_timeout(t))
+            .map_err(|e| unavailable("configuring the qtest connection", &e))?;
+        Ok(inst)
+    }
+
+    /// Intercepts the IOAPIC's inputs and finds the device's transport window.
+    fn setup(&mut self, opts: &QemuOptions, spawned: Instant) -> Result<(), LinkError> {
+        self.conn.query("irq_intercept_in /machine/ioapic".into())?;
+        self.startup = self
+            .conn
+            .first_reply
+            .map(|t| t.duration_since(spawned))
+            .unwrap_or_default();
+        let mut cmds = Vec::new();
+        for i in 0..MICROVM_MMIO_COUNT {
+            let base = MICROVM_MMIO_BASE + i * MICROVM_MMIO_STRIDE;
+            cmds.push(format!("readl 0x{base:x}"));
+            cmds.push(format!("readl 0x{:x}", base + 8));
+        }
+        let replies = self.conn.query_many(&cmds)?;
+        let want = opts.device_id();
+        for i in 0..MICROVM_MMIO_COUNT as usize {
+            let magic = parse_u64(&replies[2 * i])?;
+            let id = parse_u64(&replies[2 * i + 1])?;
+            if magic == 0x7472_6976 && id == want as u64 {
+                self.base = MICROVM_MMIO_BASE + i as u64 * MICROVM_MMIO_STRIDE;
+                return Ok(());
+            }
+        }
+        Err(LinkError::Reply(format!(
+            "no virtio-mmio transport with DeviceID {want} among the {MICROVM_MMIO_COUNT} at {MICROVM_MMIO_BASE:#x}"
+        )))
+    }
+}
+
+fn kill_and_forget(registry_id: u64, child: &SharedChild) {
+    registry().children.remove(&registry_id);
+    let mut c = lock_child(child);
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        kill_and_forget(self.registry_id, &self.child);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The target.
+
+/// A QEMU `-M microvm` with one virtio-mmio device, driven over qtest.
+///
+/// Register offsets are relative to the device's transport window (0..0x200); guest
+/// addresses are guest physical addresses in `0..ram_size()`.
+pub struct QemuTarget {
+    opts: QemuOptions,
+    implementation: String,
+    inst: Option<Instance>,
+    /// Set when the running QEMU crashed or hung; every operation returns it until `fresh`.
+    broken: Option<TargetError>,
+    /// stderr tail of the last QEMU that went away with an error.
+    last_tail: Option<String>,
+}
+
+impl QemuTarget {
+    /// Checks that QEMU runs, then starts the first instance.
+    ///
+    /// Errors: [`TargetError::Unavailable`] when QEMU is missing, exits at startup, does not
+    /// connect, or has no transport with the wanted DeviceID.
+    pub fn new(opts: QemuOptions) -> Result<QemuTarget, TargetError> {
+        let implementation = qemu_version(&opts.qemu)?;
+        let mut t = QemuTarget {
+            opts,
+            implementation,
+            inst: None,
+            broken: None,
+            last_tail: None,
+        };
+        t.fresh()?;
+        Ok(t)
+    }
+
+    /// The options this target was started with.
+    pub fn options(&self) -> &QemuOptions {
+        &self.opts
+    }
+
+    /// Process id of the running QEMU (`None` after a crash or hang was reported).
+    pub fn pid(&self) -> Option<u32> {
+        self.inst.as_ref().map(|i| i.pid)
+    }
+
+    /// Path of the running QEMU's qtest socket (it appears on QEMU's command line).
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        self.inst.as_ref().map(|i| i.socket_path())
+    }
+
+    /// Guest physical address of the device's transport window.
+    pub fn window_base(&self) -> Option<u64> {
+        self.inst.as_ref().map(|i| i.base)
+    }
+
+    /// Time from spawning the running QEMU to its first qtest reply.
+    pub fn startup_time(&self) -> Option<Duration> {
+        self.inst.as_ref().map(|i| i.startup)
+    }
+
+    /// Sends every pipelined command and checks its reply (a failed one becomes
+    /// [`TargetError::Protocol`]).
+    pub fn sync(&mut self) -> Result<(), TargetError> {
+        self.with_conn(|c, _| c.sync())
+    }
+
+    /// Runs `f` on the live connection; maps a link failure to a [`TargetError`], and on a
+    /// crash or hang records it and kills the QEMU.
+    fn with_conn<R>(
+        &mut self,
+        f: impl FnOnce(&mut Conn, u64) -> Result<R, LinkError>,
+    ) -> Result<R, TargetError> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        let inst = self
+            .inst
+            .as_mut()
+            .ok_or_else(|| TargetError::Unavailable("QEMU is not running".into()))?;
+        let err = match f(&mut inst.conn, inst.base) {
+            Ok(r) => return Ok(r),
+            Err(e) => e,
+        };
+        let stderr_path = inst.stderr_path();
+        let error = match err {
+            // QEMU refused one command; the link is still in step.
+            LinkError::Reply(m) => return Err(TargetError::Protocol(m)),
+            LinkError::Timeout(m) => match inst.exit_status(Duration::ZERO) {
+                Some(st) => TargetError::Crashed(with_stderr_tail(
+                    format!("QEMU exited ({st}): {m}"),
+                    &stderr_path,
+                )),
+                None => TargetError::Hung(format!(
+                    "{m} (timeout {:?}); QEMU killed",
+                    self.opts.timeout
+                )),
+            },
+            LinkError::Closed(m) => {
+                let st = inst
+                    .exit_status(Duration::from_secs(2))
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "still running; killed".into());
+                TargetError::Crashed(with_stderr_tail(
+                    format!("QEMU went away ({st}): {m}"),
+                    &stderr_path,
+                ))
+            }
+        };
+        self.last_tail = Some(file_tail(&stderr_path, STDERR_TAIL_LINES));
+        self.inst = None;
+        self.broken = Some(match &error {
+            TargetError::Crashed(m) => TargetError::Crashed(format!("earlier in this case: {m}")),
+            TargetError::Hung(m) => TargetError::Hung(format!("earlier in this case: {m}")),
+            other => other.clone(),
+        });
+        Err(error)
+    }
+
+    fn check_window(offset: u64, len: usize) -> Result<(), TargetError> {
+        if width_suffix(len).is_none() {
+            return Err(TargetError::Unsupported(format!(
+                "{len}-byte register access (qtest does 1, 2, 4 or 8)"
+            )));
+        }
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= MICROVM_MMIO_STRIDE => Ok(()),
+            _ => Err(TargetError::Unsupported(format!(
+                "offset {offset:#x} (+{len}) is outside the {MICROVM_MMIO_STRIDE:#x}-byte transport window"
+            ))),
+        }
+    }
+
+    fn check_ram(&self, gpa: u64, len: usize) -> Result<(), TargetError> {
+        match gpa.checked_add(len as u64) {
+            Some(end) if end <= self.ram_size() => Ok(()),
+            _ => Err(TargetError::Protocol(format!(
+                "guest memory access {gpa:#x}+{len:#x} outside guest RAM (0..{:#x})",
+                self.ram_size()
+            ))),
+        }
+    }
+}
+
+impl Target for QemuTarget {
+    fn info(&self) -> TargetInfo {
+        TargetInfo {
+            name: "qemu".into(),
+            device: self.opts.device.name().into(),
+            version: self.opts.version.register_value(),
+            implementation: self.implementation.clone(),
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            config_change: false,
+            memory_log: false,
+            interrupts: true,
+        }
+    }
+
+    fn ram_size(&self) -> u64 {
+        self.opts.ram_mib << 20
+    }
+
+    fn read(&mut self, offset: u64, data: &mut [u8]) -> Result<(), TargetError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        Self::check_window(offset, data.len())?;
+        let w = width_suffix(data.len()).unwrap_or('l');
+        let n = data.len();
+        let v = self.with_conn(|c, base| {
+            let p = c.query(format!("read{w} 0x{:x}", base + offset))?;
+            parse_u64(&p)
+        })?;
+        data.copy_from_slice(&v.to_le_bytes()[..n]);
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        Self::check_window(offset, data.len())?;
+        let w = width_suffix(data.len()).unwrap_or('l');
+        let mut b = [0u8; 8];
+        b[..data.len()].copy_from_slice(data);
+        let v = u64::from_le_bytes(b);
+        self.with_conn(|c, base| c.post(format!("write{w} 0x{:x} 0x{v:x}", base + offset)))
+    }
+
+    fn mem_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), TargetError> {
+        self.check_ram(gpa, data.len())?;
+        self.with_conn(|c, _| {
+            for (i, chunk) in data.chunks(MEM_CHUNK).enumerate() {
+                let a = gpa + (i * MEM_CHUNK) as u64;
+                c.post(format!(
+                    "write 0x{a:x} {} {}",
+                    chunk.len(),
+                    hex_encode(chunk)
+                ))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn mem_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {
+        self.check_ram(gpa, buf.len())?;
+        self.with_conn(|c, _| {
+            for (i, chunk) in buf.chunks_mut(MEM_CHUNK).enumerate() {
+                let a = gpa + (i * MEM_CHUNK) as u64;
+                let p = c.query(format!("read 0x{a:x} {}", chunk.len()))?;
+                hex_decode(&p, chunk)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn fresh(&mut self) -> Result<(), TargetError> {
+        self.inst = None;
+        self.broken = None;
+        self.inst = Some(Instance::start(&self.opts)?);
+        Ok(())
+    }
+
+    fn take_interrupts(&mut self) -> Vec<IrqEvent> {
+        // A failure is recorded in `broken` (or is a stray line) and shows at the next access.
+        let _ = self.with_conn(|c, _| {
+            c.sync()?;
+            c.poll_async()
+        });
+        self.inst
+            .as_mut()
+            .map(|i| std::mem::take(&mut i.conn.irqs))
+            .unwrap_or_default()
+    }
+
+    fn diagnostics(&mut self) -> Option<String> {
+        let tail = match &self.inst {
+            Some(i) => file_tail(&i.stderr_path(), STDERR_TAIL_LINES),
+            None => self.last_tail.clone().unwrap_or_default(),
+        };
+        (!tail.trim().is_empty()).then_some(tail)
+    }
+}

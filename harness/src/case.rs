@@ -187,6 +187,9 @@ pub struct Buf {
     pub write: bool,
     /// Absolute guest physical address override (otherwise the harness allocates).
     pub addr: Option<Num>,
+    /// Place the buffer this many bytes below the end of guest RAM (portable across targets
+    /// with different RAM sizes).
+    pub from_ram_end: Option<Num>,
     /// Flags override (otherwise NEXT/WRITE as the chain needs).
     pub flags: Option<Num>,
     /// `next` override.
@@ -328,6 +331,10 @@ pub enum Op {
     ExpectGraceful {
         #[serde(default)]
         queue: u16,
+        /// Also require that the chain came back (used) unless DEVICE_NEEDS_RESET is set: a
+        /// silently dropped chain leaks its descriptors (graded under STATUS-DEV-02).
+        #[serde(default)]
+        returned: bool,
         #[serde(flatten)]
         grade: Grade,
     },

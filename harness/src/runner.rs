@@ -770,7 +770,11 @@ impl Exec<'_> {
                 len,
                 grade,
             } => self.cycle(*queue, *count, *batch, len.unwrap_or(1), grade)?,
-            Op::ExpectGraceful { queue, grade } => self.expect_graceful(*queue, grade)?,
+            Op::ExpectGraceful {
+                queue,
+                returned,
+                grade,
+            } => self.expect_graceful(*queue, *returned, grade)?,
             Op::MemWrite { addr, data } => self.t.mem_write(addr.0, &data.0)?,
             Op::MemExpect { addr, data, grade } => {
                 let mut b = vec![0u8; data.0.len()];
@@ -985,9 +989,10 @@ impl Exec<'_> {
         let mut posted = Posted::default();
         for b in chain {
             let len = b.len.0 as u32;
-            let addr = match b.addr {
-                Some(a) => a.0,
-                None => self.alloc(len as u64),
+            let addr = match (b.addr, b.from_ram_end) {
+                (Some(a), _) => a.0,
+                (None, Some(back)) => self.ram.wrapping_sub(back.0),
+                (None, None) => self.alloc(len as u64),
             };
             let inside = addr.checked_add(len as u64).is_some_and(|e| e <= self.ram);
             if inside && len as u64 <= 1 << 20 {
@@ -1284,7 +1289,7 @@ impl Exec<'_> {
         Ok(())
     }
 
-    fn expect_graceful(&mut self, queue: u16, g: &Grade) -> R {
+    fn expect_graceful(&mut self, queue: u16, returned: bool, g: &Grade) -> R {
         let g = Some(g);
         let magic = self.r32(MAGIC)?;
         self.check(
@@ -1312,6 +1317,14 @@ impl Exec<'_> {
             return Ok(());
         }
         if n == 0 {
+            self.check(
+                None,
+                &["STATUS-DEV-02"],
+                !returned,
+                Severity::Low,
+                || "the rejected chain returned in the used ring, or DEVICE_NEEDS_RESET".into(),
+                || format!("chain silently dropped (used.idx unchanged, Status {st:#x})"),
+            );
             return Ok(());
         }
         let mut dq = self.q(queue)?.dq.clone();

@@ -157,6 +157,9 @@ struct QueueSlot {
     max: u16,
     num: u32,
     ready: bool,
+    /// Ring features copied and layout validated (at DRIVER_OK, or at first use when early
+    /// use is allowed).
+    active: bool,
     broken: bool,
     pfn: u32,
     align: u32,
@@ -177,6 +180,7 @@ impl QueueSlot {
             max,
             num,
             ready: false,
+            active: false,
             broken: false,
             pfn: 0,
             align: 4096,
@@ -450,7 +454,7 @@ impl MmioDevice {
                 self.raise(Interrupt::ConfigChange);
             }
             for i in 0..self.queues.len() {
-                if self.queues[i].ready {
+                if self.queues[i].ready && !self.queues[i].active {
                     self.activate(i);
                 }
             }
@@ -508,6 +512,7 @@ impl MmioDevice {
         }
         slot.q.set_indices(0, 0);
         slot.broken = false;
+        slot.active = true;
         if let Some(e) = err {
             if self.is(Mutant::InvalidQueueActivated) {
                 return;
@@ -532,10 +537,12 @@ impl MmioDevice {
             return;
         }
         if self.status & DRIVER_OK == 0 {
-            if !self.is(Mutant::ConsumesBeforeDriverOk) {
+            // §3.1.2: a legacy device lets the driver use it before DRIVER_OK; a modern one
+            // must not consume buffers before DRIVER_OK (§2.1.2).
+            if !self.legacy() && !self.is(Mutant::ConsumesBeforeDriverOk) {
                 return;
             }
-            if self.queues[i].ready {
+            if self.queues[i].ready && !self.queues[i].active {
                 self.activate(i);
             }
         }
@@ -583,7 +590,14 @@ impl MmioDevice {
                     {
                         panic!("mutant invalid-queue-activated: {e}");
                     }
-                    Err(_) if cfg.mutant == Some(Mutant::RejectedChainNotConsumed) => continue,
+                    Err(_) if cfg.mutant == Some(Mutant::RejectedChainNotConsumed) => {
+                        // B31: the same bad entry is parsed again and again until the budget.
+                        if budget.step().is_err() {
+                            failure = Some(QueueError::BudgetExhausted);
+                            break;
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         let skippable = !matches!(
                             e,
@@ -781,6 +795,7 @@ impl MmioDevice {
                     let slot = &mut self.queues[i];
                     slot.pfn = v;
                     slot.ready = v != 0;
+                    slot.active = false;
                     slot.broken = false;
                     if slot.ready && self.status & DRIVER_OK != 0 {
                         self.activate(i);
@@ -790,9 +805,13 @@ impl MmioDevice {
             QUEUE_READY if !legacy => {
                 if let Some(i) = self.selected() {
                     match v {
-                        0 => self.queues[i].ready = false,
+                        0 => {
+                            self.queues[i].ready = false;
+                            self.queues[i].active = false;
+                        }
                         1 if !self.queues[i].ready => {
                             self.queues[i].ready = true;
+                            self.queues[i].active = false;
                             self.queues[i].broken = false;
                             self.queues[i].q.set_indices(0, 0);
                             if self.status & DRIVER_OK != 0 {

@@ -478,7 +478,8 @@ impl SplitQueue {
             }
             seen_writable |= writable;
             if d.len == 0 && self.is(Mutant::ZeroLengthLoops) {
-                // B27: a zero-length buffer is "retried" forever.
+                // B27: a zero-length buffer is "retried" forever (and not counted).
+                count -= 1;
                 continue;
             }
             self.chain.push(d);

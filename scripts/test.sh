@@ -30,7 +30,7 @@ if command -v qemu-system-x86_64 >/dev/null 2>&1; then
       ex="specs/expectations/qemu-v$ver.json"
       args=()
       [ -f "$ex" ] && args=(--expectations "$ex")
-      "$bin" run --target qemu --device "$dev" --version "$ver" "${args[@]}"
+      "$bin" run --target qemu --device "$dev" --version "$ver" --strict "${args[@]}"
     done
   done
 else

@@ -63,6 +63,9 @@ const MEM_CHUNK: usize = 32 * 1024;
 /// QEMU gets at least this long to start and connect, whatever the per-reply timeout.
 const MIN_STARTUP: Duration = Duration::from_secs(10);
 
+/// Size of the raw disk image behind a QEMU block device: 2048 sectors of 512 bytes.
+pub const BLOCK_IMAGE_BYTES: usize = 2048 * 512;
+
 /// How to start QEMU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuOptions {
@@ -102,22 +105,25 @@ impl QemuOptions {
         }
     }
 
-    /// The `-device` (and backend) arguments for [`QemuOptions::device`].
-    fn device_args(&self) -> Vec<&'static str> {
+    /// The `-device` (and backend) arguments for [`QemuOptions::device`]. A block device
+    /// gets a zero-filled raw image `disk` of [`BLOCK_IMAGE_BYTES`] (the same size as the
+    /// reference block device), so written sectors read back.
+    fn device_args(&self, disk: &Path) -> Vec<String> {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         match self.device {
-            DeviceKind::Entropy => vec!["-device", "virtio-rng-device"],
+            DeviceKind::Entropy => v(&["-device", "virtio-rng-device"]),
             DeviceKind::Block => vec![
-                "-device",
-                "virtio-blk-device,drive=d0",
-                "-drive",
-                "if=none,id=d0,file=null-co://,format=raw",
+                "-device".into(),
+                "virtio-blk-device,drive=d0".into(),
+                "-drive".into(),
+                format!("if=none,id=d0,file={},format=raw", disk.display()),
             ],
-            DeviceKind::Net => vec![
+            DeviceKind::Net => v(&[
                 "-device",
                 "virtio-net-device,netdev=n0",
                 "-netdev",
                 "user,id=n0",
-            ],
+            ]),
         }
     }
 
@@ -571,6 +577,11 @@ impl Instance {
             .map_err(|e| unavailable("creating a scratch folder", &e))?;
         let bios = dir.path().join("hlt.bin");
         fs::write(&bios, vec![0xf4u8; 65536]).map_err(|e| unavailable("writing hlt.bin", &e))?;
+        let disk = dir.path().join("disk.img");
+        if opts.device == DeviceKind::Block {
+            fs::write(&disk, vec![0u8; BLOCK_IMAGE_BYTES])
+                .map_err(|e| unavailable("writing the disk image", &e))?;
+        }
         let sock = dir.path().join("qtest.sock");
         let listener =
             UnixListener::bind(&sock).map_err(|e| unavailable("binding the qtest socket", &e))?;
@@ -594,7 +605,7 @@ impl Instance {
         push(&bios);
         push(&"-qtest-log");
         push(&"none");
-        for a in opts.device_args() {
+        for a in opts.device_args(&disk) {
             push(&a);
         }
         if opts.version == TransportVersion::Modern {

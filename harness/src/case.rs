@@ -342,6 +342,12 @@ pub enum Op {
         addr: Num,
         data: Hex,
     },
+    /// Records Status, InterruptStatus and the queue's used ring without checking them
+    /// (differential runs).
+    Observe {
+        #[serde(default)]
+        queue: u16,
+    },
     MemExpect {
         addr: Num,
         data: Hex,

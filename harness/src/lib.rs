@@ -5,8 +5,10 @@
 #![forbid(unsafe_code)]
 
 pub mod case;
+pub mod diff;
 pub mod catalog;
 pub mod fuzz;
+pub mod matrix;
 pub mod outcome;
 pub mod report;
 pub mod runner;

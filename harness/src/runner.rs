@@ -32,6 +32,17 @@ pub struct Failure {
     pub observed: String,
 }
 
+/// One value the harness observed on the target, for differential comparison.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Observation {
+    /// 0-based step index.
+    pub step: usize,
+    /// What was observed (`read Status@0x70`, `used q0`, ...).
+    pub what: String,
+    /// The value, rendered.
+    pub value: String,
+}
+
 /// Result of running one case before expectations are applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaseRun {
@@ -47,6 +58,8 @@ pub struct CaseRun {
     pub diagnostics: Option<String>,
     /// Wall time.
     pub duration: Duration,
+    /// Values observed, in order (used by `diff`).
+    pub observations: Vec<Observation>,
 }
 
 enum Stop {
@@ -119,6 +132,9 @@ struct Exec<'a> {
     step: Option<usize>,
     line: Option<usize>,
     op: &'static str,
+    obs: Vec<Observation>,
+    /// Device type, to leave nondeterministic entropy bytes out of the observations.
+    deterministic_data: bool,
 }
 
 fn op_name(op: &Op) -> &'static str {
@@ -143,6 +159,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::ExpectGraceful { .. } => "expect_graceful",
         Op::MemWrite { .. } => "mem_write",
         Op::MemExpect { .. } => "mem_expect",
+        Op::Observe { .. } => "observe",
     }
 }
 
@@ -171,6 +188,8 @@ pub fn run_case(target: &mut dyn Target, case: &Case, catalog: &Catalog) -> Case
         step: None,
         line: None,
         op: "setup",
+        obs: Vec::new(),
+        deterministic_data: info.device != "entropy",
     };
     let mut reason = None;
     let result = (|| -> R {
@@ -250,6 +269,7 @@ pub fn run_case(target: &mut dyn Target, case: &Case, catalog: &Catalog) -> Case
         reason,
         diagnostics,
         duration: start.elapsed(),
+        observations: ex.obs,
     }
 }
 
@@ -309,6 +329,22 @@ impl Exec<'_> {
         ok
     }
 
+    fn observe(&mut self, what: impl Into<String>, value: impl Into<String>) {
+        self.obs.push(Observation {
+            step: self.step.unwrap_or(0),
+            what: what.into(),
+            value: value.into(),
+        });
+    }
+
+    /// A 32-bit read whose value is recorded as an observation.
+    fn r32o(&mut self, off: u64) -> R<u32> {
+        let v = self.r32(off)?;
+        let name = register_name(off, self.legacy).unwrap_or("?");
+        self.observe(format!("read {name}@{off:#x}"), format!("{v:#x}"));
+        Ok(v)
+    }
+
     fn r32(&mut self, off: u64) -> R<u32> {
         Ok(self.t.read32(off)?)
     }
@@ -319,9 +355,9 @@ impl Exec<'_> {
 
     fn offered(&mut self) -> R<u64> {
         self.w32(DEVICE_FEATURES_SEL, 0)?;
-        let lo = self.r32(DEVICE_FEATURES)? as u64;
+        let lo = self.r32o(DEVICE_FEATURES)? as u64;
         self.w32(DEVICE_FEATURES_SEL, 1)?;
-        let hi = self.r32(DEVICE_FEATURES)? as u64;
+        let hi = self.r32o(DEVICE_FEATURES)? as u64;
         Ok(lo | hi << 32)
     }
 
@@ -464,6 +500,7 @@ impl Exec<'_> {
                 let raw = u64::from_le_bytes(full);
                 let v = raw & mask.map_or(u64::MAX, |m| m.0);
                 let name = at.reg.clone().unwrap_or_else(|| format!("{off:#x}"));
+                self.observe(format!("read {name}@{off:#x}/{width}"), format!("{raw:#x}"));
                 let obs = || format!("{name} = {raw:#x}");
                 let g = Some(grade);
                 if let Some(e) = expect {
@@ -690,6 +727,11 @@ impl Exec<'_> {
                     self.t.mem_read(a, &mut b)?;
                     bytes.extend_from_slice(&b);
                 }
+                if self.deterministic_data {
+                    self.observe(format!("data q{queue}"), hex(&bytes));
+                } else if let Some(&st) = bytes.last() {
+                    self.observe(format!("last byte q{queue}"), st.to_string());
+                }
                 if let Some(d) = data {
                     let got = &bytes[..d.0.len().min(bytes.len())];
                     self.check(
@@ -718,7 +760,7 @@ impl Exec<'_> {
                 config,
                 grade,
             } => {
-                let isr = self.r32(INTERRUPT_STATUS)?;
+                let isr = self.r32o(INTERRUPT_STATUS)?;
                 if let Some(u) = used {
                     let got = isr & INT_USED_BUFFER != 0;
                     self.check(
@@ -745,7 +787,7 @@ impl Exec<'_> {
             Op::Ack { value } => {
                 let v = match value {
                     Some(v) => v.0 as u32,
-                    None => self.r32(INTERRUPT_STATUS)?,
+                    None => self.r32o(INTERRUPT_STATUS)?,
                 };
                 self.w32(INTERRUPT_ACK, v)?;
             }
@@ -776,9 +818,29 @@ impl Exec<'_> {
                 grade,
             } => self.expect_graceful(*queue, *returned, grade)?,
             Op::MemWrite { addr, data } => self.t.mem_write(addr.0, &data.0)?,
+            Op::Observe { queue } => {
+                if self.queues.contains_key(queue) {
+                    // Give an asynchronous target the time to complete what is outstanding.
+                    let want = self.q(*queue)?.outstanding.len() as u16;
+                    let n = self.wait_used(*queue, want.max(1), NONE_WAIT * 4)?;
+                    self.observe(format!("used q{queue} count"), n.to_string());
+                    let mut dq = self.q(*queue)?.dq.clone();
+                    let elems = dq.take_used(&mut self.mem())?;
+                    self.q(*queue)?.dq = dq;
+                    for (id, l) in elems {
+                        let q = self.q(*queue)?;
+                        q.outstanding.retain(|p| p.head as u32 != id);
+                        let l = if self.deterministic_data { l.to_string() } else { "n".into() };
+                        self.observe(format!("used q{queue} element"), format!("id {id} len {l}"));
+                    }
+                }
+                self.r32o(STATUS)?;
+                self.r32o(INTERRUPT_STATUS)?;
+            }
             Op::MemExpect { addr, data, grade } => {
                 let mut b = vec![0u8; data.0.len()];
                 self.t.mem_read(addr.0, &mut b)?;
+                self.observe(format!("memory {:#x}", addr.0), hex(&b));
                 self.check(
                     Some(grade),
                     &[],
@@ -794,7 +856,7 @@ impl Exec<'_> {
 
     fn reset(&mut self, g: Option<&Grade>) -> R {
         self.w32(STATUS, 0)?;
-        let st = self.r32(STATUS)?;
+        let st = self.r32o(STATUS)?;
         self.check(
             g,
             &["RESET-DEV-01"],
@@ -812,7 +874,7 @@ impl Exec<'_> {
     fn init(&mut self, feats: u64, order: Order, upto: Upto, queues: &[QueueSpec], g: &Grade) -> R {
         self.reset(None)?;
         self.w32(STATUS, ACKNOWLEDGE as u32)?;
-        let st = self.r32(STATUS)?;
+        let st = self.r32o(STATUS)?;
         self.check(
             None,
             &["STATUS-DEV-05"],
@@ -829,7 +891,7 @@ impl Exec<'_> {
             self.w32(STATUS, 0)?;
         }
         self.w32(STATUS, (ACKNOWLEDGE | DRIVER) as u32)?;
-        let st = self.r32(STATUS)?;
+        let st = self.r32o(STATUS)?;
         if !self.check(
             None,
             &["STATUS-DEV-05"],
@@ -850,7 +912,7 @@ impl Exec<'_> {
         self.w32(DRIVER_FEATURES, (feats >> 32) as u32)?;
         if !self.legacy {
             self.w32(STATUS, (ACKNOWLEDGE | DRIVER | FEATURES_OK) as u32)?;
-            let st = self.r32(STATUS)? as u8;
+            let st = self.r32o(STATUS)? as u8;
             if feats & !offered != 0 {
                 // The driver accepted something not offered: FEATURES_OK must read back clear.
                 self.check(
@@ -888,7 +950,7 @@ impl Exec<'_> {
         for q in queues {
             if order == Order::Linux && !self.legacy {
                 self.w32(QUEUE_SEL, q.index as u32)?;
-                let ready = self.r32(QUEUE_READY)?;
+                let ready = self.r32o(QUEUE_READY)?;
                 self.check(
                     None,
                     &["MMIO-DEV-06"],
@@ -909,7 +971,7 @@ impl Exec<'_> {
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
         };
         self.w32(STATUS, ok as u32)?;
-        let st = self.r32(STATUS)? as u8;
+        let st = self.r32o(STATUS)? as u8;
         self.check(
             None,
             &["STATUS-DEV-05"],
@@ -923,7 +985,7 @@ impl Exec<'_> {
 
     fn setup_queue(&mut self, index: u16, size: u16, align: Option<u32>) -> R {
         self.w32(QUEUE_SEL, index as u32)?;
-        let max = self.r32(QUEUE_NUM_MAX)?;
+        let max = self.r32o(QUEUE_NUM_MAX)?;
         if max == 0 {
             return Err(Stop::Unsupported(format!("queue {index} does not exist")));
         }
@@ -1106,6 +1168,7 @@ impl Exec<'_> {
         let g = Some(g);
         if none {
             let n = self.wait_used(queue, 1, NONE_WAIT)?;
+            self.observe(format!("used q{queue} count"), n.to_string());
             self.check(
                 g,
                 &[],
@@ -1118,6 +1181,7 @@ impl Exec<'_> {
         }
         let want = count.unwrap_or(1);
         let n = self.wait_used(queue, want, USED_WAIT)?;
+        self.observe(format!("used q{queue} count"), n.to_string());
         if !self.check(
             g,
             &[],
@@ -1134,6 +1198,7 @@ impl Exec<'_> {
         let elems = dq.take_used(&mut self.mem())?;
         self.q(queue)?.dq = dq;
         for (id, l) in elems {
+            self.observe(format!("used q{queue} element"), format!("id {id} len {l}"));
             let q = self.q(queue)?;
             let pos = q.outstanding.iter().position(|p| p.head as u32 == id);
             let posted = pos.map(|p| q.outstanding.remove(p));
@@ -1281,6 +1346,9 @@ impl Exec<'_> {
             dq.last_used = dq.last_used.wrapping_add(k);
             self.q(queue)?.dq = dq;
             done += k as u32;
+            if done >= count {
+                self.observe(format!("cycle q{queue} completed"), done.to_string());
+            }
             if done % 4096 < k as u32 {
                 let isr = self.r32(INTERRUPT_STATUS)?;
                 self.w32(INTERRUPT_ACK, isr)?;
@@ -1291,7 +1359,7 @@ impl Exec<'_> {
 
     fn expect_graceful(&mut self, queue: u16, returned: bool, g: &Grade) -> R {
         let g = Some(g);
-        let magic = self.r32(MAGIC)?;
+        let magic = self.r32o(MAGIC)?;
         self.check(
             g,
             &["MMIO-DEV-01"],
@@ -1300,11 +1368,11 @@ impl Exec<'_> {
             || "device still answers MagicValue".into(),
             || format!("MagicValue = {magic:#x}"),
         );
-        let st = self.r32(STATUS)? as u8;
+        let st = self.r32o(STATUS)? as u8;
         let n = self.wait_used(queue, 1, NONE_WAIT)?;
         if st & DEVICE_NEEDS_RESET != 0 {
             if st & DRIVER_OK != 0 {
-                let isr = self.r32(INTERRUPT_STATUS)?;
+                let isr = self.r32o(INTERRUPT_STATUS)?;
                 self.check(
                     None,
                     &["STATUS-DEV-03"],
@@ -1330,6 +1398,7 @@ impl Exec<'_> {
         let mut dq = self.q(queue)?.dq.clone();
         let elems = dq.take_used(&mut self.mem())?;
         self.q(queue)?.dq = dq;
+        self.observe(format!("used q{queue} after malformed chain"), format!("{elems:?}"));
         let bad: Vec<_> = elems.iter().filter(|e| e.1 != 0).collect();
         self.check(
             g,

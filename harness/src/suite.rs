@@ -146,6 +146,7 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
                 reason: Some(format!("could not start a fresh target: {e}")),
                 diagnostics: target.diagnostics(),
                 duration: std::time::Duration::ZERO,
+                observations: Vec::new(),
             },
         };
         let mut outcome = run.outcome;

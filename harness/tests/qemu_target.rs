@@ -116,11 +116,11 @@ fn identity_registers_rng_v1_v2_block_v2_net_v2() {
         t.read(MAGIC, &mut h).unwrap();
         if device == DeviceKind::Block {
             // Configuration space takes any width: capacity (u64, in 512-byte sectors) of
-            // the 1 GiB null-co drive, read as 8, 4, 2 and 1 bytes.
+            // the target's raw disk image, read as 8, 4, 2 and 1 bytes.
             let mut q = [0xa5u8; 8];
             t.read(CONFIG, &mut q).unwrap();
             let cap = u64::from_le_bytes(q);
-            assert_eq!(cap, (1 << 30) / 512);
+            assert_eq!(cap, (virtio_conform::target::qemu::BLOCK_IMAGE_BYTES / 512) as u64);
             assert_eq!(t.read32(CONFIG).unwrap(), cap as u32);
             t.read(CONFIG, &mut h).unwrap();
             assert_eq!(u16::from_le_bytes(h), cap as u16);
@@ -167,10 +167,10 @@ fn entropy_request(t: &mut QemuTarget, q: &mut DriverQueue) {
         q.write_descriptor(&mut mem, 0, &d).unwrap();
         q.publish(&mut mem, &[0]).unwrap();
     }
-    // Line events from the set-up (e.g. a lower at reset) may still be in flight; only
-    // what follows the notify is checked.
+    // Line events arrive asynchronously; collect them from here on (a raise may race ahead
+    // of the notify's reply) and wait for the raise below.
     t.sync().unwrap();
-    t.take_interrupts();
+    let mut irqs = t.take_interrupts();
     t.write32(QUEUE_NOTIFY, 0).unwrap();
 
     let end = Instant::now() + Duration::from_secs(5);
@@ -189,7 +189,15 @@ fn entropy_request(t: &mut QemuTarget, q: &mut DriverQueue) {
     assert_ne!(buf, [0u8; 16], "the device wrote random bytes");
 
     assert_eq!(t.read32(INTERRUPT_STATUS).unwrap() & INT_USED_BUFFER, 1);
-    let irqs = t.take_interrupts();
+    let end = Instant::now() + Duration::from_secs(2);
+    loop {
+        irqs.extend(t.take_interrupts());
+        if irqs.contains(&IrqEvent::Raised) || Instant::now() > end {
+            break;
+        }
+        t.read32(MAGIC).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert!(
         irqs.contains(&IrqEvent::Raised),
         "IRQ raise observed: {irqs:?}"

@@ -109,6 +109,9 @@ pub struct DeviceConfig {
     pub queue_num_max: Vec<u16>,
     /// Shared memory regions by SHMSel id.
     pub shm_regions: Vec<ShmRegion>,
+    /// Configuration space contents; `None` uses the backend's (set by the differential
+    /// runner to mirror another implementation's configuration space).
+    pub config_space: Option<Vec<u8>>,
     /// Implementation-defined choices.
     pub knobs: Knobs,
     /// Injected bug for mutant targets; `None` for the reference.
@@ -133,6 +136,7 @@ impl DeviceConfig {
             transport_features,
             queue_num_max: vec![256],
             shm_regions: Vec::new(),
+            config_space: None,
             knobs: Knobs::default(),
             mutant: None,
             step_budget: 1 << 20,
@@ -227,7 +231,10 @@ impl MmioDevice {
             .iter()
             .map(|&m| QueueSlot::new(m.min(MAX_QUEUE_SIZE), &cfg.knobs, cfg.mutant))
             .collect();
-        let config = backend.config().to_vec();
+        let config = cfg
+            .config_space
+            .clone()
+            .unwrap_or_else(|| backend.config().to_vec());
         let guest_page_size = cfg.knobs.default_guest_page_size;
         MmioDevice {
             cfg,

@@ -1,0 +1,492 @@
+//! Differential comparison (`virtio-conform diff`): the reference device, configured to match
+//! the target's profile, and the target are driven with the same step stream — every scripted
+//! case and seeded random streams — and every observation is compared.
+//!
+//! A difference is classified as
+//! - a **spec violation by the target**: the target failed a check of a MUST (or SHOULD) that
+//!   the reference passed;
+//! - an **implementation-defined divergence**: both held every check; the explanation cites
+//!   why the spec leaves the behaviour open;
+//! - a **reference bug**: the reference itself failed a check (there must be none).
+//!
+//! Each divergence carries the first diverging step, both observations, and a minimal step
+//! stream (shrunk by removing steps while the same divergence persists), printed in the case
+//! format so it can be saved as a case file and replayed.
+
+use crate::case::{Buf, Case, Feature, Hex, Num, Op, QueueSpec, Step, Upto};
+use crate::catalog::Catalog;
+use crate::outcome::Outcome;
+use crate::report::{cite, Cited};
+use crate::runner::{run_case, CaseRun, Observation};
+use crate::target::reference::{backend, DeviceFactory, ReferenceTarget};
+use crate::target::{DeviceKind, Target, TargetError, TargetInfo};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use virtio_reference_device::regs::*;
+use virtio_reference_device::{DeviceConfig, MmioDevice, TransportVersion};
+
+/// What discovery reads off a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Profile {
+    /// Transport version (1 or 2).
+    pub version: u32,
+    /// DeviceID.
+    pub device_id: u32,
+    /// VendorID.
+    pub vendor_id: u32,
+    /// Offered feature bits (pages 0 and 1).
+    pub features: u64,
+    /// QueueNumMax of queues 0, 1, ... up to the first absent one.
+    pub queue_num_max: Vec<u16>,
+    /// The first 64 bytes of the configuration space (32-bit reads).
+    pub config: Vec<u8>,
+}
+
+/// Reads the profile of a (fresh) target.
+pub fn discover(t: &mut dyn Target) -> Result<Profile, TargetError> {
+    t.fresh()?;
+    let version = t.read32(VERSION)?;
+    let device_id = t.read32(DEVICE_ID)?;
+    let vendor_id = t.read32(VENDOR_ID)?;
+    t.write32(DEVICE_FEATURES_SEL, 0)?;
+    let lo = t.read32(DEVICE_FEATURES)? as u64;
+    t.write32(DEVICE_FEATURES_SEL, 1)?;
+    let hi = t.read32(DEVICE_FEATURES)? as u64;
+    let mut queue_num_max = Vec::new();
+    for q in 0..16 {
+        t.write32(QUEUE_SEL, q)?;
+        let max = t.read32(QUEUE_NUM_MAX)?;
+        if max == 0 {
+            break;
+        }
+        queue_num_max.push(max.min(32768) as u16);
+    }
+    let mut config = Vec::new();
+    for off in (0..64).step_by(4) {
+        config.extend_from_slice(&t.read32(CONFIG + off)?.to_le_bytes());
+    }
+    Ok(Profile {
+        version,
+        device_id,
+        vendor_id,
+        features: lo | hi << 32,
+        queue_num_max,
+        config,
+    })
+}
+
+/// The reference device configured like `profile`: same DeviceID, VendorID, offered
+/// features, queue sizes and configuration space.
+pub fn mirror(profile: &Profile, device: DeviceKind) -> Result<ReferenceTarget, TargetError> {
+    let version = if profile.version == 1 {
+        TransportVersion::Legacy
+    } else {
+        TransportVersion::Modern
+    };
+    let p = profile.clone();
+    let backend_features = backend(device)?.features();
+    let factory: DeviceFactory = Box::new(move |ram| {
+        let mut cfg = DeviceConfig::new(version);
+        cfg.device_id = Some(p.device_id);
+        cfg.vendor_id = p.vendor_id;
+        cfg.transport_features = p.features & !backend_features;
+        if !p.queue_num_max.is_empty() {
+            cfg.queue_num_max = p.queue_num_max.clone();
+        }
+        if device == DeviceKind::Block {
+            cfg.config_space = Some(p.config.clone());
+        }
+        cfg.step_budget = 1 << 20;
+        let b = backend(device).unwrap_or_else(|_| {
+            Box::new(virtio_reference_device::EntropyBackend::new(0))
+        });
+        MmioDevice::new(cfg, b, ram)
+    });
+    ReferenceTarget::with_factory("reference (mirrored)".into(), device, version, factory)
+}
+
+/// How a divergence is classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DivergenceClass {
+    /// The target broke a check the reference passed.
+    SpecViolation,
+    /// Both passed every check; the spec leaves the behaviour open.
+    ImplementationDefined,
+    /// The reference failed a check: a bug in the oracle.
+    ReferenceBug,
+}
+
+/// One difference between the reference and the target.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Divergence {
+    /// Case id, or `random.<seed>.<n>` for a random stream.
+    pub source: String,
+    /// Classification.
+    pub class: DivergenceClass,
+    /// First diverging step (0-based) of the original stream.
+    pub step: usize,
+    /// What was observed there.
+    pub what: String,
+    /// The reference's observation (`<none>` when it has none).
+    pub reference: String,
+    /// The target's observation.
+    pub target: String,
+    /// Requirements the target broke (spec violations) or that the reference broke.
+    pub requirements: Vec<Cited>,
+    /// Why this is (not) a violation.
+    pub explanation: String,
+    /// Minimal step stream that still shows the divergence, one JSON object per line.
+    pub minimal: Vec<String>,
+}
+
+/// The diff report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiffReport {
+    /// Always `virtio-conform/diff/1`.
+    pub schema: String,
+    /// The target.
+    pub target: TargetInfo,
+    /// Its discovered profile.
+    pub profile: Profile,
+    /// Streams compared (cases plus random streams).
+    pub streams: usize,
+    /// Count per class.
+    pub spec_violations: usize,
+    /// Count per class.
+    pub implementation_defined: usize,
+    /// Count per class.
+    pub reference_bugs: usize,
+    /// The divergences, one per stream at most.
+    pub divergences: Vec<Divergence>,
+}
+
+/// Options of a differential run.
+#[derive(Debug, Clone, Default)]
+pub struct DiffOptions {
+    /// Only cases matching these globs.
+    pub only: Vec<String>,
+    /// Number of random streams.
+    pub random: usize,
+    /// Seed of the random streams.
+    pub seed: u64,
+    /// Shrink each divergence to a minimal stream.
+    pub shrink: bool,
+}
+
+fn first_difference(a: &[Observation], b: &[Observation]) -> Option<(usize, String, String, String)> {
+    let n = a.len().max(b.len());
+    for i in 0..n {
+        match (a.get(i), b.get(i)) {
+            (Some(x), Some(y)) if x.what == y.what && x.value == y.value => continue,
+            (Some(x), Some(y)) if x.what == y.what => {
+                return Some((x.step.min(y.step), x.what.clone(), x.value.clone(), y.value.clone()))
+            }
+            (Some(x), Some(y)) => {
+                return Some((
+                    x.step.min(y.step),
+                    format!("{} / {}", x.what, y.what),
+                    x.value.clone(),
+                    y.value.clone(),
+                ))
+            }
+            (Some(x), None) => return Some((x.step, x.what.clone(), x.value.clone(), "<none>".into())),
+            (None, Some(y)) => return Some((y.step, y.what.clone(), "<none>".into(), y.value.clone())),
+            (None, None) => break,
+        }
+    }
+    None
+}
+
+/// Why the spec leaves an observation open, for implementation-defined divergences.
+pub fn explain(what: &str) -> String {
+    let write_only = [
+        "DeviceFeaturesSel", "DriverFeatures", "DriverFeaturesSel", "QueueSel", "QueueNum",
+        "QueueNotify", "InterruptACK", "QueueDescLow", "QueueDescHigh", "QueueDriverLow",
+        "QueueDriverHigh", "QueueDeviceLow", "QueueDeviceHigh", "SHMSel", "GuestPageSize",
+        "QueueAlign",
+    ];
+    let reg = what.strip_prefix("read ").and_then(|r| r.split('@').next()).unwrap_or("");
+    let narrow = what.ends_with("/1") || what.ends_with("/2") || what.ends_with("/8");
+    if reg == "VendorID" {
+        "§4.2.2: no VendorID value is mandated".into()
+    } else if reg == "QueueNumMax" || reg == "QueueSizeMax" {
+        "§4.2.2: the device chooses the maximum size of each queue".into()
+    } else if write_only.contains(&reg) {
+        format!("§4.2.2: {reg} is write-only; what a read returns is not defined")
+    } else if narrow && !reg.starts_with("Config") {
+        "§4.2.2.2: the driver must use 32-bit aligned accesses for control registers, so the answer to other widths is not defined".into()
+    } else if what.contains("element") {
+        "§5.4.6.2 / §2.7.8: a device may use less than the whole buffer (entropy), and the used length only bounds what was written".into()
+    } else if reg.starts_with("0x") {
+        "§4.2.2: the offset names no register; what a read returns is not defined".into()
+    } else {
+        "no normative statement the suite checks covers this difference; reported for review".into()
+    }
+}
+
+fn run_both(
+    reference: &mut dyn Target,
+    target: &mut dyn Target,
+    case: &Case,
+    catalog: &Catalog,
+) -> Result<(CaseRun, CaseRun), TargetError> {
+    reference.fresh()?;
+    let r = run_case(reference, case, catalog);
+    target.fresh()?;
+    let t = run_case(target, case, catalog);
+    Ok((r, t))
+}
+
+/// Compares one stream; returns the divergence, if any (unshrunk).
+fn compare(
+    reference: &mut dyn Target,
+    target: &mut dyn Target,
+    case: &Case,
+    catalog: &Catalog,
+) -> Result<Option<Divergence>, TargetError> {
+    let (r, t) = run_both(reference, target, case, catalog)?;
+    let diff = first_difference(&r.observations, &t.observations);
+    let reference_failed = r.outcome.is_failure();
+    let target_failed = t.outcome.is_failure() || t.outcome == Outcome::Error;
+    if diff.is_none() && !target_failed && !reference_failed {
+        return Ok(None);
+    }
+    let (step, what, rv, tv) = diff.unwrap_or_else(|| {
+        let f = t.failures.first().or(r.failures.first());
+        (
+            f.and_then(|f| f.step).unwrap_or(0),
+            f.map_or("outcome".into(), |f| f.op.clone()),
+            r.outcome.name().into(),
+            t.outcome.name().into(),
+        )
+    });
+    let (class, requirements, explanation) = if reference_failed {
+        let ids: Vec<String> = r.failures.iter().flat_map(|f| f.requirements.clone()).collect();
+        (DivergenceClass::ReferenceBug, cite(catalog, &ids), "the reference failed a check of its own suite".to_string())
+    } else if target_failed {
+        let ids: Vec<String> = t.failures.iter().flat_map(|f| f.requirements.clone()).collect();
+        let why = t
+            .failures
+            .first()
+            .map(|f| format!("expected {}; observed {}", f.expected, f.observed))
+            .or(t.reason.clone())
+            .unwrap_or_default();
+        (DivergenceClass::SpecViolation, cite(catalog, &ids), why)
+    } else {
+        (DivergenceClass::ImplementationDefined, Vec::new(), explain(&what))
+    };
+    Ok(Some(Divergence {
+        source: case.id.clone(),
+        class,
+        step,
+        what,
+        reference: rv,
+        target: tv,
+        requirements,
+        explanation,
+        minimal: Vec::new(),
+    }))
+}
+
+fn step_json(step: &Step, originals: &std::collections::HashMap<usize, String>) -> String {
+    originals
+        .get(&step.line)
+        .cloned()
+        .unwrap_or_else(|| format!("{:?}", step.op))
+}
+
+/// Removes steps while the same divergence (same class and observation) persists.
+fn shrink(
+    reference: &mut dyn Target,
+    target: &mut dyn Target,
+    case: &Case,
+    catalog: &Catalog,
+    d: &Divergence,
+) -> Result<Vec<Step>, TargetError> {
+    let same = |x: &Divergence| x.class == d.class && x.what == d.what;
+    let mut steps: Vec<Step> = case.steps.iter().take(d.step + 1).cloned().collect();
+    let mut trials = 0;
+    let mut changed = true;
+    while changed && trials < 300 {
+        changed = false;
+        let mut i = steps.len();
+        while i > 0 && trials < 300 {
+            i -= 1;
+            if steps.len() == 1 {
+                break;
+            }
+            let mut candidate = case.clone();
+            candidate.steps = steps.clone();
+            candidate.steps.remove(i);
+            trials += 1;
+            if let Some(x) = compare(reference, target, &candidate, catalog)? {
+                if same(&x) {
+                    steps = candidate.steps;
+                    changed = true;
+                }
+            }
+        }
+    }
+    Ok(steps)
+}
+
+/// A random step stream for `profile`, reproducible from `seed`.
+pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut pick = |n: u32| rng.next_u32() % n.max(1);
+    let legacy = profile.version == 1;
+    let mut steps = Vec::new();
+    let push = |op: Op, steps: &mut Vec<Step>| {
+        let line = steps.len() + 2;
+        steps.push(Step { line, op });
+    };
+    let ring_feats = [VIRTIO_F_INDIRECT_DESC, VIRTIO_F_EVENT_IDX];
+    let mut features = if legacy { vec![] } else { vec![Feature::Bit(VIRTIO_F_VERSION_1)] };
+    for b in ring_feats {
+        if profile.features & bit(b) != 0 && pick(2) == 0 {
+            features.push(Feature::Bit(b));
+        }
+    }
+    let init = Op::Init {
+        features: Some(features),
+        order: Default::default(),
+        upto: Upto::DriverOk,
+        queues: Some(vec![QueueSpec { index: 0, size: 8, align: None }]),
+        grade: Default::default(),
+    };
+    push(init.clone(), &mut steps);
+    let regs_all = [
+        "Status", "InterruptStatus", "QueueNumMax", "QueueReady", "ConfigGeneration", "DeviceFeatures",
+        "QueueSel", "QueueNum", "DriverFeatures", "SHMLenLow", "QueueReset", "VendorID",
+    ];
+    let n = 4 + pick(20) as usize;
+    let mut next_desc = 0u16;
+    for _ in 0..n {
+        let op = match pick(10) {
+            0 | 1 => {
+                let reg = regs_all[pick(regs_all.len() as u32) as usize];
+                Op::Read {
+                    at: crate::case::Reg { reg: Some(reg.into()), offset: None, width: None, queue: None },
+                    expect: None, mask: None, bits_set: None, bits_clear: None, expect_ne: None,
+                    expect_in: None, save: None, expect_var: None, expect_ne_var: None,
+                    grade: Default::default(),
+                }
+            }
+            2 => {
+                let (reg, value) = match pick(5) {
+                    0 => ("QueueSel", pick(3) as u64),
+                    1 => ("DeviceFeaturesSel", pick(4) as u64),
+                    2 => ("InterruptACK", pick(4) as u64),
+                    3 => ("QueueNotify", pick(2) as u64),
+                    _ => ("SHMSel", pick(2) as u64),
+                };
+                Op::Write { at: crate::case::Reg { reg: Some(reg.into()), offset: None, width: None, queue: None }, value: Num(value) }
+            }
+            3..=6 => {
+                let len = 1 + pick(3) as usize;
+                let mut chain = Vec::new();
+                for k in 0..len {
+                    let write = k + 1 == len || pick(3) == 0;
+                    let mut b = Buf { len: Num(1 + pick(64) as u64), write, ..Buf::default() };
+                    if !write {
+                        b.data = Some(Hex(vec![pick(256) as u8; 4]));
+                    }
+                    chain.push(b);
+                }
+                // Rarely malformed: a loop or a buffer outside guest RAM.
+                match pick(12) {
+                    0 => {
+                        let last = chain.len() - 1;
+                        chain[last].flags = Some(Num((VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE) as u64));
+                        chain[last].next = Some(Num(next_desc as u64));
+                    }
+                    1 => chain[0].addr = Some(Num(0xffff_ffff_0000_0000)),
+                    _ => {}
+                }
+                next_desc = (next_desc + len as u16) % 8;
+                Op::Post { queue: 0, chain, indirect: false, indirect_flags: None, indirect_len: None, kick: Some(true), head: None }
+            }
+            7 | 8 => Op::Observe { queue: 0 },
+            _ => {
+                push(Op::Reset { grade: Default::default() }, &mut steps);
+                next_desc = 0;
+                init.clone()
+            }
+        };
+        push(op, &mut steps);
+    }
+    push(Op::Observe { queue: 0 }, &mut steps);
+    Case {
+        id: format!("random.{seed}.{index}"),
+        title: "random step stream".into(),
+        description: None,
+        requirements: Vec::new(),
+        versions: vec![1, 2],
+        devices: vec!["any".into()],
+        features: Vec::new(),
+        needs: Vec::new(),
+        steps,
+        file: "<random>".into(),
+    }
+}
+
+/// Renders steps in the case format (one JSON object per line), using the original lines of
+/// the case file where the step came from one.
+fn render(case: &Case, steps: &[Step]) -> Vec<String> {
+    let originals: std::collections::HashMap<usize, String> = std::fs::read_to_string(&case.file)
+        .map(|t| t.lines().enumerate().map(|(i, l)| (i + 1, l.to_string())).collect())
+        .unwrap_or_default();
+    steps.iter().map(|s| step_json(s, &originals)).collect()
+}
+
+/// Runs the differential comparison of `target` against the mirrored reference.
+pub fn run_diff(
+    cases: &[Case],
+    catalog: &Catalog,
+    target: &mut dyn Target,
+    device: DeviceKind,
+    opts: &DiffOptions,
+) -> Result<DiffReport, TargetError> {
+    let info = target.info();
+    let profile = discover(target)?;
+    let mut reference = mirror(&profile, device)?;
+    let only: Vec<_> = opts
+        .only
+        .iter()
+        .filter_map(|p| globset::Glob::new(p).ok().map(|g| g.compile_matcher()))
+        .collect();
+    let mut streams: Vec<Case> = cases
+        .iter()
+        .filter(|c| c.applies_to(&info.device, info.version))
+        .filter(|c| only.is_empty() || only.iter().any(|g| g.is_match(&c.id)))
+        .cloned()
+        .collect();
+    for i in 0..opts.random {
+        streams.push(random_case(&profile, opts.seed, i));
+    }
+    let mut divergences = Vec::new();
+    for case in &streams {
+        if let Some(mut d) = compare(&mut reference, target, case, catalog)? {
+            let steps = if opts.shrink {
+                shrink(&mut reference, target, case, catalog, &d)?
+            } else {
+                case.steps.iter().take(d.step + 1).cloned().collect()
+            };
+            d.minimal = render(case, &steps);
+            divergences.push(d);
+        }
+    }
+    let count = |c: DivergenceClass| divergences.iter().filter(|d| d.class == c).count();
+    Ok(DiffReport {
+        schema: "virtio-conform/diff/1".into(),
+        target: info,
+        profile,
+        streams: streams.len(),
+        spec_violations: count(DivergenceClass::SpecViolation),
+        implementation_defined: count(DivergenceClass::ImplementationDefined),
+        reference_bugs: count(DivergenceClass::ReferenceBug),
+        divergences,
+    })
+}

@@ -2,7 +2,7 @@
 //! is documented in `specs/README.md`.
 
 use crate::catalog::{Catalog, Level};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::path::Path;
 use virtio_reference_device::regs;
 
@@ -33,6 +33,24 @@ impl<'de> Deserialize<'de> for Num {
     }
 }
 
+impl Serialize for Num {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl Serialize for Hex {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    }
+}
+
+impl Serialize for BlkType {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
+    }
+}
+
 /// Bytes written as a hex string (`"00ff10"`; spaces allowed).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Hex(pub Vec<u8>);
@@ -55,7 +73,7 @@ impl<'de> Deserialize<'de> for Hex {
 }
 
 /// One requirement id or a list of them.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Reqs {
     /// One id.
@@ -75,7 +93,7 @@ impl Reqs {
 }
 
 /// Grading overrides a checking step may carry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Grade {
     /// Requirement ids this check proves (default: the case's).
     pub req: Option<Reqs>,
@@ -84,7 +102,7 @@ pub struct Grade {
 }
 
 /// The register a step addresses: by spec name or by offset.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Reg {
     /// Spec register name (`QueueNumMax`, `Config`, ...).
     pub reg: Option<String>,
@@ -97,7 +115,7 @@ pub struct Reg {
 }
 
 /// Initialization order variants (`init` step).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Order {
     /// §3.1.1 order, one status bit per write.
@@ -111,7 +129,7 @@ pub enum Order {
 }
 
 /// How far `init` goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Upto {
     /// Status = ACKNOWLEDGE.
@@ -128,7 +146,7 @@ pub enum Upto {
 }
 
 /// A queue to set up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub struct QueueSpec {
     /// Queue index.
     pub index: u16,
@@ -139,7 +157,7 @@ pub struct QueueSpec {
 }
 
 /// A feature: a name (`EVENT_IDX`) or a bit number.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Feature {
     /// Bit number.
@@ -177,7 +195,7 @@ impl Feature {
 }
 
 /// One buffer of a posted chain.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Buf {
     /// Length in bytes.
@@ -201,7 +219,7 @@ pub struct Buf {
 }
 
 /// One step of a case (the `op` field selects the variant).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 #[allow(missing_docs)]
 pub enum Op {
@@ -382,6 +400,28 @@ impl<'de> Deserialize<'de> for BlkType {
                 }
             },
         }))
+    }
+}
+
+impl Op {
+    /// The step as one line of the case format (fields left unset are omitted).
+    pub fn to_line(&self) -> String {
+        fn strip(v: serde_json::Value) -> serde_json::Value {
+            match v {
+                serde_json::Value::Object(m) => serde_json::Value::Object(
+                    m.into_iter()
+                        .filter(|(_, v)| !v.is_null())
+                        .map(|(k, v)| (k, strip(v)))
+                        .collect(),
+                ),
+                serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(strip).collect()),
+                v => v,
+            }
+        }
+        serde_json::to_value(self)
+            .map(strip)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|e| format!("{{\"op\": \"?\", \"error\": \"{e}\"}}"))
     }
 }
 

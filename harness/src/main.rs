@@ -88,6 +88,48 @@ enum Cmd {
         #[arg(long)]
         uncovered: bool,
     },
+    /// Differential comparison: the reference, configured like the target, and the target
+    /// run the same step streams; every observation is compared.
+    Diff {
+        #[command(flatten)]
+        t: TargetArgs,
+        /// Only cases whose id matches this glob (repeatable).
+        #[arg(long)]
+        only: Vec<String>,
+        /// Also compare this many random step streams.
+        #[arg(long, default_value_t = 0)]
+        random: usize,
+        /// Seed of the random streams.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Do not shrink divergences to minimal streams.
+        #[arg(long)]
+        no_shrink: bool,
+        /// Write the JSON diff report to FILE.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Run every case on several targets and write a case × target grid (JSON and HTML).
+    Matrix {
+        /// Targets (repeatable): reference, qemu, mutant:<name>.
+        #[arg(long = "target", default_value = "reference")]
+        targets: Vec<String>,
+        /// Devices (repeatable).
+        #[arg(long = "device", default_value = "entropy")]
+        devices: Vec<String>,
+        /// Transport versions (repeatable).
+        #[arg(long = "version", default_value = "2")]
+        versions: Vec<u32>,
+        /// QEMU binary for the qemu target.
+        #[arg(long, default_value = "qemu-system-x86_64")]
+        qemu: PathBuf,
+        /// Expectations file per target, as TARGET=FILE (repeatable).
+        #[arg(long)]
+        expectations: Vec<String>,
+        /// Output directory for matrix.json and matrix.html.
+        #[arg(short = 'o', long, default_value = "matrix")]
+        output: PathBuf,
+    },
     /// Compare two JSON reports: fixed, broken and new errors.
     Compare {
         /// Older report.
@@ -238,6 +280,68 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 println!("uncovered: {}", c.uncovered.join(", "));
             }
             Ok(0)
+        }
+        Cmd::Diff { t, only, random, seed, no_shrink, output } => {
+            let suite = load()?;
+            let device: DeviceKind = t.device.parse()?;
+            let mut target = make_target(&t)?;
+            let opts = virtio_conform::diff::DiffOptions { only, random, seed, shrink: !no_shrink };
+            let report = virtio_conform::diff::run_diff(&suite.cases, &suite.catalog, target.as_mut(), device, &opts)
+                .map_err(|e| e.to_string())?;
+            for d in &report.divergences {
+                let ids: Vec<String> = d.requirements.iter().map(|c| format!("{} §{}", c.id, c.section)).collect();
+                println!("{:?} in {} at step {}: {}", d.class, d.source, d.step, d.what);
+                println!("    reference: {}\n    target:    {}", d.reference, d.target);
+                if !ids.is_empty() {
+                    println!("    requirements: {}", ids.join(", "));
+                }
+                println!("    why: {}", d.explanation);
+                println!("    minimal stream ({} steps):", d.minimal.len());
+                for l in &d.minimal {
+                    println!("      {l}");
+                }
+            }
+            println!(
+                "{} streams compared: {} spec violations, {} implementation-defined, {} reference bugs",
+                report.streams, report.spec_violations, report.implementation_defined, report.reference_bugs
+            );
+            if let Some(p) = output {
+                let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+                std::fs::write(&p, json).map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+            Ok(if report.reference_bugs > 0 { 2 } else if report.spec_violations > 0 { 1 } else { 0 })
+        }
+        Cmd::Matrix { targets, devices, versions, qemu, expectations, output } => {
+            let suite = load()?;
+            let mut ex_files = std::collections::HashMap::new();
+            for e in &expectations {
+                let (t, f) = e.split_once('=').ok_or_else(|| format!("--expectations `{e}`: expected TARGET=FILE"))?;
+                ex_files.insert(t.to_string(), PathBuf::from(f));
+            }
+            let mut reports = Vec::new();
+            for target in &targets {
+                for device in &devices {
+                    for &version in &versions {
+                        let args = TargetArgs { target: target.clone(), device: device.clone(), version, qemu: qemu.clone() };
+                        let key = format!("{target}:v{version}");
+                        let ex = match ex_files.get(&key).or_else(|| ex_files.get(target)) {
+                            Some(p) => Some(Expectations::load(p).map_err(|e| format!("{e:#}"))?),
+                            None => None,
+                        };
+                        let mut t = make_target(&args)?;
+                        let opts = Options { expectations: ex, ..Options::default() };
+                        eprintln!("matrix: {target} {device} v{version}");
+                        reports.push(run_suite(&suite, t.as_mut(), &opts));
+                    }
+                }
+            }
+            let m = virtio_conform::matrix::build(&reports);
+            std::fs::create_dir_all(&output).map_err(|e| format!("{}: {e}", output.display()))?;
+            let json = serde_json::to_string_pretty(&m).map_err(|e| e.to_string())?;
+            std::fs::write(output.join("matrix.json"), json).map_err(|e| e.to_string())?;
+            std::fs::write(output.join("matrix.html"), virtio_conform::matrix::html(&m)).map_err(|e| e.to_string())?;
+            println!("wrote {} and {} ({} cases × {} targets)", output.join("matrix.json").display(), output.join("matrix.html").display(), m.rows.len(), m.columns.len());
+            Ok(if reports.iter().any(|r| r.exit_code(false) == 2) { 2 } else { 0 })
         }
         Cmd::Compare { old, new } => {
             let c = report::compare(&load_report(&old)?, &load_report(&new)?);

@@ -1147,7 +1147,7 @@ impl Exec<'_> {
             let dq = self.q(queue)?.dq.clone();
             let idx = dq.used_idx(&mut self.mem())?;
             let n = idx.wrapping_sub(dq.last_used);
-            if n >= want || start.elapsed() >= wait {
+            if n >= want || start.elapsed() >= wait || self.t.synchronous() {
                 return Ok(n);
             }
             std::thread::sleep(Duration::from_millis(1));

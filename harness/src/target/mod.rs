@@ -102,6 +102,11 @@ pub trait Target {
             "host-side configuration change".into(),
         ))
     }
+    /// Whether the device finishes all work inside the call that triggered it (in-process
+    /// targets). The harness then never waits for completions that cannot come later.
+    fn synchronous(&self) -> bool {
+        false
+    }
     /// Extra diagnostics to attach to a failure (for example the tail of QEMU's stderr).
     fn diagnostics(&mut self) -> Option<String> {
         None

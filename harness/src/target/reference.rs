@@ -135,6 +135,10 @@ impl Target for ReferenceTarget {
         self.ram_size
     }
 
+    fn synchronous(&self) -> bool {
+        true
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) -> Result<(), TargetError> {
         self.call(|d| d.read(offset, data))
     }

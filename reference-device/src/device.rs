@@ -673,7 +673,7 @@ impl MmioDevice {
             self.read_config(offset - CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             if self.cfg.knobs.narrow_control_read == OpenRead::Zero {
                 data.fill(0);
             }
@@ -743,7 +743,7 @@ impl MmioDevice {
     /// the configuration space are ignored (neither backend has a driver-writable field).
     /// Never panics (the mutants excepted).
     pub fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset >= CONFIG || data.len() != 4 || offset % 4 != 0 {
+        if offset >= CONFIG || data.len() != 4 || !offset.is_multiple_of(4) {
             return;
         }
         let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
@@ -854,21 +854,19 @@ impl MmioDevice {
                 }
             }
             QUEUE_NOTIFY => self.notify(v & 0xffff),
-            INTERRUPT_ACK => {
-                if !self.is(Mutant::InterruptAckIgnored) {
+            INTERRUPT_ACK
+                if !self.is(Mutant::InterruptAckIgnored) => {
                     self.interrupt_status &= !v;
                 }
-            }
             STATUS => self.write_status(v),
             SHM_SEL if !legacy => self.shm_sel = v,
-            QUEUE_RESET if !legacy => {
-                if v == 1 && self.negotiated(VIRTIO_F_RING_RESET) {
+            QUEUE_RESET if !legacy
+                && v == 1 && self.negotiated(VIRTIO_F_RING_RESET) => {
                     if let Some(i) = self.selected() {
                         let max = self.queues[i].max;
                         self.queues[i] = QueueSlot::new(max, &self.cfg.knobs, self.cfg.mutant);
                     }
                 }
-            }
             _ => {}
         }
     }

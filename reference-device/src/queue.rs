@@ -453,7 +453,7 @@ impl SplitQueue {
                 }
                 // §2.7.5.3.1: a chain, indirect table included, is at most Queue Size long.
                 let max = (self.size as u32).min(MAX_INDIRECT_ENTRIES);
-                if d.len == 0 || d.len % 16 != 0 || d.len / 16 > max {
+                if d.len == 0 || !d.len.is_multiple_of(16) || d.len / 16 > max {
                     return Err(QueueError::IndirectTableLength {
                         index,
                         len: d.len,

@@ -130,6 +130,24 @@ enum Cmd {
         #[arg(short = 'o', long, default_value = "matrix")]
         output: PathBuf,
     },
+    /// Replay one fuzz input: print the decoded operation stream and report what the
+    /// target's oracles find (the same JSON report as `run`).
+    Replay {
+        /// Fuzz target: queue_chain, mmio_regs or diff_mmio.
+        fuzz_target: String,
+        /// The input file (a corpus entry or a crash artifact).
+        input: PathBuf,
+        /// Run against this mutant (`reference` or a mutant name); default: as the fuzz
+        /// binary would (VIRTIO_CONFORM_MUTANT, or diff_mmio's first input byte).
+        #[arg(long)]
+        mutant: Option<String>,
+        /// Output format of the report.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Write the report to FILE.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
     /// Compare two JSON reports: fixed, broken and new errors.
     Compare {
         /// Older report.
@@ -158,6 +176,62 @@ fn make_target(t: &TargetArgs) -> Result<Box<dyn Target>, String> {
             };
             Ok(Box::new(QemuTarget::new(opts).map_err(|e| e.to_string())?))
         }
+    }
+}
+
+/// The `run` report shape for one replayed fuzz input.
+fn replay_report(
+    catalog: &virtio_conform::catalog::Catalog,
+    target: &str,
+    input: &std::path::Path,
+    r: &virtio_conform::fuzz::ReplayResult,
+) -> Report {
+    use virtio_conform::outcome::{Outcome, Severity};
+    use virtio_conform::report::{cite, CaseResult, FailureOut};
+    let ids = |f: &virtio_conform::fuzz::Finding| f.requirements.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mutant = r.mutant.clone().unwrap_or_else(|| "reference".into());
+    let replay = format!("virtio-conform replay {target} {} --mutant {mutant}", input.display());
+    let failures: Vec<FailureOut> = r
+        .finding
+        .iter()
+        .map(|f| FailureOut {
+            step: f.op,
+            line: None,
+            op: f.oracle.to_string(),
+            requirements: cite(catalog, &ids(f)),
+            level: "MUST".into(),
+            severity: if f.oracle.contains("written") || f.oracle.contains("outside") { Severity::Critical } else { Severity::High },
+            expected: format!("oracle `{}` holds", f.oracle),
+            observed: f.message.clone(),
+        })
+        .collect();
+    let result = CaseResult {
+        case: format!("fuzz.{target}.{}", input.file_name().and_then(|n| n.to_str()).unwrap_or("input")),
+        title: format!("{target} input replayed against {mutant}"),
+        outcome: if failures.is_empty() { Outcome::Pass } else { Outcome::Fail },
+        severity: failures.iter().map(|f| f.severity).max().unwrap_or(Severity::None),
+        requirements: r.finding.as_ref().map(|f| cite(catalog, &ids(f))).unwrap_or_default(),
+        failures,
+        reason: None,
+        diagnostics: None,
+        replay,
+        duration_ms: 0.0,
+    };
+    let results = vec![result];
+    Report {
+        schema: report::REPORT_SCHEMA.into(),
+        tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
+        spec: catalog.spec.clone(),
+        target: virtio_conform::report::TargetInfoOut {
+            name: if mutant == "reference" { "reference".into() } else { format!("mutant:{mutant}") },
+            device: "fuzz".into(),
+            version: 0,
+            implementation: format!("virtio-reference-device {}", env!("CARGO_PKG_VERSION")),
+        },
+        summary: report::summarize(&results),
+        duration_ms: 0.0,
+        results,
+        coverage: Default::default(),
     }
 }
 
@@ -342,6 +416,33 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             std::fs::write(output.join("matrix.html"), virtio_conform::matrix::html(&m)).map_err(|e| e.to_string())?;
             println!("wrote {} and {} ({} cases × {} targets)", output.join("matrix.json").display(), output.join("matrix.html").display(), m.rows.len(), m.columns.len());
             Ok(if reports.iter().any(|r| r.exit_code(false) == 2) { 2 } else { 0 })
+        }
+        Cmd::Replay { fuzz_target, input, mutant, format, output } => {
+            let data = std::fs::read(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let result = match mutant.as_deref() {
+                None => virtio_conform::fuzz::replay(&fuzz_target, &data)?,
+                Some("reference") => virtio_conform::fuzz::replay_on(&fuzz_target, &data, None)?,
+                Some(name) => {
+                    let m = Mutant::from_name(name).ok_or_else(|| format!("unknown mutant `{name}`"))?;
+                    virtio_conform::fuzz::replay_on(&fuzz_target, &data, Some(m))?
+                }
+            };
+            let catalog = load()?.catalog;
+            let report = replay_report(&catalog, &fuzz_target, &input, &result);
+            let body = match format {
+                Format::Text => {
+                    let mut t = format!("decoded {fuzz_target} input {}:\n{}\n", input.display(), result.ops);
+                    t.push_str(&report::text_summary(&report, &catalog, true));
+                    t
+                }
+                Format::Json => serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?,
+                Format::Junit => report::junit(&report),
+            };
+            match output {
+                Some(p) => std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))?,
+                None => print!("{body}"),
+            }
+            Ok(report.exit_code(false))
         }
         Cmd::Compare { old, new } => {
             let c = report::compare(&load_report(&old)?, &load_report(&new)?);

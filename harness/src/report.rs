@@ -366,11 +366,13 @@ pub fn text_summary(report: &Report, catalog: &Catalog, verbose: bool) -> String
         counts.join(", ")
     );
     let c = &report.coverage;
-    let _ = writeln!(
-        out,
-        "spec coverage: {}/{} device-side statements have at least one case ({})",
-        c.covered, c.device_statements, catalog.spec
-    );
+    if c.device_statements > 0 {
+        let _ = writeln!(
+            out,
+            "spec coverage: {}/{} device-side statements have at least one case ({})",
+            c.covered, c.device_statements, catalog.spec
+        );
+    }
     let passed = report.summary.get("pass").copied().unwrap_or(0);
     let failed: usize = report
         .results

@@ -1,0 +1,354 @@
+//! Replays the committed fuzz corpora under a plain `cargo test` (stable, no libFuzzer).
+//!
+//! - `corpora/<target>/*` (files directly in the folder): no finding on the reference (for
+//!   `diff_mmio`: the reference compared with itself).
+//! - `corpora/<target>/regressions/<mutant-name>/*`: a finding on that mutant, and none on the
+//!   reference.
+//! - `corpora/<target>/seed-*` equal what `virtio_conform::fuzz::seeds::seeds` generates;
+//!   with `VIRTIO_CONFORM_WRITE_CORPORA=1` the seeds are (re)written first.
+//! - A few thousand pseudo-random inputs per target run clean on the reference
+//!   (`VIRTIO_CONFORM_RANDOM_INPUTS=<n>` changes how many).
+
+use std::path::{Path, PathBuf};
+use virtio_conform::fuzz::{self, replay_on, seeds::seeds, TARGETS};
+use virtio_reference_device::Mutant;
+
+fn corpora() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpora")
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn write_requested() -> bool {
+    std::env::var("VIRTIO_CONFORM_WRITE_CORPORA").is_ok_and(|v| v == "1")
+}
+
+#[test]
+fn seed_files_match_the_generator() {
+    for t in TARGETS {
+        let dir = corpora().join(t);
+        if write_requested() {
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, bytes) in seeds(t) {
+                std::fs::write(dir.join(name), bytes).unwrap();
+            }
+        }
+        for (name, bytes) in seeds(t) {
+            let path = dir.join(&name);
+            let on_disk = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; regenerate with VIRTIO_CONFORM_WRITE_CORPORA=1 cargo test -p virtio-conform --test fuzz_replay",
+                    path.display()
+                )
+            });
+            assert_eq!(
+                on_disk,
+                bytes,
+                "{} differs from the generator (the input encoding changed?); regenerate with VIRTIO_CONFORM_WRITE_CORPORA=1",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn corpora_are_clean_on_the_reference() {
+    let mut n = 0;
+    for t in TARGETS {
+        for path in files(&corpora().join(t)) {
+            let data = std::fs::read(&path).unwrap();
+            let r = replay_on(t, &data, None).unwrap();
+            assert!(
+                r.finding.is_none(),
+                "{}: {}\n{}",
+                path.display(),
+                r.finding.unwrap(),
+                r.ops
+            );
+            n += 1;
+        }
+    }
+    assert!(
+        n >= 30,
+        "only {n} corpus files found under {}",
+        corpora().display()
+    );
+}
+
+#[test]
+fn regressions_find_their_mutant() {
+    let mut found = Vec::new();
+    for t in TARGETS {
+        let root = corpora().join(t).join("regressions");
+        let Ok(rd) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for dir in rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+        {
+            let name = dir.file_name().unwrap().to_string_lossy().to_string();
+            let m = Mutant::from_name(&name)
+                .unwrap_or_else(|| panic!("{}: not a mutant name", dir.display()));
+            for path in files(&dir) {
+                let data = std::fs::read(&path).unwrap();
+                let on_mutant = replay_on(t, &data, Some(m)).unwrap();
+                assert!(
+                    on_mutant.finding.is_some(),
+                    "{}: no finding on mutant:{name}\n{}",
+                    path.display(),
+                    on_mutant.ops
+                );
+                let on_ref = replay_on(t, &data, None).unwrap();
+                assert!(
+                    on_ref.finding.is_none(),
+                    "{}: finding on the reference: {}",
+                    path.display(),
+                    on_ref.finding.unwrap()
+                );
+                found.push(m);
+            }
+        }
+    }
+    let missing: Vec<&str> = Mutant::ALL
+        .iter()
+        .filter(|m| !found.contains(m))
+        .map(|m| m.name())
+        .collect();
+    eprintln!("mutants without a regression input: {missing:?}");
+}
+
+#[test]
+fn replay_reports_ops_and_rejects_unknown_targets() {
+    assert!(fuzz::replay("no_such_target", b"").is_err());
+    for t in TARGETS {
+        let r = fuzz::replay_on(t, b"", None).unwrap();
+        assert!(r.finding.is_none());
+        assert!(!r.ops.is_empty());
+    }
+    // A finding serializes to JSON for the CLI's report.
+    let data = [0u8; 4];
+    let r = replay_on("mmio_regs", &data, Some(Mutant::ResetSetsFailed)).unwrap();
+    let json = serde_json::to_string(&r).unwrap();
+    assert!(json.contains("\"ops\""));
+}
+
+/// xorshift64*: a tiny deterministic byte source.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+#[test]
+fn random_inputs_are_clean_on_the_reference() {
+    let n: usize = std::env::var("VIRTIO_CONFORM_RANDOM_INPUTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for t in TARGETS {
+        // Random bytes, and seeds with random bytes spliced in (closer to what a fuzzer does).
+        let seeds: Vec<Vec<u8>> = seeds(t).into_iter().map(|(_, b)| b).collect();
+        let count = if *t == "diff_mmio" { n / 10 } else { n };
+        for i in 0..count {
+            let len = (rng.next() % 300) as usize;
+            let mut data = if i % 2 == 0 || seeds.is_empty() {
+                rng.bytes(len)
+            } else {
+                let mut s = seeds[i % seeds.len()].clone();
+                for _ in 0..1 + rng.next() % 4 {
+                    if s.is_empty() {
+                        break;
+                    }
+                    let at = (rng.next() as usize) % s.len();
+                    s[at] = rng.next() as u8;
+                }
+                s
+            };
+            if *t == "diff_mmio" && !data.is_empty() {
+                data[0] = 0;
+            }
+            let r = replay_on(t, &data, None).unwrap();
+            assert!(
+                r.finding.is_none(),
+                "{t} input {i} {data:02x?}: {}\n{}",
+                r.finding.unwrap(),
+                r.ops
+            );
+        }
+    }
+}
+
+#[test]
+fn zz_tmp_mutant_sweep() {
+    if std::env::var("SWEEP").is_err() {
+        return;
+    }
+    let mut rng = Rng(7);
+    for &m in Mutant::ALL {
+        let mut hits = Vec::new();
+        for t in TARGETS {
+            let seeds: Vec<Vec<u8>> = seeds(t).into_iter().map(|(_, b)| b).collect();
+            let mut first = None;
+            for i in 0..3000usize {
+                let mut s = seeds[i % seeds.len()].clone();
+                if i >= seeds.len() {
+                    for _ in 0..1 + rng.next() % 6 {
+                        let at = (rng.next() as usize) % s.len();
+                        s[at] = rng.next() as u8;
+                    }
+                }
+                let r = replay_on(t, &s, Some(m)).unwrap();
+                if let Some(f) = r.finding {
+                    first = Some((i, f.oracle));
+                    break;
+                }
+            }
+            hits.push(format!("{t}:{:?}", first));
+        }
+        eprintln!("{:32} {}", m.name(), hits.join("  "));
+    }
+}
+
+#[test]
+fn zz_tmp_speed() {
+    let Ok(dir) = std::env::var("SPEED_DIR") else {
+        return;
+    };
+    let t = std::env::var("SPEED_T").unwrap();
+    let inputs: Vec<Vec<u8>> = files(Path::new(&dir))
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    for _ in 0..20 {
+        for d in &inputs {
+            let _ = match t.as_str() {
+                "queue_chain" => fuzz::queue_chain_on(d, None),
+                "mmio_regs" => fuzz::mmio_regs_on(d, None),
+                _ => fuzz::diff_mmio_on(d, None),
+            };
+            n += 1;
+        }
+    }
+    let el = start.elapsed();
+    let avg: f64 = inputs.iter().map(|d| d.len()).sum::<usize>() as f64 / inputs.len() as f64;
+    eprintln!(
+        "{n} runs in {el:?}: {:.1} us/run, {:.0} exec/s, avg len {avg:.0}",
+        el.as_secs_f64() * 1e6 / n as f64,
+        n as f64 / el.as_secs_f64()
+    );
+}
+
+#[test]
+fn zz_tmp_stats() {
+    let Ok(dir) = std::env::var("STATS_DIR") else {
+        return;
+    };
+    let mut ops = 0;
+    let mut chains = 0;
+    let mut kicks = 0;
+    let mut bufs = 0;
+    let n = files(Path::new(&dir)).len();
+    for p in files(Path::new(&dir)) {
+        let c = fuzz::decode_queue_chain(&std::fs::read(p).unwrap());
+        ops += c.ops.len();
+        for o in &c.ops {
+            match o {
+                fuzz::queue_chain::QcOp::Chain(s) => {
+                    chains += 1;
+                    bufs += 1 + s.n as usize % 8
+                }
+                fuzz::queue_chain::QcOp::Kick(_) => kicks += 1,
+                _ => {}
+            }
+        }
+    }
+    eprintln!(
+        "{n} inputs: ops/input {:.1} chains {:.1} kicks {:.1} bufs/chain {:.1}",
+        ops as f64 / n as f64,
+        chains as f64 / n as f64,
+        kicks as f64 / n as f64,
+        bufs as f64 / chains as f64
+    );
+}
+
+#[test]
+fn zz_tmp_legacy_overflow() {
+    use virtio_conform::fuzz::mmio::*;
+    use virtio_reference_device::regs::*;
+    let w = |off, value| MmioOp::Write {
+        reg: reg_selector(off),
+        width: 0,
+        value,
+    };
+    let case = MmioCase {
+        header: MmioHeader { flags: 1 },
+        ops: vec![
+            w(GUEST_PAGE_SIZE, u32::MAX),
+            w(QUEUE_NUM, u32::MAX),
+            w(QUEUE_PFN, u32::MAX),
+            w(STATUS, 7),
+        ],
+    };
+    let r = replay_on("mmio_regs", &case.encode(), None).unwrap();
+    eprintln!("{:?}", r.finding);
+}
+
+#[test]
+fn zz_tmp_show_keep() {
+    let Ok(dir) = std::env::var("KEEP_DIR") else {
+        return;
+    };
+    for t in TARGETS {
+        for p in files(&Path::new(&dir).join(t)) {
+            let m = Mutant::from_name(&p.file_name().unwrap().to_string_lossy()).unwrap();
+            let d = std::fs::read(&p).unwrap();
+            let a = replay_on(t, &d, Some(m)).unwrap();
+            let b = replay_on(t, &d, None).unwrap();
+            eprintln!(
+                "{t} {:30} len {:4} ref:{} -> {}",
+                m.name(),
+                d.len(),
+                b.finding.is_some(),
+                a.finding
+                    .map(|f| f.to_string())
+                    .unwrap_or("NONE".into())
+                    .chars()
+                    .take(230)
+                    .collect::<String>()
+            );
+        }
+    }
+}
+
+#[test]
+fn zz_tmp_show_file() {
+    let Ok(f) = std::env::var("SHOW_FILE") else {
+        return;
+    };
+    let t = std::env::var("SHOW_T").unwrap();
+    let r = fuzz::replay_on(&t, &std::fs::read(f).unwrap(), None).unwrap();
+    eprintln!("{}\n{:?}", r.ops, r.finding);
+}

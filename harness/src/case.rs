@@ -580,7 +580,6 @@ fn validate(op: &Op, catalog: &Catalog) -> anyhow::Result<()> {
         | Op::Cycle { grade, .. }
         | Op::ExpectGraceful { grade, .. }
         | Op::MemExpect { grade, .. } => check_reqs(grade),
-        Op::Queue { size, .. } if *size == 0 => Ok(()),
         _ => Ok(()),
     }
 }

@@ -90,3 +90,11 @@ fn compare_reports_broken_cases() {
     assert!(text.contains("broken: ") && text.contains("reset"), "{text}");
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn documented_report_example_parses_as_a_report() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/report.example.json");
+    let r: virtio_conform::report::Report = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(r.schema, virtio_conform::report::REPORT_SCHEMA);
+    assert!(r.results.iter().any(|c| c.outcome == virtio_conform::outcome::Outcome::Fail && !c.failures.is_empty()));
+}

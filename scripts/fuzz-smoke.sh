@@ -36,14 +36,20 @@ status=0
 for t in "${targets[@]}"; do
   echo "== cargo fuzz run -s none $t (${seconds}s)"
   mkdir -p "$work/$t" "fuzz/artifacts/$t"
+  ls -1 "fuzz/artifacts/$t" >"$work/$t.before"
   # New corpus entries go to a scratch folder; the committed seeds are read only.
   if ! cargo fuzz run -s none "$t" "$work/$t" "corpora/$t" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 2>"$work/$t.log"; then
     status=1
-    echo "!! $t: finding or failure; last lines of the log:"
-    tail -n 40 "$work/$t.log"
-    ls -1 "fuzz/artifacts/$t" 2>/dev/null | sed 's/^/   artifact: /'
+    echo "!! $t: finding or failure:"
+    # The finding (or the panic of the device) is the panic message of the fuzz target.
+    if grep -q 'panicked at' "$work/$t.log"; then
+      grep -A 3 'panicked at' "$work/$t.log" | head -n 8
+    else
+      tail -n 30 "$work/$t.log"
+    fi
+    ls -1 "fuzz/artifacts/$t" | grep -vxF -f "$work/$t.before" | sed "s|^|   new artifact: fuzz/artifacts/$t/|" || true
   else
     grep -E '^(stat::number_of_executed_units|stat::average_exec_per_sec)|Done [0-9]+ runs' "$work/$t.log" || true
   fi

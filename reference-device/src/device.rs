@@ -482,30 +482,44 @@ impl MmioDevice {
         slot.q.size = slot.num as u16;
         let mut err = None;
         if legacy {
+            // §2.7.2 / §4.2.4: one area at QueuePFN * GuestPageSize; the used ring at the next
+            // QueueAlign boundary after the available ring. Computed without overflow: a
+            // layout that does not fit in 64 bits is a ring outside guest memory.
             let num = slot.num as u64;
             let desc = slot.pfn as u64 * page;
-            let avail = desc + 16 * num;
-            let avail_end = avail + 6 + 2 * num;
             let align = slot.align as u64;
+            let avail = desc.checked_add(16 * num);
+            let avail_end = avail.and_then(|a| a.checked_add(6 + 2 * num));
             let used = if align_mutant {
                 // B28: align 0 divides by zero.
                 #[allow(clippy::arithmetic_side_effects)]
                 {
-                    avail_end.div_ceil(align) * align
+                    avail_end.map(|e| e.div_ceil(align) * align)
                 }
             } else if align == 0 || !align.is_power_of_two() || page == 0 {
                 err = Some(QueueError::Misaligned {
                     part: crate::queue::RingPart::UsedRing,
-                    addr: avail_end,
+                    addr: avail_end.unwrap_or(u64::MAX),
                     align,
                 });
-                0
+                Some(0)
             } else {
-                avail_end.div_ceil(align) * align
+                avail_end.and_then(|e| e.checked_next_multiple_of(align))
             };
-            slot.q.desc_table = desc;
-            slot.q.avail_ring = avail;
-            slot.q.used_ring = used;
+            match (avail, used) {
+                (Some(avail), Some(used)) => {
+                    slot.q.desc_table = desc;
+                    slot.q.avail_ring = avail;
+                    slot.q.used_ring = used;
+                }
+                _ => {
+                    err = err.or(Some(QueueError::RingOutOfMemory {
+                        part: crate::queue::RingPart::AvailRing,
+                        addr: desc,
+                        len: 16 * num,
+                    }));
+                }
+            }
         }
         if err.is_none() && !(is_zero_size_mutant && slot.num == 0) {
             if slot.num > slot.max as u32 || !slot.num.is_power_of_two() {

@@ -735,3 +735,18 @@ fn every_mutant_has_a_unique_name() {
         assert_eq!(Mutant::from_name(m.name()), Some(*m));
     }
 }
+
+#[test]
+fn s4_2_4_legacy_layout_overflow_is_a_ring_outside_memory() {
+    // Found by the mmio_regs fuzzer: GuestPageSize and QueuePFN of 0xffffffff with a huge
+    // QueueNum overflowed the legacy layout computation.
+    let mut r = entropy(L);
+    r.w(STATUS, 3);
+    r.w(GUEST_PAGE_SIZE, u32::MAX);
+    r.w(QUEUE_NUM, u32::MAX);
+    r.w(QUEUE_PFN, u32::MAX);
+    r.w(STATUS, 7);
+    r.w(QUEUE_NOTIFY, 0);
+    assert_ne!(r.r(STATUS) as u8 & DEVICE_NEEDS_RESET, 0);
+    assert_eq!(r.r(MAGIC), MAGIC_VALUE);
+}

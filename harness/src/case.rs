@@ -41,7 +41,13 @@ impl Serialize for Num {
 
 impl Serialize for Hex {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        s.serialize_str(
+            &self
+                .0
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        )
     }
 }
 
@@ -414,7 +420,9 @@ impl Op {
                         .map(|(k, v)| (k, strip(v)))
                         .collect(),
                 ),
-                serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(strip).collect()),
+                serde_json::Value::Array(a) => {
+                    serde_json::Value::Array(a.into_iter().map(strip).collect())
+                }
                 v => v,
             }
         }

@@ -98,9 +98,8 @@ pub fn mirror(profile: &Profile, device: DeviceKind) -> Result<ReferenceTarget, 
             cfg.config_space = Some(p.config.clone());
         }
         cfg.step_budget = 1 << 20;
-        let b = backend(device).unwrap_or_else(|_| {
-            Box::new(virtio_reference_device::EntropyBackend::new(0))
-        });
+        let b = backend(device)
+            .unwrap_or_else(|_| Box::new(virtio_reference_device::EntropyBackend::new(0)));
         MmioDevice::new(cfg, b, ram)
     });
     ReferenceTarget::with_factory("reference (mirrored)".into(), device, version, factory)
@@ -175,13 +174,21 @@ pub struct DiffOptions {
     pub shrink: bool,
 }
 
-fn first_difference(a: &[Observation], b: &[Observation]) -> Option<(usize, String, String, String)> {
+fn first_difference(
+    a: &[Observation],
+    b: &[Observation],
+) -> Option<(usize, String, String, String)> {
     let n = a.len().max(b.len());
     for i in 0..n {
         match (a.get(i), b.get(i)) {
             (Some(x), Some(y)) if x.what == y.what && x.value == y.value => continue,
             (Some(x), Some(y)) if x.what == y.what => {
-                return Some((x.step.min(y.step), x.what.clone(), x.value.clone(), y.value.clone()))
+                return Some((
+                    x.step.min(y.step),
+                    x.what.clone(),
+                    x.value.clone(),
+                    y.value.clone(),
+                ))
             }
             (Some(x), Some(y)) => {
                 return Some((
@@ -191,8 +198,12 @@ fn first_difference(a: &[Observation], b: &[Observation]) -> Option<(usize, Stri
                     y.value.clone(),
                 ))
             }
-            (Some(x), None) => return Some((x.step, x.what.clone(), x.value.clone(), "<none>".into())),
-            (None, Some(y)) => return Some((y.step, y.what.clone(), "<none>".into(), y.value.clone())),
+            (Some(x), None) => {
+                return Some((x.step, x.what.clone(), x.value.clone(), "<none>".into()))
+            }
+            (None, Some(y)) => {
+                return Some((y.step, y.what.clone(), "<none>".into(), y.value.clone()))
+            }
             (None, None) => break,
         }
     }
@@ -207,7 +218,10 @@ fn parse_hex(v: &str) -> Option<u64> {
 /// fixes it: a difference there is a spec violation by the target even in a stream that
 /// checks nothing (random streams).
 pub fn mandated(what: &str, reference: &str, target: &str) -> Option<(&'static str, String)> {
-    let reg = what.strip_prefix("read ").and_then(|r| r.split('@').next()).unwrap_or("");
+    let reg = what
+        .strip_prefix("read ")
+        .and_then(|r| r.split('@').next())
+        .unwrap_or("");
     let (r, t) = (parse_hex(reference), parse_hex(target));
     match reg {
         "MagicValue" => Some(("MMIO-DEV-01", "MagicValue always reads 0x74726976".into())),
@@ -220,23 +234,34 @@ pub fn mandated(what: &str, reference: &str, target: &str) -> Option<(&'static s
             "MMIO-REG-02",
             "QueueNumMax of a queue that does not exist reads 0".into(),
         )),
-        "SHMLenLow" | "SHMLenHigh" | "SHMBaseLow" | "SHMBaseHigh" if r == Some(0xffff_ffff) => Some((
-            "SHM-REG-01",
-            "a shared memory region that does not exist reads all ones".into(),
-        )),
+        "SHMLenLow" | "SHMLenHigh" | "SHMBaseLow" | "SHMBaseHigh" if r == Some(0xffff_ffff) => {
+            Some((
+                "SHM-REG-01",
+                "a shared memory region that does not exist reads all ones".into(),
+            ))
+        }
         "Status" => {
             let (r, t) = (r? as u8, t? as u8);
             if (r ^ t) & FEATURES_OK != 0 && r & FEATURES_OK == 0 {
                 Some(("FEAT-DEV-02a", "FEATURES_OK must read back clear when the driver accepted features the device did not offer".into()))
             } else if r & DEVICE_NEEDS_RESET != 0 && t & DEVICE_NEEDS_RESET == 0 {
-                Some(("SPLIT-DEV-MALFORMED-CHAIN", "the target went on with a chain or ring the reference rejected as malformed".into()))
+                Some((
+                    "SPLIT-DEV-MALFORMED-CHAIN",
+                    "the target went on with a chain or ring the reference rejected as malformed"
+                        .into(),
+                ))
             } else {
                 None
             }
         }
         _ if what.ends_with(" count") && what.starts_with("used") => {
             let (r, t): (u64, u64) = (reference.parse().ok()?, target.parse().ok()?);
-            (t > r).then(|| ("SPLIT-DEV-MALFORMED-CHAIN", "the target completed chains the reference rejected as malformed".into()))
+            (t > r).then(|| {
+                (
+                    "SPLIT-DEV-MALFORMED-CHAIN",
+                    "the target completed chains the reference rejected as malformed".into(),
+                )
+            })
         }
         _ => None,
     }
@@ -245,12 +270,27 @@ pub fn mandated(what: &str, reference: &str, target: &str) -> Option<(&'static s
 /// Why the spec leaves an observation open, for implementation-defined divergences.
 pub fn explain(what: &str) -> String {
     let write_only = [
-        "DeviceFeaturesSel", "DriverFeatures", "DriverFeaturesSel", "QueueSel", "QueueNum",
-        "QueueNotify", "InterruptACK", "QueueDescLow", "QueueDescHigh", "QueueDriverLow",
-        "QueueDriverHigh", "QueueDeviceLow", "QueueDeviceHigh", "SHMSel", "GuestPageSize",
+        "DeviceFeaturesSel",
+        "DriverFeatures",
+        "DriverFeaturesSel",
+        "QueueSel",
+        "QueueNum",
+        "QueueNotify",
+        "InterruptACK",
+        "QueueDescLow",
+        "QueueDescHigh",
+        "QueueDriverLow",
+        "QueueDriverHigh",
+        "QueueDeviceLow",
+        "QueueDeviceHigh",
+        "SHMSel",
+        "GuestPageSize",
         "QueueAlign",
     ];
-    let reg = what.strip_prefix("read ").and_then(|r| r.split('@').next()).unwrap_or("");
+    let reg = what
+        .strip_prefix("read ")
+        .and_then(|r| r.split('@').next())
+        .unwrap_or("");
     let narrow = what.ends_with("/1") || what.ends_with("/2") || what.ends_with("/8");
     if reg == "VendorID" {
         "§4.2.2: no VendorID value is mandated".into()
@@ -314,12 +354,24 @@ fn compare(
         )
     });
     let (class, requirements, explanation) = if reference_failed {
-        let mut ids: Vec<String> = r.failures.iter().flat_map(|f| f.requirements.clone()).collect();
+        let mut ids: Vec<String> = r
+            .failures
+            .iter()
+            .flat_map(|f| f.requirements.clone())
+            .collect();
         ids.sort();
         ids.dedup();
-        (DivergenceClass::ReferenceBug, cite(catalog, &ids), "the reference failed a check of its own suite".to_string())
+        (
+            DivergenceClass::ReferenceBug,
+            cite(catalog, &ids),
+            "the reference failed a check of its own suite".to_string(),
+        )
     } else if target_failed {
-        let mut ids: Vec<String> = t.failures.iter().flat_map(|f| f.requirements.clone()).collect();
+        let mut ids: Vec<String> = t
+            .failures
+            .iter()
+            .flat_map(|f| f.requirements.clone())
+            .collect();
         ids.sort();
         ids.dedup();
         let why = t
@@ -330,9 +382,17 @@ fn compare(
             .unwrap_or_default();
         (DivergenceClass::SpecViolation, cite(catalog, &ids), why)
     } else if let Some((id, why)) = mandated(&what, &rv, &tv) {
-        (DivergenceClass::SpecViolation, cite(catalog, &[id.to_string()]), why)
+        (
+            DivergenceClass::SpecViolation,
+            cite(catalog, &[id.to_string()]),
+            why,
+        )
     } else {
-        (DivergenceClass::ImplementationDefined, Vec::new(), explain(&what))
+        (
+            DivergenceClass::ImplementationDefined,
+            Vec::new(),
+            explain(&what),
+        )
     };
     Ok(Some(Divergence {
         source: case.id.clone(),
@@ -391,7 +451,8 @@ fn shrink(
 
 /// A random step stream for `profile`, reproducible from `seed`.
 pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut pick = |n: u32| rng.next_u32() % n.max(1);
     let legacy = profile.version == 1;
     let mut steps = Vec::new();
@@ -400,7 +461,11 @@ pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
         steps.push(Step { line, op });
     };
     let ring_feats = [VIRTIO_F_INDIRECT_DESC, VIRTIO_F_EVENT_IDX];
-    let mut features = if legacy { vec![] } else { vec![Feature::Bit(VIRTIO_F_VERSION_1)] };
+    let mut features = if legacy {
+        vec![]
+    } else {
+        vec![Feature::Bit(VIRTIO_F_VERSION_1)]
+    };
     for b in ring_feats {
         if profile.features & bit(b) != 0 && pick(2) == 0 {
             features.push(Feature::Bit(b));
@@ -410,17 +475,38 @@ pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
         features: Some(features),
         order: Default::default(),
         upto: Upto::DriverOk,
-        queues: Some(vec![QueueSpec { index: 0, size: 8, align: None }]),
+        queues: Some(vec![QueueSpec {
+            index: 0,
+            size: 8,
+            align: None,
+        }]),
         grade: Default::default(),
     };
     push(init.clone(), &mut steps);
     let modern_only = ["QueueReady", "ConfigGeneration", "SHMLenLow", "QueueReset"];
     let regs_all: Vec<&str> = [
-        "Status", "InterruptStatus", "QueueNumMax", "QueueReady", "ConfigGeneration", "DeviceFeatures",
-        "QueueSel", "QueueNum", "DriverFeatures", "SHMLenLow", "QueueReset", "VendorID", "QueuePFN",
+        "Status",
+        "InterruptStatus",
+        "QueueNumMax",
+        "QueueReady",
+        "ConfigGeneration",
+        "DeviceFeatures",
+        "QueueSel",
+        "QueueNum",
+        "DriverFeatures",
+        "SHMLenLow",
+        "QueueReset",
+        "VendorID",
+        "QueuePFN",
     ]
     .into_iter()
-    .filter(|r| if legacy { !modern_only.contains(r) } else { *r != "QueuePFN" })
+    .filter(|r| {
+        if legacy {
+            !modern_only.contains(r)
+        } else {
+            *r != "QueuePFN"
+        }
+    })
     .collect();
     let n = 4 + pick(20) as usize;
     let mut next_desc = 0u16;
@@ -429,9 +515,21 @@ pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
             0 | 1 => {
                 let reg = regs_all[pick(regs_all.len() as u32) as usize];
                 Op::Read {
-                    at: crate::case::Reg { reg: Some(reg.into()), offset: None, width: None, queue: None },
-                    expect: None, mask: None, bits_set: None, bits_clear: None, expect_ne: None,
-                    expect_in: None, save: None, expect_var: None, expect_ne_var: None,
+                    at: crate::case::Reg {
+                        reg: Some(reg.into()),
+                        offset: None,
+                        width: None,
+                        queue: None,
+                    },
+                    expect: None,
+                    mask: None,
+                    bits_set: None,
+                    bits_clear: None,
+                    expect_ne: None,
+                    expect_in: None,
+                    save: None,
+                    expect_var: None,
+                    expect_ne_var: None,
                     grade: Default::default(),
                 }
             }
@@ -443,14 +541,26 @@ pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
                     3 => ("QueueNotify", pick(2) as u64),
                     _ => ("SHMSel", pick(2) as u64),
                 };
-                Op::Write { at: crate::case::Reg { reg: Some(reg.into()), offset: None, width: None, queue: None }, value: Num(value) }
+                Op::Write {
+                    at: crate::case::Reg {
+                        reg: Some(reg.into()),
+                        offset: None,
+                        width: None,
+                        queue: None,
+                    },
+                    value: Num(value),
+                }
             }
             3..=6 => {
                 let len = 1 + pick(3) as usize;
                 let mut chain = Vec::new();
                 for k in 0..len {
                     let write = k + 1 == len || pick(3) == 0;
-                    let mut b = Buf { len: Num(1 + pick(64) as u64), write, ..Buf::default() };
+                    let mut b = Buf {
+                        len: Num(1 + pick(64) as u64),
+                        write,
+                        ..Buf::default()
+                    };
                     if !write {
                         b.data = Some(Hex(vec![pick(256) as u8; 4]));
                     }
@@ -460,18 +570,32 @@ pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
                 match pick(12) {
                     0 => {
                         let last = chain.len() - 1;
-                        chain[last].flags = Some(Num((VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE) as u64));
+                        chain[last].flags =
+                            Some(Num((VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE) as u64));
                         chain[last].next = Some(Num(next_desc as u64));
                     }
                     1 => chain[0].addr = Some(Num(0xffff_ffff_0000_0000)),
                     _ => {}
                 }
                 next_desc = (next_desc + len as u16) % 8;
-                Op::Post { queue: 0, chain, indirect: false, indirect_flags: None, indirect_len: None, kick: Some(true), head: None }
+                Op::Post {
+                    queue: 0,
+                    chain,
+                    indirect: false,
+                    indirect_flags: None,
+                    indirect_len: None,
+                    kick: Some(true),
+                    head: None,
+                }
             }
             7 | 8 => Op::Observe { queue: 0 },
             _ => {
-                push(Op::Reset { grade: Default::default() }, &mut steps);
+                push(
+                    Op::Reset {
+                        grade: Default::default(),
+                    },
+                    &mut steps,
+                );
                 next_desc = 0;
                 init.clone()
             }
@@ -497,7 +621,12 @@ pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
 /// the case file where the step came from one.
 fn render(case: &Case, steps: &[Step]) -> Vec<String> {
     let originals: std::collections::HashMap<usize, String> = std::fs::read_to_string(&case.file)
-        .map(|t| t.lines().enumerate().map(|(i, l)| (i + 1, l.to_string())).collect())
+        .map(|t| {
+            t.lines()
+                .enumerate()
+                .map(|(i, l)| (i + 1, l.to_string()))
+                .collect()
+        })
         .unwrap_or_default();
     steps.iter().map(|s| step_json(s, &originals)).collect()
 }

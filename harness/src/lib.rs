@@ -5,8 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod case;
-pub mod diff;
 pub mod catalog;
+pub mod diff;
 pub mod fuzz;
 pub mod matrix;
 pub mod outcome;

@@ -188,9 +188,17 @@ fn replay_report(
 ) -> Report {
     use virtio_conform::outcome::{Outcome, Severity};
     use virtio_conform::report::{cite, CaseResult, FailureOut};
-    let ids = |f: &virtio_conform::fuzz::Finding| f.requirements.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let ids = |f: &virtio_conform::fuzz::Finding| {
+        f.requirements
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
     let mutant = r.mutant.clone().unwrap_or_else(|| "reference".into());
-    let replay = format!("virtio-conform replay {target} {} --mutant {mutant}", input.display());
+    let replay = format!(
+        "virtio-conform replay {target} {} --mutant {mutant}",
+        input.display()
+    );
     let failures: Vec<FailureOut> = r
         .finding
         .iter()
@@ -200,17 +208,39 @@ fn replay_report(
             op: f.oracle.to_string(),
             requirements: cite(catalog, &ids(f)),
             level: "MUST".into(),
-            severity: if f.oracle.contains("written") || f.oracle.contains("outside") { Severity::Critical } else { Severity::High },
+            severity: if f.oracle.contains("written") || f.oracle.contains("outside") {
+                Severity::Critical
+            } else {
+                Severity::High
+            },
             expected: format!("oracle `{}` holds", f.oracle),
             observed: f.message.clone(),
         })
         .collect();
     let result = CaseResult {
-        case: format!("fuzz.{target}.{}", input.file_name().and_then(|n| n.to_str()).unwrap_or("input")),
+        case: format!(
+            "fuzz.{target}.{}",
+            input
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("input")
+        ),
         title: format!("{target} input replayed against {mutant}"),
-        outcome: if failures.is_empty() { Outcome::Pass } else { Outcome::Fail },
-        severity: failures.iter().map(|f| f.severity).max().unwrap_or(Severity::None),
-        requirements: r.finding.as_ref().map(|f| cite(catalog, &ids(f))).unwrap_or_default(),
+        outcome: if failures.is_empty() {
+            Outcome::Pass
+        } else {
+            Outcome::Fail
+        },
+        severity: failures
+            .iter()
+            .map(|f| f.severity)
+            .max()
+            .unwrap_or(Severity::None),
+        requirements: r
+            .finding
+            .as_ref()
+            .map(|f| cite(catalog, &ids(f)))
+            .unwrap_or_default(),
         failures,
         reason: None,
         diagnostics: None,
@@ -223,7 +253,11 @@ fn replay_report(
         tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
         spec: catalog.spec.clone(),
         target: virtio_conform::report::TargetInfoOut {
-            name: if mutant == "reference" { "reference".into() } else { format!("mutant:{mutant}") },
+            name: if mutant == "reference" {
+                "reference".into()
+            } else {
+                format!("mutant:{mutant}")
+            },
             device: "fuzz".into(),
             version: 0,
             implementation: format!("virtio-reference-device {}", env!("CARGO_PKG_VERSION")),
@@ -355,17 +389,45 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             }
             Ok(0)
         }
-        Cmd::Diff { t, only, random, seed, no_shrink, output } => {
+        Cmd::Diff {
+            t,
+            only,
+            random,
+            seed,
+            no_shrink,
+            output,
+        } => {
             let suite = load()?;
             let device: DeviceKind = t.device.parse()?;
             let mut target = make_target(&t)?;
-            let opts = virtio_conform::diff::DiffOptions { only, random, seed, shrink: !no_shrink };
-            let report = virtio_conform::diff::run_diff(&suite.cases, &suite.catalog, target.as_mut(), device, &opts)
-                .map_err(|e| e.to_string())?;
+            let opts = virtio_conform::diff::DiffOptions {
+                only,
+                random,
+                seed,
+                shrink: !no_shrink,
+            };
+            let report = virtio_conform::diff::run_diff(
+                &suite.cases,
+                &suite.catalog,
+                target.as_mut(),
+                device,
+                &opts,
+            )
+            .map_err(|e| e.to_string())?;
             for d in &report.divergences {
-                let ids: Vec<String> = d.requirements.iter().map(|c| format!("{} §{}", c.id, c.section)).collect();
-                println!("{:?} in {} at step {}: {}", d.class, d.source, d.step, d.what);
-                println!("    reference: {}\n    target:    {}", d.reference, d.target);
+                let ids: Vec<String> = d
+                    .requirements
+                    .iter()
+                    .map(|c| format!("{} §{}", c.id, c.section))
+                    .collect();
+                println!(
+                    "{:?} in {} at step {}: {}",
+                    d.class, d.source, d.step, d.what
+                );
+                println!(
+                    "    reference: {}\n    target:    {}",
+                    d.reference, d.target
+                );
                 if !ids.is_empty() {
                     println!("    requirements: {}", ids.join(", "));
                 }
@@ -383,27 +445,50 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
                 std::fs::write(&p, json).map_err(|e| format!("{}: {e}", p.display()))?;
             }
-            Ok(if report.reference_bugs > 0 { 2 } else if report.spec_violations > 0 { 1 } else { 0 })
+            Ok(if report.reference_bugs > 0 {
+                2
+            } else if report.spec_violations > 0 {
+                1
+            } else {
+                0
+            })
         }
-        Cmd::Matrix { targets, devices, versions, qemu, expectations, output } => {
+        Cmd::Matrix {
+            targets,
+            devices,
+            versions,
+            qemu,
+            expectations,
+            output,
+        } => {
             let suite = load()?;
             let mut ex_files = std::collections::HashMap::new();
             for e in &expectations {
-                let (t, f) = e.split_once('=').ok_or_else(|| format!("--expectations `{e}`: expected TARGET=FILE"))?;
+                let (t, f) = e
+                    .split_once('=')
+                    .ok_or_else(|| format!("--expectations `{e}`: expected TARGET=FILE"))?;
                 ex_files.insert(t.to_string(), PathBuf::from(f));
             }
             let mut reports = Vec::new();
             for target in &targets {
                 for device in &devices {
                     for &version in &versions {
-                        let args = TargetArgs { target: target.clone(), device: device.clone(), version, qemu: qemu.clone() };
+                        let args = TargetArgs {
+                            target: target.clone(),
+                            device: device.clone(),
+                            version,
+                            qemu: qemu.clone(),
+                        };
                         let key = format!("{target}:v{version}");
                         let ex = match ex_files.get(&key).or_else(|| ex_files.get(target)) {
                             Some(p) => Some(Expectations::load(p).map_err(|e| format!("{e:#}"))?),
                             None => None,
                         };
                         let mut t = make_target(&args)?;
-                        let opts = Options { expectations: ex, ..Options::default() };
+                        let opts = Options {
+                            expectations: ex,
+                            ..Options::default()
+                        };
                         eprintln!("matrix: {target} {device} v{version}");
                         reports.push(run_suite(&suite, t.as_mut(), &opts));
                     }
@@ -413,17 +498,35 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             std::fs::create_dir_all(&output).map_err(|e| format!("{}: {e}", output.display()))?;
             let json = serde_json::to_string_pretty(&m).map_err(|e| e.to_string())?;
             std::fs::write(output.join("matrix.json"), json).map_err(|e| e.to_string())?;
-            std::fs::write(output.join("matrix.html"), virtio_conform::matrix::html(&m)).map_err(|e| e.to_string())?;
-            println!("wrote {} and {} ({} cases × {} targets)", output.join("matrix.json").display(), output.join("matrix.html").display(), m.rows.len(), m.columns.len());
-            Ok(if reports.iter().any(|r| r.exit_code(false) == 2) { 2 } else { 0 })
+            std::fs::write(output.join("matrix.html"), virtio_conform::matrix::html(&m))
+                .map_err(|e| e.to_string())?;
+            println!(
+                "wrote {} and {} ({} cases × {} targets)",
+                output.join("matrix.json").display(),
+                output.join("matrix.html").display(),
+                m.rows.len(),
+                m.columns.len()
+            );
+            Ok(if reports.iter().any(|r| r.exit_code(false) == 2) {
+                2
+            } else {
+                0
+            })
         }
-        Cmd::Replay { fuzz_target, input, mutant, format, output } => {
+        Cmd::Replay {
+            fuzz_target,
+            input,
+            mutant,
+            format,
+            output,
+        } => {
             let data = std::fs::read(&input).map_err(|e| format!("{}: {e}", input.display()))?;
             let result = match mutant.as_deref() {
                 None => virtio_conform::fuzz::replay(&fuzz_target, &data)?,
                 Some("reference") => virtio_conform::fuzz::replay_on(&fuzz_target, &data, None)?,
                 Some(name) => {
-                    let m = Mutant::from_name(name).ok_or_else(|| format!("unknown mutant `{name}`"))?;
+                    let m = Mutant::from_name(name)
+                        .ok_or_else(|| format!("unknown mutant `{name}`"))?;
                     virtio_conform::fuzz::replay_on(&fuzz_target, &data, Some(m))?
                 }
             };
@@ -431,7 +534,11 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             let report = replay_report(&catalog, &fuzz_target, &input, &result);
             let body = match format {
                 Format::Text => {
-                    let mut t = format!("decoded {fuzz_target} input {}:\n{}\n", input.display(), result.ops);
+                    let mut t = format!(
+                        "decoded {fuzz_target} input {}:\n{}\n",
+                        input.display(),
+                        result.ops
+                    );
                     t.push_str(&report::text_summary(&report, &catalog, true));
                     t
                 }

@@ -61,8 +61,17 @@ pub fn build(reports: &[Report]) -> Matrix {
             });
             let mut detail = Vec::new();
             for f in &res.failures {
-                let ids: Vec<String> = f.requirements.iter().map(|c| format!("{} §{}", c.id, c.section)).collect();
-                detail.push(format!("[{}] expected {}; observed {}", ids.join(", "), f.expected, f.observed));
+                let ids: Vec<String> = f
+                    .requirements
+                    .iter()
+                    .map(|c| format!("{} §{}", c.id, c.section))
+                    .collect();
+                detail.push(format!(
+                    "[{}] expected {}; observed {}",
+                    ids.join(", "),
+                    f.expected,
+                    f.observed
+                ));
             }
             if let Some(why) = &res.reason {
                 detail.push(format!("reason: {why}"));
@@ -100,7 +109,12 @@ pub fn html(m: &Matrix) -> String {
     out.push_str("<h1>virtio-conform: case × target</h1><div id=\"detail\">Click a cell for details.</div>\n");
     out.push_str("<table id=\"grid\"><thead><tr><th>case</th>");
     for c in &m.columns {
-        out.push_str(&format!("<th class=\"col\">{} {} v{}</th>", esc(&c.target), esc(&c.device), c.version));
+        out.push_str(&format!(
+            "<th class=\"col\">{} {} v{}</th>",
+            esc(&c.target),
+            esc(&c.device),
+            c.version
+        ));
     }
     out.push_str("</tr></thead><tbody>\n");
     for (case, cells) in &m.rows {

@@ -830,7 +830,11 @@ impl Exec<'_> {
                     for (id, l) in elems {
                         let q = self.q(*queue)?;
                         q.outstanding.retain(|p| p.head as u32 != id);
-                        let l = if self.deterministic_data { l.to_string() } else { "n".into() };
+                        let l = if self.deterministic_data {
+                            l.to_string()
+                        } else {
+                            "n".into()
+                        };
                         self.observe(format!("used q{queue} element"), format!("id {id} len {l}"));
                     }
                 }
@@ -1398,7 +1402,10 @@ impl Exec<'_> {
         let mut dq = self.q(queue)?.dq.clone();
         let elems = dq.take_used(&mut self.mem())?;
         self.q(queue)?.dq = dq;
-        self.observe(format!("used q{queue} after malformed chain"), format!("{elems:?}"));
+        self.observe(
+            format!("used q{queue} after malformed chain"),
+            format!("{elems:?}"),
+        );
         let bad: Vec<_> = elems.iter().filter(|e| e.1 != 0).collect();
         self.check(
             g,

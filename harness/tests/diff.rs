@@ -34,7 +34,12 @@ fn reference_against_itself_has_no_divergence() {
 #[test]
 fn mutant_divergences_are_spec_violations_with_minimal_streams() {
     let s = Suite::load_default().unwrap();
-    let mut t = ReferenceTarget::new(DeviceKind::Entropy, TransportVersion::Modern, Some(Mutant::FeaturesOkNeverRefused)).unwrap();
+    let mut t = ReferenceTarget::new(
+        DeviceKind::Entropy,
+        TransportVersion::Modern,
+        Some(Mutant::FeaturesOkNeverRefused),
+    )
+    .unwrap();
     let r = run_diff(&s.cases, &s.catalog, &mut t, DeviceKind::Entropy, &opts(0)).unwrap();
     assert_eq!(r.reference_bugs, 0);
     assert!(r.spec_violations >= 1);
@@ -44,9 +49,18 @@ fn mutant_divergences_are_spec_violations_with_minimal_streams() {
         .find(|d| d.source == "features.unoffered-bit-50-refused")
         .expect("the unoffered-feature case diverges");
     assert_eq!(d.class, DivergenceClass::SpecViolation);
-    assert!(d.requirements.iter().any(|c| c.id == "FEAT-DEV-02a" && c.section == "2.2.2"), "{d:#?}");
+    assert!(
+        d.requirements
+            .iter()
+            .any(|c| c.id == "FEAT-DEV-02a" && c.section == "2.2.2"),
+        "{d:#?}"
+    );
     // The minimal stream is a few lines of the case format, each a valid step.
-    assert!(!d.minimal.is_empty() && d.minimal.len() <= 3, "{:#?}", d.minimal);
+    assert!(
+        !d.minimal.is_empty() && d.minimal.len() <= 3,
+        "{:#?}",
+        d.minimal
+    );
     for line in &d.minimal {
         serde_json::from_str::<Op>(line).unwrap_or_else(|e| panic!("{line}: {e}"));
     }
@@ -55,11 +69,19 @@ fn mutant_divergences_are_spec_violations_with_minimal_streams() {
 #[test]
 fn random_streams_find_a_mutant_and_shrink_it() {
     let s = Suite::load_default().unwrap();
-    let mut t = ReferenceTarget::new(DeviceKind::Entropy, TransportVersion::Modern, Some(Mutant::QueueSelUnbounded)).unwrap();
+    let mut t = ReferenceTarget::new(
+        DeviceKind::Entropy,
+        TransportVersion::Modern,
+        Some(Mutant::QueueSelUnbounded),
+    )
+    .unwrap();
     let mut o = opts(60);
     o.only = vec!["no-case-matches-this".into()];
     let r = run_diff(&s.cases, &s.catalog, &mut t, DeviceKind::Entropy, &o).unwrap();
-    let d = r.divergences.first().expect("a random stream reaches QueueSel beyond the last queue");
+    let d = r
+        .divergences
+        .first()
+        .expect("a random stream reaches QueueSel beyond the last queue");
     assert!(d.source.starts_with("random.7."));
     assert!(d.minimal.len() <= 4, "{:#?}", d.minimal);
     for line in &d.minimal {

@@ -6,19 +6,36 @@ use std::process::Command;
 fn chromium() -> Option<&'static str> {
     ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
-        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
 }
 
 #[test]
 fn matrix_page_renders_the_grid() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_virtio-conform"))
-        .args(["matrix", "--target", "reference", "--target", "mutant:reset-sets-failed", "-o"])
+        .args([
+            "matrix",
+            "--target",
+            "reference",
+            "--target",
+            "mutant:reset-sets-failed",
+            "-o",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("matrix.json")).unwrap()).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("matrix.json")).unwrap()).unwrap();
     assert_eq!(m["schema"], "virtio-conform/matrix/1");
     let rows = m["rows"].as_object().unwrap();
     assert!(rows.len() > 60);
@@ -26,7 +43,10 @@ fn matrix_page_renders_the_grid() {
     assert_eq!(rows["reset.reinit-works"][1]["outcome"], "fail");
 
     let Some(browser) = chromium() else {
-        assert!(std::env::var_os("VIRTIO_CONFORM_REQUIRE_CHROMIUM").is_none(), "Chromium required but missing");
+        assert!(
+            std::env::var_os("VIRTIO_CONFORM_REQUIRE_CHROMIUM").is_none(),
+            "Chromium required but missing"
+        );
         eprintln!("skipped: Chromium unavailable (install Debian's chromium package)");
         return;
     };
@@ -50,7 +70,11 @@ fn matrix_page_renders_the_grid() {
     let html = String::from_utf8_lossy(&dom.stdout);
     // The script ran (it stamps the cell count on <body>) and the grid has every cell.
     let cells = rows.len() * 2;
-    assert!(html.contains(&format!("data-cells=\"{cells}\"")), "{}", &html[..html.len().min(2000)]);
+    assert!(
+        html.contains(&format!("data-cells=\"{cells}\"")),
+        "{}",
+        &html[..html.len().min(2000)]
+    );
     assert_eq!(html.matches("<td class=\"cell").count(), cells);
     assert!(html.contains("data-outcome=\"fail\""));
     assert!(html.contains("RESET-DEV-01"));

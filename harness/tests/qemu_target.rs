@@ -120,7 +120,10 @@ fn identity_registers_rng_v1_v2_block_v2_net_v2() {
             let mut q = [0xa5u8; 8];
             t.read(CONFIG, &mut q).unwrap();
             let cap = u64::from_le_bytes(q);
-            assert_eq!(cap, (virtio_conform::target::qemu::BLOCK_IMAGE_BYTES / 512) as u64);
+            assert_eq!(
+                cap,
+                (virtio_conform::target::qemu::BLOCK_IMAGE_BYTES / 512) as u64
+            );
             assert_eq!(t.read32(CONFIG).unwrap(), cap as u32);
             t.read(CONFIG, &mut h).unwrap();
             assert_eq!(u16::from_le_bytes(h), cap as u16);

@@ -33,10 +33,22 @@ fn reference_passes_every_case() {
         let bad: Vec<_> = report
             .results
             .iter()
-            .filter(|r| !matches!(r.outcome, Outcome::Pass | Outcome::Unsupported | Outcome::Informational))
+            .filter(|r| {
+                !matches!(
+                    r.outcome,
+                    Outcome::Pass | Outcome::Unsupported | Outcome::Informational
+                )
+            })
             .collect();
-        assert!(bad.is_empty(), "{device:?} {version:?}: {}", s.summary(&report));
-        assert!(report.summary["pass"] > 10, "{device:?} {version:?} ran too few cases");
+        assert!(
+            bad.is_empty(),
+            "{device:?} {version:?}: {}",
+            s.summary(&report)
+        );
+        assert!(
+            report.summary["pass"] > 10,
+            "{device:?} {version:?} ran too few cases"
+        );
         assert_eq!(report.exit_code(true), 0);
     }
 }

@@ -4,9 +4,7 @@
 
 use virtio_conform::suite::{run_suite, Options, Suite};
 use virtio_conform::target::{Capabilities, Target, TargetError, TargetInfo};
-use virtio_reference_device::{
-    BlockBackend, DeviceConfig, GuestRam, MmioDevice, TransportVersion,
-};
+use virtio_reference_device::{BlockBackend, DeviceConfig, GuestRam, MmioDevice, TransportVersion};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// The VMM's device plus the guest memory it shares with the (simulated) guest.

@@ -868,19 +868,17 @@ impl MmioDevice {
                 }
             }
             QUEUE_NOTIFY => self.notify(v & 0xffff),
-            INTERRUPT_ACK
-                if !self.is(Mutant::InterruptAckIgnored) => {
-                    self.interrupt_status &= !v;
-                }
+            INTERRUPT_ACK if !self.is(Mutant::InterruptAckIgnored) => {
+                self.interrupt_status &= !v;
+            }
             STATUS => self.write_status(v),
             SHM_SEL if !legacy => self.shm_sel = v,
-            QUEUE_RESET if !legacy
-                && v == 1 && self.negotiated(VIRTIO_F_RING_RESET) => {
-                    if let Some(i) = self.selected() {
-                        let max = self.queues[i].max;
-                        self.queues[i] = QueueSlot::new(max, &self.cfg.knobs, self.cfg.mutant);
-                    }
+            QUEUE_RESET if !legacy && v == 1 && self.negotiated(VIRTIO_F_RING_RESET) => {
+                if let Some(i) = self.selected() {
+                    let max = self.queues[i].max;
+                    self.queues[i] = QueueSlot::new(max, &self.cfg.knobs, self.cfg.mutant);
                 }
+            }
             _ => {}
         }
     }

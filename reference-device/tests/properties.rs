@@ -65,11 +65,18 @@ fn check_invariants(r: &mut Rig, version: u32, device_id: u32) -> Result<(), Tes
     prop_assert_eq!(r.r(MAGIC), MAGIC_VALUE);
     prop_assert_eq!(r.r(VERSION), version);
     prop_assert_eq!(r.r(DEVICE_ID), device_id);
-    prop_assert!(!r.dev.budget_exhausted(), "reference exceeded its step budget");
+    prop_assert!(
+        !r.dev.budget_exhausted(),
+        "reference exceeded its step budget"
+    );
     let st = r.r(STATUS) as u8;
     if st & FEATURES_OK != 0 && version == 2 {
         let offered = r.dev.device_features();
-        prop_assert_eq!(r.dev.driver_features() & !offered, 0, "FEATURES_OK with unoffered features");
+        prop_assert_eq!(
+            r.dev.driver_features() & !offered,
+            0,
+            "FEATURES_OK with unoffered features"
+        );
     }
     for a in r.dev.ram_mut().take_accesses() {
         prop_assert!(a.end() <= RAM, "access outside guest memory: {:?}", a);

@@ -27,6 +27,10 @@ cargo fuzz --version
 # reference with itself instead of picking a mutant from the first input byte.
 export VIRTIO_CONFORM_MUTANT=reference
 
+# The fuzz package is its own workspace; start its lock file from the root one so the shared
+# dependencies build at the same versions (cargo adds libfuzzer-sys to it).
+[ -f fuzz/Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
+
 echo "== cargo fuzz build -s none (all targets)"
 cargo fuzz build -s none
 

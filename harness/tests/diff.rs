@@ -88,3 +88,19 @@ fn random_streams_find_a_mutant_and_shrink_it() {
         serde_json::from_str::<Op>(line).unwrap_or_else(|e| panic!("{line}: {e}"));
     }
 }
+
+#[test]
+fn virtio_queue_behind_the_reference_transport() {
+    // rust-vmm's virtio-queue walks a looped chain up to the queue size and hands it over
+    // instead of rejecting it; the differential run classifies that as a spec violation.
+    let s = Suite::load_default().unwrap();
+    let mut t = virtio_conform::target::virtio_queue::VirtioQueueTarget::new().unwrap();
+    let mut o = opts(0);
+    o.only = vec!["malformed.loop".into(), "init.*".into()];
+    let r = run_diff(&s.cases, &s.catalog, &mut t, DeviceKind::Entropy, &o).unwrap();
+    assert_eq!(r.reference_bugs, 0);
+    let d = r.divergences.iter().find(|d| d.source == "malformed.loop").expect("loop diverges");
+    assert_eq!(d.class, DivergenceClass::SpecViolation);
+    assert!(d.requirements.iter().any(|c| c.id == "SPLIT-DEV-MALFORMED-CHAIN"), "{d:#?}");
+    assert!(r.divergences.iter().all(|d| !d.source.starts_with("init.")), "{:#?}", r.divergences);
+}

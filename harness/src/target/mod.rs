@@ -3,6 +3,7 @@
 
 pub mod qemu;
 pub mod reference;
+pub mod virtio_queue;
 
 pub use reference::ReferenceTarget;
 
@@ -146,6 +147,8 @@ pub enum TargetKind {
     Mutant(Mutant),
     /// QEMU over qtest.
     Qemu,
+    /// rust-vmm's virtio-queue behind the reference transport (entropy, version 2).
+    VirtioQueue,
 }
 
 impl std::str::FromStr for TargetKind {
@@ -154,6 +157,7 @@ impl std::str::FromStr for TargetKind {
         match s {
             "reference" => Ok(TargetKind::Reference),
             "qemu" => Ok(TargetKind::Qemu),
+            "virtio-queue" => Ok(TargetKind::VirtioQueue),
             _ => match s.strip_prefix("mutant:") {
                 Some(name) => Mutant::from_name(name)
                     .map(TargetKind::Mutant)
@@ -162,7 +166,7 @@ impl std::str::FromStr for TargetKind {
                         format!("unknown mutant `{name}`; known: {}", all.join(", "))
                     }),
                 None => Err(format!(
-                    "unknown target `{s}`: expected `reference`, `qemu` or `mutant:<name>`"
+                    "unknown target `{s}`: expected `reference`, `qemu`, `virtio-queue` or `mutant:<name>`"
                 )),
             },
         }

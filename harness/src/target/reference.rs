@@ -81,6 +81,11 @@ impl ReferenceTarget {
         Ok(t)
     }
 
+    /// The guest memory shared with the device.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
     /// The device, for white-box inspection.
     pub fn device(&mut self) -> Option<&mut MmioDevice> {
         self.dev.as_mut()

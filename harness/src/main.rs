@@ -169,10 +169,17 @@ fn make_target(t: &TargetArgs) -> Result<Box<dyn Target>, String> {
             ReferenceTarget::new(device, version, Some(m)).map_err(|e| e.to_string())?,
         )),
         TargetKind::VirtioQueue => {
-            if device != DeviceKind::Entropy || version != virtio_reference_device::TransportVersion::Modern {
-                return Err("the virtio-queue target is an entropy device over transport version 2".into());
+            if device != DeviceKind::Entropy
+                || version != virtio_reference_device::TransportVersion::Modern
+            {
+                return Err(
+                    "the virtio-queue target is an entropy device over transport version 2".into(),
+                );
             }
-            Ok(Box::new(virtio_conform::target::virtio_queue::VirtioQueueTarget::new().map_err(|e| e.to_string())?))
+            Ok(Box::new(
+                virtio_conform::target::virtio_queue::VirtioQueueTarget::new()
+                    .map_err(|e| e.to_string())?,
+            ))
         }
         TargetKind::Qemu => {
             use virtio_conform::target::qemu::{QemuOptions, QemuTarget};

@@ -99,8 +99,21 @@ fn virtio_queue_behind_the_reference_transport() {
     o.only = vec!["malformed.loop".into(), "init.*".into()];
     let r = run_diff(&s.cases, &s.catalog, &mut t, DeviceKind::Entropy, &o).unwrap();
     assert_eq!(r.reference_bugs, 0);
-    let d = r.divergences.iter().find(|d| d.source == "malformed.loop").expect("loop diverges");
+    let d = r
+        .divergences
+        .iter()
+        .find(|d| d.source == "malformed.loop")
+        .expect("loop diverges");
     assert_eq!(d.class, DivergenceClass::SpecViolation);
-    assert!(d.requirements.iter().any(|c| c.id == "SPLIT-DEV-MALFORMED-CHAIN"), "{d:#?}");
-    assert!(r.divergences.iter().all(|d| !d.source.starts_with("init.")), "{:#?}", r.divergences);
+    assert!(
+        d.requirements
+            .iter()
+            .any(|c| c.id == "SPLIT-DEV-MALFORMED-CHAIN"),
+        "{d:#?}"
+    );
+    assert!(
+        r.divergences.iter().all(|d| !d.source.starts_with("init.")),
+        "{:#?}",
+        r.divergences
+    );
 }

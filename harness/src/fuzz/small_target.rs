@@ -8,8 +8,8 @@
 use crate::target::{Capabilities, DeviceKind, IrqEvent, Target, TargetError, TargetInfo};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use virtio_reference_device::{
-    AccessKind, BlockBackend, DeviceBackend, DeviceConfig, EntropyBackend, GuestRam, Interrupt,
-    MemoryAccess, MmioDevice, Mutant, TransportVersion,
+    AccessKind, BlockBackend, DeviceBackend, DeviceConfig, EntropyBackend, GuestRam, MemoryAccess,
+    MmioDevice, Mutant, TransportVersion,
 };
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -205,10 +205,7 @@ impl Target for SmallTarget {
             .map(|d| {
                 d.take_interrupts()
                     .into_iter()
-                    .map(|i| match i {
-                        Interrupt::UsedBuffer { queue } => IrqEvent::UsedBuffer(Some(queue)),
-                        Interrupt::ConfigChange => IrqEvent::ConfigChange,
-                    })
+                    .map(IrqEvent::from)
                     .collect()
             })
             .unwrap_or_default()

@@ -43,6 +43,17 @@ pub enum IrqEvent {
     Raised,
 }
 
+impl From<virtio_reference_device::Interrupt> for IrqEvent {
+    fn from(i: virtio_reference_device::Interrupt) -> Self {
+        match i {
+            virtio_reference_device::Interrupt::UsedBuffer { queue } => {
+                IrqEvent::UsedBuffer(Some(queue))
+            }
+            virtio_reference_device::Interrupt::ConfigChange => IrqEvent::ConfigChange,
+        }
+    }
+}
+
 /// What a target can do beyond register and memory access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Capabilities {

@@ -3,8 +3,8 @@
 use super::{Capabilities, DeviceKind, IrqEvent, Target, TargetError, TargetInfo};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use virtio_reference_device::{
-    BlockBackend, DeviceBackend, DeviceConfig, EntropyBackend, GuestRam, Interrupt, MemoryAccess,
-    MmioDevice, Mutant, TransportVersion,
+    BlockBackend, DeviceBackend, DeviceConfig, EntropyBackend, GuestRam, MemoryAccess, MmioDevice,
+    Mutant, TransportVersion,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -179,10 +179,7 @@ impl Target for ReferenceTarget {
             .map(|d| {
                 d.take_interrupts()
                     .into_iter()
-                    .map(|i| match i {
-                        Interrupt::UsedBuffer { queue } => IrqEvent::UsedBuffer(Some(queue)),
-                        Interrupt::ConfigChange => IrqEvent::ConfigChange,
-                    })
+                    .map(IrqEvent::from)
                     .collect()
             })
             .unwrap_or_default()

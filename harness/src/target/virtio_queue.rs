@@ -137,16 +137,17 @@ impl Target for VirtioQueueTarget {
             DRIVER_FEATURES_SEL => self.features_sel = v,
             DRIVER_FEATURES if self.features_sel < 2 => {
                 let shift = 32 * self.features_sel;
-                self.driver_features = (self.driver_features & !(0xffff_ffffu64 << shift)) | ((v as u64) << shift);
+                self.driver_features =
+                    (self.driver_features & !(0xffff_ffffu64 << shift)) | ((v as u64) << shift);
             }
             INTERRUPT_ACK if v & INT_USED_BUFFER != 0 => self.used_irq = false,
             STATUS if v == 0 => {
                 self.reset_queue()?;
                 self.driver_features = 0;
             }
-            STATUS if v as u8 & DRIVER_OK != 0 => {
-                self.queue.set_event_idx(self.driver_features & bit(VIRTIO_F_EVENT_IDX) != 0)
-            }
+            STATUS if v as u8 & DRIVER_OK != 0 => self
+                .queue
+                .set_event_idx(self.driver_features & bit(VIRTIO_F_EVENT_IDX) != 0),
             QUEUE_NUM if q0 && !self.queue.ready() => self.queue.set_size(v as u16),
             QUEUE_DESC_LOW if q0 => self.queue.set_desc_table_address(Some(v), None),
             QUEUE_DESC_HIGH if q0 => self.queue.set_desc_table_address(None, Some(v)),
@@ -182,4 +183,3 @@ impl Target for VirtioQueueTarget {
         v
     }
 }
-

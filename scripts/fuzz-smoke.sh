@@ -11,6 +11,7 @@
 # Environment:
 #   FUZZ_SECONDS   time box per target in seconds (default 30)
 #   FUZZ_TARGETS   space-separated targets (default: queue_chain mmio_regs diff_mmio)
+#   FUZZ_SEED      libFuzzer seed (default 1, so CI runs start the same way)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +44,7 @@ for t in "${targets[@]}"; do
   ls -1 "fuzz/artifacts/$t" >"$work/$t.before"
   # New corpus entries go to a scratch folder; the committed seeds are read only.
   if ! cargo fuzz run -s none "$t" "$work/$t" "corpora/$t" -- \
-    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+    -max_total_time="$seconds" -seed="${FUZZ_SEED:-1}" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 2>"$work/$t.log"; then
     status=1
     echo "!! $t: finding or failure:"

@@ -9,13 +9,16 @@
 #   fuzz/target/<host triple>/release/<target> <artifact>
 #
 # Environment:
-#   FUZZ_SECONDS   time box per target in seconds (default 30)
+#   FUZZ_SECONDS   time box per target in seconds (default 60; 200000 runs take 10-25 s here)
 #   FUZZ_TARGETS   space-separated targets (default: queue_chain mmio_regs diff_mmio)
-#   FUZZ_SEED      libFuzzer seed (default 1, so CI runs start the same way)
+#   FUZZ_SEED      libFuzzer seed (default 1)
+#   FUZZ_RUNS      inputs per target (default 200000); with a fixed seed and the committed
+#                  corpus the run is the same on every machine fast enough to finish it
+#                  inside FUZZ_SECONDS
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-seconds="${FUZZ_SECONDS:-30}"
+seconds="${FUZZ_SECONDS:-60}"
 read -r -a targets <<<"${FUZZ_TARGETS:-queue_chain mmio_regs diff_mmio}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -44,7 +47,7 @@ for t in "${targets[@]}"; do
   ls -1 "fuzz/artifacts/$t" >"$work/$t.before"
   # New corpus entries go to a scratch folder; the committed seeds are read only.
   if ! cargo fuzz run -s none "$t" "$work/$t" "corpora/$t" -- \
-    -max_total_time="$seconds" -seed="${FUZZ_SEED:-1}" -timeout=10 -rss_limit_mb=2048 \
+    -max_total_time="$seconds" -runs="${FUZZ_RUNS:-200000}" -seed="${FUZZ_SEED:-1}" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 2>"$work/$t.log"; then
     status=1
     echo "!! $t: finding or failure:"

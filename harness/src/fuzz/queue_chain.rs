@@ -1381,8 +1381,25 @@ impl<'m> Run<'m> {
             (Err(e), Some(vh)) => {
                 let head = self.rq.last_head();
                 let p = self.rq.chain();
-                let prefix_ok =
-                    vh == head && vd.len() >= p.len() && p.iter().zip(vd).all(|(a, b)| same(a, b));
+                // On a `next` out of range, virtio-queue ends the chain at the faulting
+                // descriptor and reports it without NEXT: compare that one without NEXT.
+                let next_fault = matches!(e, virtio_reference_device::QueueError::NextOutOfRange { .. });
+                let last = p.len().saturating_sub(1);
+                let prefix_ok = vh == head
+                    && vd.len() >= p.len()
+                    && p.iter().zip(vd).enumerate().all(|(i, (a, b))| {
+                        if next_fault && i == last {
+                            same(
+                                a,
+                                &Descriptor {
+                                    flags: b.flags | (a.flags & VIRTQ_DESC_F_NEXT),
+                                    ..*b
+                                },
+                            )
+                        } else {
+                            same(a, b)
+                        }
+                    });
                 let why = verify_rejection(&e, p, &trace, &self.cfg);
                 match (prefix_ok, why) {
                     (true, Some(_)) => Popped::Rejected(head, head < self.cfg.size),

@@ -1383,7 +1383,10 @@ impl<'m> Run<'m> {
                 let p = self.rq.chain();
                 // On a `next` out of range, virtio-queue ends the chain at the faulting
                 // descriptor and reports it without NEXT: compare that one without NEXT.
-                let next_fault = matches!(e, virtio_reference_device::QueueError::NextOutOfRange { .. });
+                let next_fault = matches!(
+                    e,
+                    virtio_reference_device::QueueError::NextOutOfRange { .. }
+                );
                 let last = p.len().saturating_sub(1);
                 let prefix_ok = vh == head
                     && vd.len() >= p.len()

@@ -326,6 +326,18 @@ fn run_both(
     Ok((r, t))
 }
 
+/// The requirement ids a run's failures cite, sorted, each once.
+fn failed_ids(run: &CaseRun) -> Vec<String> {
+    let mut ids: Vec<String> = run
+        .failures
+        .iter()
+        .flat_map(|f| f.requirements.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 /// Compares one stream; returns the divergence, if any (unshrunk).
 fn compare(
     reference: &mut dyn Target,
@@ -354,26 +366,14 @@ fn compare(
         )
     });
     let (class, requirements, explanation) = if reference_failed {
-        let mut ids: Vec<String> = r
-            .failures
-            .iter()
-            .flat_map(|f| f.requirements.clone())
-            .collect();
-        ids.sort();
-        ids.dedup();
+        let ids = failed_ids(&r);
         (
             DivergenceClass::ReferenceBug,
             cite(catalog, &ids),
             "the reference failed a check of its own suite".to_string(),
         )
     } else if target_failed {
-        let mut ids: Vec<String> = t
-            .failures
-            .iter()
-            .flat_map(|f| f.requirements.clone())
-            .collect();
-        ids.sort();
-        ids.dedup();
+        let ids = failed_ids(&t);
         let why = t
             .failures
             .first()

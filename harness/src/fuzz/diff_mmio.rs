@@ -19,12 +19,9 @@
 
 use super::mmio::{decode_mmio, Exec, MmioCase, NoHook, Obs};
 use super::Finding;
-use crate::target::reference::DeviceFactory;
 use crate::target::{DeviceKind, ReferenceTarget, TargetError};
 use std::fmt;
-use virtio_reference_device::{
-    BlockBackend, DeviceBackend, DeviceConfig, EntropyBackend, MmioDevice, Mutant,
-};
+use virtio_reference_device::Mutant;
 
 const TARGET: &str = "diff_mmio";
 
@@ -130,22 +127,13 @@ pub const DIFF_DISK_SECTORS: u64 = 16;
 /// it except for a smaller disk and step budget: a 1 MiB disk zeroed twice per case would
 /// dominate the run time, and a hang shows after [`DIFF_STEP_BUDGET`] descriptor reads.
 fn target(case: &MmioCase, mutant: Option<Mutant>) -> Result<ReferenceTarget, TargetError> {
-    let (device, version) = (case.device(), case.version());
-    let name = match mutant {
-        Some(m) => format!("mutant:{}", m.name()),
-        None => "reference".to_string(),
-    };
-    let factory: DeviceFactory = Box::new(move |ram| {
-        let mut cfg = DeviceConfig::new(version);
-        cfg.mutant = mutant;
-        cfg.step_budget = DIFF_STEP_BUDGET;
-        let backend: Box<dyn DeviceBackend> = match device {
-            DeviceKind::Block => Box::new(BlockBackend::new(DIFF_DISK_SECTORS)),
-            _ => Box::new(EntropyBackend::new(0x5eed)),
-        };
-        MmioDevice::new(cfg, backend, ram)
-    });
-    ReferenceTarget::with_factory(name, device, version, factory)
+    ReferenceTarget::configured(
+        case.device(),
+        case.version(),
+        mutant,
+        DIFF_STEP_BUDGET,
+        DIFF_DISK_SECTORS,
+    )
 }
 
 /// Runs `data` (its first byte ignored) against the reference and `mutant`; `None` compares

@@ -5,8 +5,8 @@
 //! Between cases only the bytes that were written (by the driver through
 //! [`Target::mem_write`], by the device as its access log shows) are cleared.
 
+use crate::target::reference::guarded_call;
 use crate::target::{Capabilities, DeviceKind, IrqEvent, Target, TargetError, TargetInfo};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use virtio_reference_device::{
     AccessKind, BlockBackend, DeviceBackend, DeviceConfig, EntropyBackend, GuestRam, MemoryAccess,
     MmioDevice, Mutant, TransportVersion,
@@ -119,30 +119,13 @@ impl SmallTarget {
     }
 
     fn call<R>(&mut self, f: impl FnOnce(&mut MmioDevice) -> R) -> Result<R, TargetError> {
-        let dev = self
-            .dev
-            .as_mut()
-            .ok_or_else(|| TargetError::Crashed("device panicked earlier in this case".into()))?;
-        match catch_unwind(AssertUnwindSafe(|| f(dev))) {
-            Ok(r) if dev.budget_exhausted() => {
-                let _ = r;
-                Err(TargetError::Hung(
-                    "a notification exhausted the device's step budget".into(),
-                ))
-            }
-            Ok(r) => Ok(r),
-            Err(p) => {
-                self.dev = None;
-                // Its access log is gone with it: clear all of the memory next time.
-                self.dirty.push((0, SMALL_RAM));
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panic".into());
-                Err(TargetError::Crashed(format!("device panicked: {msg}")))
-            }
+        let r = guarded_call(&mut self.dev, f);
+        if self.dev.is_none() {
+            // The device panicked and its access log is gone with it: clear all of the
+            // memory next time.
+            self.dirty.push((0, SMALL_RAM));
         }
+        r
     }
 }
 

@@ -26,11 +26,22 @@ pub struct ReferenceTarget {
     ram_size: u64,
 }
 
+/// Capacity in 512-byte sectors of the block device of [`ReferenceTarget::new`].
+pub const REFERENCE_DISK_SECTORS: u64 = 2048;
+
 /// Builds the backend for `device`.
 pub fn backend(device: DeviceKind) -> Result<Box<dyn DeviceBackend>, TargetError> {
+    backend_with_disk(device, REFERENCE_DISK_SECTORS)
+}
+
+/// Builds the backend for `device`, a block device having `sectors` 512-byte sectors.
+pub fn backend_with_disk(
+    device: DeviceKind,
+    sectors: u64,
+) -> Result<Box<dyn DeviceBackend>, TargetError> {
     match device {
         DeviceKind::Entropy => Ok(Box::new(EntropyBackend::new(0x5eed))),
-        DeviceKind::Block => Ok(Box::new(BlockBackend::new(2048))),
+        DeviceKind::Block => Ok(Box::new(BlockBackend::new(sectors))),
         DeviceKind::Net => Err(TargetError::Unavailable(
             "the reference device has no net backend".into(),
         )),
@@ -44,7 +55,19 @@ impl ReferenceTarget {
         version: TransportVersion,
         mutant: Option<Mutant>,
     ) -> Result<Self, TargetError> {
-        backend(device)?;
+        Self::configured(device, version, mutant, 1 << 20, REFERENCE_DISK_SECTORS)
+    }
+
+    /// As [`new`](Self::new), with the per-notification step budget (descriptor reads) and the
+    /// block device's capacity in sectors chosen by the caller.
+    pub fn configured(
+        device: DeviceKind,
+        version: TransportVersion,
+        mutant: Option<Mutant>,
+        step_budget: u64,
+        disk_sectors: u64,
+    ) -> Result<Self, TargetError> {
+        backend_with_disk(device, disk_sectors)?;
         let name = match mutant {
             Some(m) => format!("mutant:{}", m.name()),
             None => "reference".to_string(),
@@ -52,8 +75,9 @@ impl ReferenceTarget {
         let factory: DeviceFactory = Box::new(move |ram| {
             let mut cfg = DeviceConfig::new(version);
             cfg.mutant = mutant;
-            cfg.step_budget = 1 << 20;
-            let b = backend(device).unwrap_or_else(|_| Box::new(EntropyBackend::new(0)));
+            cfg.step_budget = step_budget;
+            let b = backend_with_disk(device, disk_sectors)
+                .unwrap_or_else(|_| Box::new(EntropyBackend::new(0)));
             MmioDevice::new(cfg, b, ram)
         });
         Self::with_factory(name, device, version, factory)
@@ -92,28 +116,33 @@ impl ReferenceTarget {
     }
 
     fn call<R>(&mut self, f: impl FnOnce(&mut MmioDevice) -> R) -> Result<R, TargetError> {
-        let dev = self
-            .dev
-            .as_mut()
-            .ok_or_else(|| TargetError::Crashed("device panicked earlier in this case".into()))?;
-        match catch_unwind(AssertUnwindSafe(|| f(dev))) {
-            Ok(r) => {
-                if dev.budget_exhausted() {
-                    return Err(TargetError::Hung(
-                        "a notification exhausted the device's step budget".into(),
-                    ));
-                }
-                Ok(r)
-            }
-            Err(p) => {
-                self.dev = None;
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panic".into());
-                Err(TargetError::Crashed(format!("device panicked: {msg}")))
-            }
+        guarded_call(&mut self.dev, f)
+    }
+}
+
+/// Runs `f` on the device in `slot`, turning a panic into [`TargetError::Crashed`] (the device
+/// is dropped: `slot` becomes `None`, and later calls report the crash again) and an exhausted
+/// step budget into [`TargetError::Hung`].
+pub fn guarded_call<R>(
+    slot: &mut Option<MmioDevice>,
+    f: impl FnOnce(&mut MmioDevice) -> R,
+) -> Result<R, TargetError> {
+    let dev = slot
+        .as_mut()
+        .ok_or_else(|| TargetError::Crashed("device panicked earlier in this case".into()))?;
+    match catch_unwind(AssertUnwindSafe(|| f(dev))) {
+        Ok(_) if dev.budget_exhausted() => Err(TargetError::Hung(
+            "a notification exhausted the device's step budget".into(),
+        )),
+        Ok(r) => Ok(r),
+        Err(p) => {
+            *slot = None;
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into());
+            Err(TargetError::Crashed(format!("device panicked: {msg}")))
         }
     }
 }

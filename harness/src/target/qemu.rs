@@ -85,6 +85,11 @@ pub struct QemuOptions {
     /// oracle can sweep all of guest RAM in milliseconds ([`Target::bulk_read`]); without it
     /// the oracle samples RAM over qtest.
     pub shared_ram: bool,
+    /// A `-device` argument used instead of the one [`QemuOptions::device`] implies (no
+    /// backend is added), e.g. `virtio-rng-device` for a run that expects a block device:
+    /// the device is still found by MagicValue and Version, and the identity cases report
+    /// the DeviceID it shows.
+    pub device_override: Option<String>,
 }
 
 impl Default for QemuOptions {
@@ -96,6 +101,7 @@ impl Default for QemuOptions {
             ram_mib: 64,
             timeout: Duration::from_secs(5),
             shared_ram: true,
+            device_override: None,
         }
     }
 }
@@ -115,6 +121,9 @@ impl QemuOptions {
     /// reference block device), so written sectors read back.
     fn device_args(&self, disk: &Path) -> Vec<String> {
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        if let Some(d) = &self.device_override {
+            return vec!["-device".into(), d.clone()];
+        }
         match self.device {
             DeviceKind::Entropy => v(&["-device", "virtio-rng-device"]),
             DeviceKind::Block => vec![
@@ -736,19 +745,29 @@ impl Instance {
             cmds.push(format!("readl 0x{base:x}"));
             cmds.push(format!("readl 0x{:x}", base + 8));
         }
-        let replies = self.conn.query_many(&cmds)?;
-        let want = opts.device_id();
-        for i in 0..MICROVM_MMIO_COUNT as usize {
-            let magic = parse_u64(&replies[2 * i])?;
-            let id = parse_u64(&replies[2 * i + 1])?;
-            if magic == 0x7472_6976 && id == want as u64 {
-                self.base = MICROVM_MMIO_BASE + i as u64 * MICROVM_MMIO_STRIDE;
-                return Ok(());
-            }
+        for i in 0..MICROVM_MMIO_COUNT {
+            let base = MICROVM_MMIO_BASE + i * MICROVM_MMIO_STRIDE;
+            cmds.push(format!("readl 0x{:x}", base + 4));
         }
-        Err(LinkError::Reply(format!(
-            "no virtio-mmio transport with DeviceID {want} among the {MICROVM_MMIO_COUNT} at {MICROVM_MMIO_BASE:#x}"
-        )))
+        let replies = self.conn.query_many(&cmds)?;
+        let n = MICROVM_MMIO_COUNT as usize;
+        let mut slots = Vec::with_capacity(n);
+        for i in 0..n {
+            slots.push(TransportId {
+                magic: parse_u64(&replies[2 * i])? as u32,
+                device_id: parse_u64(&replies[2 * i + 1])? as u32,
+                version: parse_u64(&replies[2 * n + i])? as u32,
+            });
+        }
+        match discover(&slots, opts.device_id()) {
+            Some(i) => {
+                self.base = MICROVM_MMIO_BASE + i as u64 * MICROVM_MMIO_STRIDE;
+                Ok(())
+            }
+            None => Err(LinkError::Reply(format!(
+                "no virtio-mmio device (MagicValue 0x74726976, Version 1 or 2, DeviceID not 0) among the {MICROVM_MMIO_COUNT} transports at {MICROVM_MMIO_BASE:#x}"
+            ))),
+        }
     }
 }
 
@@ -770,6 +789,35 @@ fn shared_ram_args(
     machine.push_str(super::qemu_ram::BACKEND_ID);
     let object = ram.object_arg(size);
     Some((ram, object))
+}
+
+/// What the identification registers of one transport read (§4.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportId {
+    /// MagicValue.
+    pub magic: u32,
+    /// DeviceID (0: an empty slot).
+    pub device_id: u32,
+    /// Version.
+    pub version: u32,
+}
+
+/// Picks the transport to test the way a driver finds devices (§4.2.3.1.1): MagicValue
+/// 0x74726976, Version 1 or 2, DeviceID not 0. Among those, the first with DeviceID `want`,
+/// else the first device found, so a device whose DeviceID is not the one the run asked for
+/// is still tested (and its identity cases fail) instead of being invisible.
+pub fn discover(slots: &[TransportId], want: u32) -> Option<usize> {
+    let present: Vec<usize> = (0..slots.len())
+        .filter(|&i| {
+            let s = slots[i];
+            s.magic == 0x7472_6976 && matches!(s.version, 1 | 2) && s.device_id != 0
+        })
+        .collect();
+    present
+        .iter()
+        .copied()
+        .find(|&i| slots[i].device_id == want)
+        .or_else(|| present.first().copied())
 }
 
 fn kill_and_forget(registry_id: u64, child: &SharedChild) {

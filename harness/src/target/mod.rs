@@ -123,6 +123,12 @@ pub trait Target {
     fn diagnostics(&mut self) -> Option<String> {
         None
     }
+    /// Carries out every operation the target accepted but has not performed yet (pipelined
+    /// writes of an out-of-process target) and reports the first that failed. The runner
+    /// calls it at the end of every case, so a trailing write is never lost. Default: nothing.
+    fn flush(&mut self) -> Result<(), TargetError> {
+        Ok(())
+    }
 
     /// 32-bit register read.
     fn read32(&mut self, offset: u64) -> Result<u32, TargetError> {

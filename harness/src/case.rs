@@ -491,9 +491,11 @@ impl<'de> Deserialize<'de> for BlkType {
                     "out" => 1,
                     "flush" => 4,
                     "get_id" => 8,
-                    _ => return Err(E::custom(format!(
+                    _ => {
+                        return Err(E::custom(format!(
                         "unknown block request `{s}`: expected in, out, flush, get_id or a number"
-                    ))),
+                    )))
+                    }
                 }))
             }
         }

@@ -790,7 +790,8 @@ impl Instance {
             ))
         })?;
         // Back to the per-reply timeout for normal operation.
-        let t = Some(opts.timeout.max(Duration::from_millis(1)));
+        inst.conn.timeout = opts.timeout.max(Duration::from_millis(1));
+        let t = Some(inst.conn.timeout);
         inst.conn
             .stream
             .set_read_timeout(t)

@@ -55,7 +55,7 @@
 use super::diff_mmio::{decode_diff_mmio, DIFF_STEP_BUDGET};
 use super::mmio::{Exec, MmioOp, NoHook, Obs};
 use super::Finding;
-use crate::target::{DeviceKind, IrqEvent, ReferenceTarget, Target, TargetError};
+use crate::target::{DeviceKind, IrqEvent, ReferenceTarget, Target};
 use virtio_reference_device::regs::{
     CONFIG, CONFIG_GENERATION, DEVICE_ID, INTERRUPT_STATUS, MAGIC, QUEUE_PFN, QUEUE_READY,
     QUEUE_RESET, STATUS, VERSION,
@@ -276,7 +276,7 @@ fn compare(a: &[Obs], b: &[Obs], legacy: bool, block: bool, irq: bool) -> Verdic
 mod tests {
     use super::*;
     use crate::fuzz::seeds::seeds;
-    use crate::target::{Capabilities, TargetInfo};
+    use crate::target::{Capabilities, TargetError, TargetInfo};
     use virtio_reference_device::Mutant;
 
     /// The reference with a different VendorID, no memory log, no interrupts and no host-side

@@ -68,6 +68,8 @@ pub struct CaseRun {
 enum Stop {
     Target(TargetError),
     Unsupported(String),
+    /// The case itself is wrong (a mistake in the case file, not the device's fault).
+    Case(String),
     Abort,
 }
 
@@ -92,6 +94,11 @@ const PAGE: u32 = 4096;
 const USED_WAIT: Duration = Duration::from_millis(1000);
 /// How long to wait before deciding that nothing was used.
 const NONE_WAIT: Duration = Duration::from_millis(30);
+/// Default wall-clock budget of one case. The interpreter checks it between steps and inside
+/// its own loops (`cycle`, polling for used buffers); a case that exceeds it ends as
+/// `timeout` (severity high). A target call that blocks is bounded by the target's own
+/// per-reply timeout (out-of-process targets) or by `run_suite`'s worker.
+pub const CASE_BUDGET: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Default)]
 struct Posted {
@@ -138,6 +145,10 @@ struct Exec<'a> {
     obs: Vec<Observation>,
     /// Device type, to leave nondeterministic entropy bytes out of the observations.
     deterministic_data: bool,
+    /// When the case's wall-clock budget runs out.
+    deadline: Instant,
+    /// The budget, for messages.
+    budget: Duration,
     /// The canary oracle (guest RAM patterns), when the target's RAM can be filled.
     canary: Option<Canary>,
     /// Device writes the target's memory log reported (start, end), for the canary's
@@ -208,9 +219,22 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Runs `case` on `target` (which must be fresh). Never panics on target behaviour: every
-/// misbehaviour becomes a failure or an outcome.
+/// Runs `case` on `target` (which must be fresh) within [`CASE_BUDGET`]. Never panics on
+/// target behaviour: every misbehaviour becomes a failure or an outcome.
 pub fn run_case(target: &mut dyn Target, case: &Case, catalog: &Catalog) -> CaseRun {
+    run_case_within(target, case, catalog, CASE_BUDGET)
+}
+
+/// Runs `case` on `target` (which must be fresh) with a wall-clock `budget`: past it the case
+/// stops at the next step or loop iteration as `timeout` (severity high). A mistake in the
+/// case itself (a step on a queue no step set up, rings beyond guest RAM) is an `error`
+/// naming the file and line, never the device's `fail`.
+pub fn run_case_within(
+    target: &mut dyn Target,
+    case: &Case,
+    catalog: &Catalog,
+    budget: Duration,
+) -> CaseRun {
     let start = Instant::now();
     let info = target.info();
     let caps = target.capabilities();
@@ -231,6 +255,8 @@ pub fn run_case(target: &mut dyn Target, case: &Case, catalog: &Catalog) -> Case
         op: "setup",
         obs: Vec::new(),
         deterministic_data: info.device != "entropy",
+        deadline: start + budget,
+        budget,
         canary: None,
         logged_writes: Vec::new(),
         memory_log: caps.memory_log,
@@ -260,6 +286,7 @@ pub fn run_case(target: &mut dyn Target, case: &Case, catalog: &Catalog) -> Case
         let _ = ex.t.take_accesses();
         ex.start_canary(case)?;
         for (i, step) in case.steps.iter().enumerate() {
+            ex.check_deadline()?;
             ex.step = Some(i);
             ex.line = Some(step.line);
             ex.op = op_name(&step.op);
@@ -274,6 +301,10 @@ pub fn run_case(target: &mut dyn Target, case: &Case, catalog: &Catalog) -> Case
             }
             ex.memory_oracle();
         }
+        // Pipelined operations still queued reach the target (and their failures show)
+        // before the case ends.
+        ex.t.flush()?;
+        ex.memory_oracle();
         ex.canary_oracle(true)?;
         Ok(())
     })();
@@ -286,6 +317,15 @@ pub fn run_case(target: &mut dyn Target, case: &Case, catalog: &Catalog) -> Case
                 outcome = Outcome::Unsupported;
             }
             reason = Some(why);
+        }
+        Err(Stop::Case(why)) => {
+            outcome = Outcome::Error;
+            severity = Severity::None;
+            reason = Some(format!(
+                "case error at {}:{}: {why}",
+                case.file,
+                ex.line.map_or("-".into(), |l| l.to_string())
+            ));
         }
         Err(Stop::Target(e)) => {
             diagnostics = ex.t.diagnostics();
@@ -345,6 +385,17 @@ fn grade(failures: &[Failure]) -> (Outcome, Severity) {
 }
 
 impl Exec<'_> {
+    /// Stops the case as a hang once its wall-clock budget is spent.
+    fn check_deadline(&self) -> R {
+        if Instant::now() >= self.deadline {
+            return Err(Stop::Target(TargetError::Hung(format!(
+                "the case did not finish within its wall-clock budget of {:.1} s",
+                self.budget.as_secs_f64()
+            ))));
+        }
+        Ok(())
+    }
+
     fn reqs(&self, g: Option<&Grade>, default: &[&str]) -> (Vec<String>, Level) {
         let ids = match g.and_then(|g| g.req.as_ref()) {
             Some(r) => r.ids(),
@@ -437,15 +488,9 @@ impl Exec<'_> {
 
     fn q(&mut self, index: u16) -> R<&mut QState> {
         if !self.queues.contains_key(&index) {
-            self.check(
-                None,
-                &[],
-                false,
-                Severity::None,
-                || format!("queue {index} set up by an earlier step"),
-                || "case error: queue not set up".into(),
-            );
-            return Err(Stop::Abort);
+            return Err(Stop::Case(format!(
+                "queue {index} is used before any earlier step sets it up"
+            )));
         }
         Ok(self.queues.get_mut(&index).expect("checked above"))
     }
@@ -1072,6 +1117,12 @@ impl Exec<'_> {
             size
         };
         let base = RING_BASE + RING_STRIDE * index as u64;
+        if base + RING_STRIDE > BUF_BASE || base + RING_STRIDE > self.ram {
+            return Err(Stop::Case(format!(
+                "queue index {index}: the harness lays out the rings of queues 0..={} only",
+                (BUF_BASE.min(self.ram).saturating_sub(RING_BASE) / RING_STRIDE).saturating_sub(1)
+            )));
+        }
         let dq = if self.legacy {
             DriverQueue::legacy(
                 (base / PAGE as u64) as u32,
@@ -1102,8 +1153,15 @@ impl Exec<'_> {
         self.allow(dq.desc, 16 * n, Area::DescTable);
         self.allow(dq.avail, 6 + 2 * n, Area::AvailRing);
         self.allow(dq.used, 6 + 8 * n, Area::Ring);
-        if self.legacy {
-            self.canary_legacy_default_align(base, size, align.unwrap_or(PAGE));
+        if self.legacy && !align.unwrap_or(PAGE).is_power_of_two() {
+            // The driver broke the legacy layout (§4.2.4: QueueAlign is a power of two). Where
+            // the device then puts its used ring is not specified; any power-of-two alignment
+            // up to a page (QEMU keeps its default of 4096) is the device's used ring, not
+            // stray memory, for the memory oracles.
+            for shift in 0..=PAGE.trailing_zeros() {
+                let alt = DriverQueue::legacy((base / PAGE as u64) as u32, PAGE, size, 1 << shift);
+                self.allow(alt.used, 6 + 8 * n, Area::Ring);
+            }
         }
         self.queues.insert(
             index,
@@ -1127,6 +1185,11 @@ impl Exec<'_> {
         head: Option<u16>,
     ) -> R {
         let size = self.q(queue)?.dq.size;
+        if size == 0 {
+            return Err(Stop::Case(format!(
+                "queue {queue} has size 0: no descriptor can be posted on it"
+            )));
+        }
         let mut descs = Vec::new();
         let mut posted = Posted::default();
         for b in chain {
@@ -1230,6 +1293,7 @@ impl Exec<'_> {
             if n >= want || start.elapsed() >= wait || self.t.synchronous() {
                 return Ok(n);
             }
+            self.check_deadline()?;
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -1341,6 +1405,11 @@ impl Exec<'_> {
 
     fn cycle(&mut self, queue: u16, count: u32, batch: u16, len: u32, g: &Grade) -> R {
         let size = self.q(queue)?.dq.size;
+        if size == 0 {
+            return Err(Stop::Case(format!(
+                "queue {queue} has size 0: `cycle` cannot post on it"
+            )));
+        }
         let batch = batch.clamp(1, size);
         let mut addrs = Vec::new();
         for i in 0..batch {
@@ -1358,6 +1427,7 @@ impl Exec<'_> {
         }
         let mut done = 0u32;
         while done < count {
+            self.check_deadline()?;
             let k = batch.min((count - done).min(u16::MAX as u32) as u16);
             let mut dq = self.q(queue)?.dq.clone();
             // One write for the ring slots (two when they wrap), then the index.

@@ -30,7 +30,7 @@ use crate::catalog::Level;
 use crate::outcome::Severity;
 use crate::target::{Target, TargetError};
 use std::collections::HashMap;
-use virtio_reference_device::{DriverMemory, DriverQueue};
+use virtio_reference_device::DriverMemory;
 
 /// Granularity of comparisons and of the sampled sweep, in bytes.
 const PAGE: u64 = 4096;
@@ -458,19 +458,6 @@ impl Exec<'_> {
         c.fill(&mut *self.t)?;
         self.canary = Some(c);
         Ok(())
-    }
-
-    /// A legacy queue set up with a QueueAlign that is not a power of two has no layout in the
-    /// spec (§4.2.4); a device that keeps the legacy default alignment of 4096 bytes instead
-    /// may write the used ring there, so the canary leaves that ring alone too.
-    pub(super) fn canary_legacy_default_align(&mut self, base: u64, size: u16, align: u32) {
-        if align.is_power_of_two() {
-            return;
-        }
-        let alt = DriverQueue::legacy((base / PAGE) as u32, PAGE as u32, size, PAGE as u32);
-        if let Some(c) = self.canary.as_mut() {
-            c.device_may_write(alt.used, 6 + 8 * size as u64);
-        }
     }
 
     /// Verifies the canary when the device may have run since the last check (`always`: at

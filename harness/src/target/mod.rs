@@ -124,6 +124,12 @@ pub trait Target {
     fn diagnostics(&mut self) -> Option<String> {
         None
     }
+    /// Carries out every operation the target accepted but has not performed yet (pipelined
+    /// writes of an out-of-process target) and reports the first that failed. The runner
+    /// calls it at the end of every case, so a trailing write is never lost. Default: nothing.
+    fn flush(&mut self) -> Result<(), TargetError> {
+        Ok(())
+    }
 
     /// Reads a large range of guest memory (the canary oracle's sweeps). It observes every
     /// operation issued before it. The default is [`Target::mem_read`]; a target with a faster

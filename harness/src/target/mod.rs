@@ -3,6 +3,7 @@
 
 pub mod qemu;
 pub mod qemu_ram;
+pub mod qmp;
 pub mod reference;
 pub mod virtio_queue;
 

@@ -152,6 +152,12 @@ impl QemuOptions {
         }
     }
 
+    /// Whether the host can change the device's configuration space over QMP: a block
+    /// device on the harness's own drive (`block_resize` changes its capacity).
+    pub fn host_config_changes(&self) -> bool {
+        self.device == DeviceKind::Block && self.device_override.is_none()
+    }
+
     /// The DeviceID the device presents (§5).
     fn device_id(&self) -> u32 {
         match self.device {
@@ -642,6 +648,8 @@ struct Instance {
     startup: Duration,
     /// Guest RAM shared through a file, when [`QemuOptions::shared_ram`] is set.
     ram: Option<super::qemu_ram::SharedRam>,
+    /// The QMP connection, opened at the first host-side change.
+    qmp: Option<super::qmp::Qmp>,
 }
 
 impl Instance {
@@ -718,6 +726,11 @@ impl Instance {
         if opts.version == TransportVersion::Modern {
             push(&"-global");
             push(&"virtio-mmio.force-legacy=false");
+        }
+        if opts.host_config_changes() {
+            for a in super::qmp::qemu_args(&dir.path().join(super::qmp::SOCKET_NAME)) {
+                push(&a);
+            }
         }
         push(&"-qtest");
         push(&format!("unix:{}", sock.display()));
@@ -799,6 +812,7 @@ impl Instance {
             base: 0,
             startup: Duration::ZERO,
             ram: ram.map(|r| r.0),
+            qmp: None,
         };
         inst.setup(opts, spawned).map_err(|e| {
             let msg = match e {
@@ -881,6 +895,53 @@ fn shared_ram_args(
     machine.push_str(super::qemu_ram::BACKEND_ID);
     let object = ram.object_arg(size);
     Some((ram, object))
+}
+
+impl QemuTarget {
+    /// A host-side configuration change over QMP. Block: 8 bytes at offset 0 are the new
+    /// `capacity` in 512-byte sectors (§5.2.4), made with `block_resize` on the drive, which
+    /// makes QEMU update the configuration space, bump ConfigGeneration and raise the
+    /// configuration-change interrupt. Anything else is [`TargetError::Unsupported`].
+    fn qmp_config_change(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
+        if !self.opts.host_config_changes() {
+            return Err(TargetError::Unsupported(
+                "host-side configuration change (QEMU: block capacity only)".into(),
+            ));
+        }
+        let capacity: [u8; 8] = match (offset, data.try_into()) {
+            (0, Ok(c)) => c,
+            _ => {
+                return Err(TargetError::Unsupported(format!(
+                    "host-side change of {} bytes at configuration offset {offset:#x} (QEMU block: only the 8-byte capacity at 0, through block_resize)",
+                    data.len()
+                )))
+            }
+        };
+        let size = u64::from_le_bytes(capacity)
+            .checked_mul(512)
+            .ok_or_else(|| TargetError::Unsupported("capacity beyond 2^64 bytes".into()))?;
+        // Everything the driver did before happens before the change.
+        self.sync()?;
+        let timeout = self.opts.timeout;
+        let inst = self
+            .inst
+            .as_mut()
+            .ok_or_else(|| TargetError::Unavailable("QEMU is not running".into()))?;
+        if inst.qmp.is_none() {
+            let path = inst.dir.path().join(super::qmp::SOCKET_NAME);
+            inst.qmp =
+                Some(super::qmp::Qmp::connect(&path, timeout).map_err(TargetError::Protocol)?);
+        }
+        let qmp = inst.qmp.as_mut().expect("connected above");
+        qmp.execute(
+            "block_resize",
+            serde_json::json!({ "device": "d0", "size": size }),
+        )
+        .map_err(TargetError::Protocol)?;
+        // QEMU signals the change from a bottom half of its main loop; one qtest round trip
+        // lets that run before the driver looks.
+        self.read32(0).map(|_| ())
+    }
 }
 
 /// What the identification registers of one transport read (§4.2.2).
@@ -1094,7 +1155,7 @@ impl Target for QemuTarget {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            config_change: false,
+            config_change: self.opts.host_config_changes(),
             memory_log: false,
             interrupts: true,
         }
@@ -1163,6 +1224,10 @@ impl Target for QemuTarget {
         self.broken = None;
         self.inst = Some(Instance::start(&self.opts)?);
         Ok(())
+    }
+
+    fn config_change(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
+        self.qmp_config_change(offset, data)
     }
 
     fn bulk_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {

@@ -824,6 +824,7 @@ impl Exec<'_> {
                 queue,
                 data,
                 status,
+                status_in,
                 grade,
             } => {
                 let last = self.q(*queue)?.last.clone();
@@ -859,6 +860,17 @@ impl Exec<'_> {
                         Severity::Low,
                         || hex(&d.0),
                         || hex(got),
+                    );
+                }
+                if let Some(list) = status_in {
+                    let got = bytes.last().copied();
+                    self.check(
+                        Some(grade),
+                        &[],
+                        got.is_some_and(|b| list.contains(&b)),
+                        Severity::Low,
+                        || format!("status byte one of {list:?}"),
+                        || format!("status byte {got:?}"),
                     );
                 }
                 if let Some(s) = status {

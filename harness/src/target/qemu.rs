@@ -88,7 +88,8 @@ pub struct QemuOptions {
     /// `Modern` adds `-global virtio-mmio.force-legacy=false` (Version 2); `Legacy` is QEMU's
     /// default (Version 1).
     pub version: TransportVersion,
-    /// Guest RAM in MiB (default 64), at guest physical address 0.
+    /// Guest RAM in MiB (default 16, the size of the reference device's RAM, so `diff` and the
+    /// canary oracle see the same layout and sweep little), at guest physical address 0.
     pub ram_mib: u64,
     /// How long to wait for one qtest reply before [`TargetError::Hung`] (default 5 s).
     pub timeout: Duration,
@@ -109,7 +110,7 @@ impl Default for QemuOptions {
             qemu: PathBuf::from("qemu-system-x86_64"),
             device: DeviceKind::Entropy,
             version: TransportVersion::Legacy,
-            ram_mib: 64,
+            ram_mib: 16,
             timeout: Duration::from_secs(5),
             shared_ram: true,
             device_override: None,

@@ -39,8 +39,9 @@ pub struct Expectation {
     /// Per-check form: only the failed check at this step (0-based index, as in reports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<usize>,
-    /// Per-check form: only a failed check whose observed value is exactly this text (as in
-    /// the report's `observed`).
+    /// Per-check form: only a failed check whose observed value (the report's `observed`) is
+    /// this text, or matches it as a glob (`*` any text, `?` one character), for values that
+    /// vary from run to run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed: Option<String>,
     /// `fail` (the default in the per-check form) or `skip`.
@@ -68,14 +69,16 @@ impl Expectation {
             && self.device.as_deref().is_none_or(|d| d == device)
     }
 
-    fn matches_check(&self, f: &Failure) -> bool {
+    fn matches_check(&self, f: &Failure, observed: Option<&globset::GlobMatcher>) -> bool {
         if self.requirements.is_empty() {
             // Whole-case form: every failed check.
             return true;
         }
         self.requirements.iter().any(|r| f.requirements.contains(r))
             && self.step.is_none_or(|s| f.step == Some(s))
-            && self.observed.as_deref().is_none_or(|o| o == f.observed)
+            && self.observed.as_deref().is_none_or(|o| {
+                o == f.observed || observed.is_some_and(|g| g.is_match(&f.observed))
+            })
     }
 }
 
@@ -188,6 +191,8 @@ pub struct Applied {
 pub struct ExpectationState<'a> {
     ex: &'a Expectations,
     globs: &'a [globset::GlobMatcher],
+    /// Per entry: its `observed` value as a glob, when it is one.
+    observed: Vec<Option<globset::GlobMatcher>>,
     /// Per entry: excused at least one failed check (or skipped a case, or was an xpass).
     used: Vec<bool>,
     /// Per entry: a case it names ran.
@@ -198,9 +203,23 @@ impl<'a> ExpectationState<'a> {
     /// Starts tracking `ex` over a run.
     pub fn new(ex: &'a (Expectations, Vec<globset::GlobMatcher>)) -> Self {
         let n = ex.0.entries.len();
+        let observed =
+            ex.0.entries
+                .iter()
+                .map(|e| {
+                    let o = e.observed.as_deref()?;
+                    globset::GlobBuilder::new(o)
+                        .literal_separator(false)
+                        .backslash_escape(true)
+                        .build()
+                        .ok()
+                        .map(|g| g.compile_matcher())
+                })
+                .collect();
         ExpectationState {
             ex: &ex.0,
             globs: &ex.1,
+            observed,
             used: vec![false; n],
             ran: vec![false; n],
         }
@@ -242,7 +261,7 @@ impl<'a> ExpectationState<'a> {
             let hit = entries
                 .iter()
                 .copied()
-                .find(|&i| ex.entries[i].matches_check(f));
+                .find(|&i| ex.entries[i].matches_check(f, self.observed[i].as_ref()));
             match hit {
                 Some(i) => {
                     self.used[i] = true;

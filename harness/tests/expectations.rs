@@ -94,6 +94,12 @@ fn step_and_observed_value_narrow_an_entry() {
     let r = run(d.path(), &other);
     assert_eq!(r.results[0].outcome, Outcome::Fail);
     assert_eq!(r.stale_expectations.len(), 1, "{:?}", r.stale_expectations);
+    // A glob over the observed value.
+    let glob = per_check(
+        r#"{"case": "x.two", "requirements": ["MMIO-DEV-01"], "observed": "MagicValue = 0x7472*", "reason": "r"},
+           {"case": "x.two", "requirements": ["MMIO-DEV-02"], "reason": "r"}"#,
+    );
+    assert_eq!(run(d.path(), &glob).results[0].outcome, Outcome::Xfail);
     // Another step: likewise.
     let step = per_check(
         r#"{"case": "x.two", "requirements": ["MMIO-DEV-01", "MMIO-DEV-02"], "step": 1, "reason": "r"}"#,

@@ -67,6 +67,9 @@ pub struct Options {
     pub replay_prefix: Option<String>,
     /// Called after each case with (done, total).
     pub progress: Option<Box<dyn Fn(usize, usize)>>,
+    /// Called with each result as soon as its case ends (to stream results to a file, so an
+    /// interrupted run loses none).
+    pub on_result: Option<Box<dyn Fn(&CaseResult)>>,
 }
 
 /// Compiles the globs of command-line flag `flag` (`--only`, `--skip`); an invalid glob is
@@ -163,6 +166,9 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
                 replay,
                 duration_ms: 0.0,
             });
+            if let (Some(f), Some(r)) = (&opts.on_result, results.last()) {
+                f(r);
+            }
             if let Some(p) = &opts.progress {
                 p(i + 1, total);
             }
@@ -210,6 +216,9 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
             replay,
             duration_ms: run.duration.as_secs_f64() * 1000.0,
         });
+        if let (Some(f), Some(r)) = (&opts.on_result, results.last()) {
+            f(r);
+        }
         if let Some(p) = &opts.progress {
             p(i + 1, total);
         }
@@ -224,5 +233,6 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
         duration_ms: start.elapsed().as_secs_f64() * 1000.0,
         results,
         coverage: report::coverage(&suite.catalog, &suite.cases),
+        interrupted: None,
     }
 }

@@ -1,10 +1,13 @@
 //! The sequence interpreter: runs one [`Case`] against one [`Target`] with the driver model,
 //! grading every check against the spec catalog.
 
+pub mod canary;
+
 use crate::case::{Buf, Case, Grade, Op, Order, QueueSpec, Reg, Upto};
 use crate::catalog::{Catalog, Level};
 use crate::outcome::{Outcome, Severity};
-use crate::target::{Target, TargetError, TargetMemory, SENTINEL};
+use crate::target::{Target, TargetError, SENTINEL};
+use canary::{Canary, GuardedMemory};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -146,6 +149,13 @@ struct Exec<'a> {
     deadline: Instant,
     /// The budget, for messages.
     budget: Duration,
+    /// The canary oracle (guest RAM patterns), when the target's RAM can be filled.
+    canary: Option<Canary>,
+    /// Device writes the target's memory log reported (start, end), for the canary's
+    /// cross-check.
+    logged_writes: Vec<(u64, u64)>,
+    /// Whether the target reports its memory accesses.
+    memory_log: bool,
 }
 
 fn op_name(op: &Op) -> &'static str {
@@ -172,6 +182,38 @@ fn op_name(op: &Op) -> &'static str {
         Op::MemExpect { .. } => "mem_expect",
         Op::Observe { .. } => "observe",
     }
+}
+
+/// Whether `op` checks something the device did (the canary oracle runs before it).
+fn checks(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Read { .. }
+            | Op::ExpectUsed { .. }
+            | Op::ExpectData { .. }
+            | Op::ExpectInterrupt { .. }
+            | Op::ExpectGraceful { .. }
+            | Op::MemExpect { .. }
+            | Op::Observe { .. }
+    )
+}
+
+/// Whether `op` can let the device run (a register write, a notification).
+fn lets_device_run(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::Read { .. }
+            | Op::ExpectUsed { .. }
+            | Op::ExpectData { .. }
+            | Op::ExpectInterrupt { .. }
+            | Op::MemExpect { .. }
+            | Op::ExpectGraceful { .. }
+            | Op::Observe { .. }
+            | Op::MemWrite { .. }
+            | Op::SetAvailIdx { .. }
+            | Op::SetAvailFlags { .. }
+            | Op::SetUsedEvent { .. }
+    )
 }
 
 fn hex(b: &[u8]) -> String {
@@ -216,6 +258,9 @@ pub fn run_case_within(
         deterministic_data: info.device != "entropy",
         deadline: start + budget,
         budget,
+        canary: None,
+        logged_writes: Vec::new(),
+        memory_log: caps.memory_log,
     };
     let mut reason = None;
     let result = (|| -> R {
@@ -240,18 +285,28 @@ pub fn run_case_within(
             }
         }
         let _ = ex.t.take_accesses();
+        ex.start_canary(case)?;
         for (i, step) in case.steps.iter().enumerate() {
             ex.check_deadline()?;
             ex.step = Some(i);
             ex.line = Some(step.line);
             ex.op = op_name(&step.op);
+            if checks(&step.op) {
+                ex.canary_oracle(false)?;
+            }
             ex.exec(&step.op)?;
+            if lets_device_run(&step.op) {
+                if let Some(c) = ex.canary.as_mut() {
+                    c.mark_dirty();
+                }
+            }
             ex.memory_oracle();
         }
         // Pipelined operations still queued reach the target (and their failures show)
         // before the case ends.
         ex.t.flush()?;
         ex.memory_oracle();
+        ex.canary_oracle(true)?;
         Ok(())
     })();
     let mut diagnostics = None;
@@ -417,8 +472,19 @@ impl Exec<'_> {
         base + at.offset.map_or(0, |n| n.0)
     }
 
-    fn mem(&mut self) -> TargetMemory<'_> {
-        TargetMemory(&mut *self.t)
+    fn mem(&mut self) -> GuardedMemory<'_> {
+        GuardedMemory {
+            t: &mut *self.t,
+            canary: self.canary.as_mut(),
+        }
+    }
+
+    /// A driver write to guest memory, mirrored into the canary's expected image.
+    fn mem_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), TargetError> {
+        if let Some(c) = self.canary.as_mut() {
+            c.driver_wrote(gpa, data);
+        }
+        self.t.mem_write(gpa, data)
     }
 
     fn q(&mut self, index: u16) -> R<&mut QState> {
@@ -442,6 +508,11 @@ impl Exec<'_> {
     }
 
     fn allow(&mut self, addr: u64, len: u64, area: Area) {
+        if matches!(area, Area::Writable | Area::Ring) {
+            if let Some(c) = self.canary.as_mut() {
+                c.device_may_write(addr, len);
+            }
+        }
         if let Some(end) = addr.checked_add(len) {
             if end <= self.ram && len > 0 {
                 self.areas.push((addr, end, area));
@@ -457,6 +528,9 @@ impl Exec<'_> {
         let mut seen = 0;
         for a in log {
             let end = a.gpa.saturating_add(a.len);
+            if a.kind == AccessKind::Write {
+                self.logged_writes.push((a.gpa, end));
+            }
             let inside = |k: Area| {
                 self.areas
                     .iter()
@@ -862,7 +936,7 @@ impl Exec<'_> {
                 returned,
                 grade,
             } => self.expect_graceful(*queue, *returned, grade)?,
-            Op::MemWrite { addr, data } => self.t.mem_write(addr.0, &data.0)?,
+            Op::MemWrite { addr, data } => self.mem_write(addr.0, &data.0)?,
             Op::Observe { queue } => {
                 if self.queues.contains_key(queue) {
                     // Give an asynchronous target the time to complete what is outstanding.
@@ -1129,7 +1203,7 @@ impl Exec<'_> {
                     _ => None,
                 };
                 if let Some(c) = content {
-                    self.t.mem_write(addr, &c)?;
+                    self.mem_write(addr, &c)?;
                 }
             }
             if b.write {
@@ -1353,17 +1427,15 @@ impl Exec<'_> {
             let first_slot = start % size;
             let run = k.min(size - first_slot);
             let bytes = |s: &[u16]| s.iter().flat_map(|h| h.to_le_bytes()).collect::<Vec<u8>>();
-            self.t.mem_write(
+            self.mem_write(
                 dq.avail + 4 + 2 * first_slot as u64,
                 &bytes(&slots[..run as usize]),
             )?;
             if run < k {
-                self.t
-                    .mem_write(dq.avail + 4, &bytes(&slots[run as usize..]))?;
+                self.mem_write(dq.avail + 4, &bytes(&slots[run as usize..]))?;
             }
             dq.avail_idx = start.wrapping_add(k);
-            self.t
-                .mem_write(dq.avail + 2, &dq.avail_idx.to_le_bytes())?;
+            self.mem_write(dq.avail + 2, &dq.avail_idx.to_le_bytes())?;
             self.q(queue)?.dq = dq.clone();
             self.w32(QUEUE_NOTIFY, queue as u32)?;
             let n = self.wait_used(queue, k, USED_WAIT)?;

@@ -92,6 +92,10 @@ pub struct QemuOptions {
     pub ram_mib: u64,
     /// How long to wait for one qtest reply before [`TargetError::Hung`] (default 5 s).
     pub timeout: Duration,
+    /// Give QEMU its RAM through a file the harness maps too (default true), so the canary
+    /// oracle can sweep all of guest RAM in milliseconds ([`Target::bulk_read`]); without it
+    /// the oracle samples RAM over qtest.
+    pub shared_ram: bool,
 }
 
 impl Default for QemuOptions {
@@ -102,6 +106,7 @@ impl Default for QemuOptions {
             version: TransportVersion::Legacy,
             ram_mib: 64,
             timeout: Duration::from_secs(5),
+            shared_ram: true,
         }
     }
 }
@@ -626,6 +631,8 @@ struct Instance {
     base: u64,
     /// Spawn to first qtest reply.
     startup: Duration,
+    /// Guest RAM shared through a file, when [`QemuOptions::shared_ram`] is set.
+    ram: Option<super::qemu_ram::SharedRam>,
 }
 
 impl Instance {
@@ -677,12 +684,18 @@ impl Instance {
         let stderr = fs::File::create(&stderr_path)
             .map_err(|e| unavailable("creating the stderr log", &e))?;
 
-        let machine =
-            "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=off,ioapic2=off";
+        let mut machine =
+            "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=off,ioapic2=off"
+                .to_string();
+        let ram = shared_ram_args(opts, dir.path(), &mut machine)?;
         let mut args: Vec<std::ffi::OsString> = Vec::new();
         let mut push = |s: &dyn AsRef<std::ffi::OsStr>| args.push(s.as_ref().to_os_string());
-        for a in ["-M", machine, "-display", "none", "-nodefaults"] {
+        for a in ["-M", machine.as_str(), "-display", "none", "-nodefaults"] {
             push(&a);
+        }
+        if let Some((_, object)) = &ram {
+            push(&"-object");
+            push(object);
         }
         push(&"-m");
         push(&format!("{}M", opts.ram_mib));
@@ -776,6 +789,7 @@ impl Instance {
             conn,
             base: 0,
             startup: Duration::ZERO,
+            ram: ram.map(|r| r.0),
         };
         inst.setup(opts, spawned).map_err(|e| {
             let msg = match e {
@@ -828,6 +842,26 @@ impl Instance {
             "no virtio-mmio transport with DeviceID {want} among the {MICROVM_MMIO_COUNT} at {MICROVM_MMIO_BASE:#x}"
         )))
     }
+}
+
+/// The shared RAM file and its `-object` argument when [`QemuOptions::shared_ram`] is set
+/// (`machine` gets `memory-backend=`).
+fn shared_ram_args(
+    opts: &QemuOptions,
+    scratch: &Path,
+    machine: &mut String,
+) -> Result<Option<(super::qemu_ram::SharedRam, String)>, TargetError> {
+    if !opts.shared_ram {
+        return Ok(None);
+    }
+    let size = opts.ram_mib << 20;
+    let ram = super::qemu_ram::SharedRam::create(size, scratch).map_err(|e| {
+        TargetError::Unavailable(format!("QEMU target: creating the shared RAM file: {e}"))
+    })?;
+    machine.push_str(",memory-backend=");
+    machine.push_str(super::qemu_ram::BACKEND_ID);
+    let object = ram.object_arg(size);
+    Ok(Some((ram, object)))
 }
 
 /// Kills the child's whole process group (it leads its own), then the child, and reaps it.
@@ -1081,6 +1115,33 @@ impl Target for QemuTarget {
         self.broken = None;
         self.inst = Some(Instance::start(&self.opts)?);
         Ok(())
+    }
+
+    fn bulk_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {
+        if !self.bulk_cheap() {
+            return self.mem_read(gpa, buf);
+        }
+        self.check_ram(gpa, buf.len())?;
+        // Every pipelined command (a notification among them) is processed first.
+        self.sync()?;
+        let ram = self.inst.as_ref().and_then(|i| i.ram.as_ref());
+        ram.map_or(Ok(()), |r| r.read(gpa, buf))
+            .map_err(TargetError::Protocol)
+    }
+
+    fn bulk_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), TargetError> {
+        if !self.bulk_cheap() {
+            return self.mem_write(gpa, data);
+        }
+        self.check_ram(gpa, data.len())?;
+        self.sync()?;
+        let ram = self.inst.as_ref().and_then(|i| i.ram.as_ref());
+        ram.map_or(Ok(()), |r| r.write(gpa, data))
+            .map_err(TargetError::Protocol)
+    }
+
+    fn bulk_cheap(&self) -> bool {
+        self.inst.as_ref().is_some_and(|i| i.ram.is_some())
     }
 
     fn take_interrupts(&mut self) -> Vec<IrqEvent> {

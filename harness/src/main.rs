@@ -1,7 +1,7 @@
 //! The `virtio-conform` command line.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use virtio_conform::parallel::{run_parallel, ParallelOptions};
@@ -239,6 +239,62 @@ enum Cmd {
         /// Newer report.
         new: PathBuf,
     },
+}
+
+/// Checks a target selection without starting anything: the names parse and the target
+/// supports the device and version.
+fn check_target_args(t: &TargetArgs) -> Result<(), String> {
+    let kind: TargetKind = t.target.parse()?;
+    let device: DeviceKind = t.device.parse()?;
+    let version = parse_version(t.version)?;
+    if kind == TargetKind::VirtioQueue
+        && (device != DeviceKind::Entropy
+            || version != virtio_reference_device::TransportVersion::Modern)
+    {
+        return Err("the virtio-queue target is an entropy device over transport version 2".into());
+    }
+    Ok(())
+}
+
+/// A report whose every applicable case is an `error` because the target could not start.
+fn error_report(suite: &Suite, t: &TargetArgs, why: &str) -> Report {
+    use virtio_conform::outcome::{Outcome, Severity};
+    let results: Vec<report::CaseResult> = suite
+        .cases
+        .iter()
+        .filter(|c| c.applies_to(&t.device, t.version))
+        .map(|c| report::CaseResult {
+            case: c.id.clone(),
+            title: c.title.clone(),
+            outcome: Outcome::Error,
+            severity: Severity::None,
+            requirements: report::cite(&suite.catalog, &c.requirements),
+            failures: vec![],
+            reason: Some(format!("the target could not start: {why}")),
+            diagnostics: None,
+            replay: format!(
+                "virtio-conform run --target {} --device {} --version {} --only '{}'",
+                t.target, t.device, t.version, c.id
+            ),
+            duration_ms: 0.0,
+        })
+        .collect();
+    Report {
+        schema: report::REPORT_SCHEMA.into(),
+        tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
+        spec: suite.catalog.spec.clone(),
+        target: report::TargetInfoOut {
+            name: t.target.clone(),
+            device: t.device.clone(),
+            version: t.version,
+            implementation: "unavailable".into(),
+        },
+        summary: report::summarize(&results),
+        duration_ms: 0.0,
+        results,
+        coverage: report::coverage(&suite.catalog, &suite.cases),
+        interrupted: None,
+    }
 }
 
 fn make_target(t: &TargetArgs) -> Result<Box<dyn Target>, String> {
@@ -677,9 +733,21 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 let (t, f) = e
                     .split_once('=')
                     .ok_or_else(|| format!("--expectations `{e}`: expected TARGET=FILE"))?;
-                ex_files.insert(t.to_string(), PathBuf::from(f));
+                let known = targets
+                    .iter()
+                    .any(|x| x == t || versions.iter().any(|v| format!("{x}:v{v}") == t));
+                if !known {
+                    return Err(format!(
+                        "--expectations `{e}`: `{t}` names none of the requested targets (TARGET or TARGET:vN)"
+                    ));
+                }
+                let loaded = Expectations::load(Path::new(f)).map_err(|e| format!("{e:#}"))?;
+                ex_files.insert(t.to_string(), loaded);
             }
-            let mut reports = Vec::new();
+            // Every combination is checked before any runs: names, device and version,
+            // what the target supports, and that the suite has cases for it.
+            let mut combos = Vec::new();
+            let mut qemu_checked = false;
             for target in &targets {
                 for device in &devices {
                     for &version in &versions {
@@ -689,18 +757,39 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                             version,
                             qemu: qemu.clone(),
                         };
+                        let what =
+                            format!("--target {target} --device {device} --version {version}");
+                        check_target_args(&args).map_err(|e| format!("{what}: {e}"))?;
+                        if target == "qemu" && !qemu_checked {
+                            virtio_conform::target::qemu::qemu_version(&qemu)
+                                .map_err(|e| format!("{what}: {e}"))?;
+                            qemu_checked = true;
+                        }
+                        virtio_conform::suite::select(&suite, device, version, &Options::default())
+                            .map_err(|e| format!("{what}: {e}"))?;
                         let key = format!("{target}:v{version}");
-                        let ex = match ex_files.get(&key).or_else(|| ex_files.get(target)) {
-                            Some(p) => Some(Expectations::load(p).map_err(|e| format!("{e:#}"))?),
-                            None => None,
-                        };
-                        let mut t = make_target(&args)?;
+                        let ex = ex_files.get(&key).or_else(|| ex_files.get(target)).cloned();
+                        combos.push((args, ex));
+                    }
+                }
+            }
+            let mut reports = Vec::new();
+            let mut failed = false;
+            for (args, ex) in combos {
+                eprintln!("matrix: {} {} v{}", args.target, args.device, args.version);
+                match make_target(&args) {
+                    Ok(mut t) => {
                         let opts = Options {
                             expectations: ex,
                             ..Options::default()
                         };
-                        eprintln!("matrix: {target} {device} v{version}");
                         reports.push(run_suite(&suite, t.as_mut(), &opts));
+                    }
+                    Err(e) => {
+                        // This column becomes errors; the other columns are kept.
+                        eprintln!("matrix: {} could not start: {e}", args.target);
+                        failed = true;
+                        reports.push(error_report(&suite, &args, &e));
                     }
                 }
             }
@@ -717,11 +806,13 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 m.rows.len(),
                 m.columns.len()
             );
-            Ok(if reports.iter().any(|r| r.exit_code(false) == 2) {
-                2
-            } else {
-                0
-            })
+            Ok(
+                if failed || reports.iter().any(|r| r.exit_code(false) == 2) {
+                    2
+                } else {
+                    0
+                },
+            )
         }
         Cmd::Replay {
             fuzz_target,

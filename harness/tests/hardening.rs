@@ -527,3 +527,94 @@ fn parallel_workers_give_the_same_report_as_one() {
     assert!(one.len() > 50);
     assert_eq!(one, run("3"));
 }
+
+#[test]
+fn matrix_checks_every_combination_before_running_any() {
+    for (args, words) in [
+        (
+            &["--target", "reference", "--target", "mutant:no-such-bug"][..],
+            &["mutant:no-such-bug", "unknown mutant"][..],
+        ),
+        (
+            &["--device", "entropy", "--device", "toaster"][..],
+            &["toaster"][..],
+        ),
+        (
+            &["--version", "2", "--version", "3"][..],
+            &["version 3"][..],
+        ),
+        (
+            &[
+                "--target",
+                "reference",
+                "--target",
+                "virtio-queue",
+                "--version",
+                "1",
+            ][..],
+            &["virtio-queue"][..],
+        ),
+        (
+            &["--expectations", "nosuch=specs/expectations/qemu-v2.json"][..],
+            &["`nosuch` names none"][..],
+        ),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let out_dir = d.path().join("m");
+        let out = bin()
+            .arg("matrix")
+            .args(args)
+            .arg("-o")
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for w in words {
+            assert!(err.contains(w), "{args:?}: missing `{w}` in {err}");
+        }
+        // Nothing ran.
+        assert!(!err.contains("matrix: reference"), "{err}");
+        assert!(!out_dir.exists());
+    }
+}
+
+#[test]
+fn a_failing_matrix_combination_keeps_the_others() {
+    let d = tempfile::tempdir().unwrap();
+    let fake = d.path().join("broken-qemu");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'QEMU emulator version 0.0.0'; exit 0; fi\necho 'cannot start' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out_dir = d.path().join("m");
+    let out = bin()
+        .args([
+            "matrix",
+            "--target",
+            "qemu",
+            "--target",
+            "reference",
+            "--qemu",
+        ])
+        .arg(&fake)
+        .arg("-o")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("matrix.json")).unwrap()).unwrap();
+    let cols = m["columns"].as_array().unwrap();
+    assert_eq!(cols.len(), 2, "{m}");
+    let row = &m["rows"]["init.spec-order"];
+    assert_eq!(row[0]["outcome"], "error", "{row}");
+    assert!(row[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("could not start"));
+    assert_eq!(row[1]["outcome"], "pass", "{row}");
+}

@@ -14,3 +14,4 @@ pub mod report;
 pub mod runner;
 pub mod suite;
 pub mod target;
+mod worker;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use virtio_conform::report::{self, Expectations, Report};
 use virtio_conform::suite::{default_specs_dir, run_suite, Options, Suite};
-use virtio_conform::target::{parse_version, DeviceKind, ReferenceTarget, Target, TargetKind};
+use virtio_conform::target::{
+    parse_version, DeviceKind, ReferenceTarget, Target, TargetError, TargetKind,
+};
 use virtio_reference_device::Mutant;
 
 #[derive(Parser)]
@@ -157,7 +159,7 @@ enum Cmd {
     },
 }
 
-fn make_target(t: &TargetArgs) -> Result<Box<dyn Target>, String> {
+fn make_target(t: &TargetArgs) -> Result<Box<dyn Target + Send>, String> {
     let kind: TargetKind = t.target.parse()?;
     let device: DeviceKind = t.device.parse()?;
     let version = parse_version(t.version)?;
@@ -189,6 +191,19 @@ fn make_target(t: &TargetArgs) -> Result<Box<dyn Target>, String> {
             };
             Ok(Box::new(QemuTarget::new(opts).map_err(|e| e.to_string())?))
         }
+    }
+}
+
+/// A target factory for `run_suite`: `first` (already started, so a target that cannot start
+/// is reported before the run), then new instances after a timeout or panic.
+fn first_then_new(
+    first: Box<dyn Target + Send>,
+    args: &TargetArgs,
+) -> impl FnMut() -> Result<Box<dyn Target + Send>, TargetError> + '_ {
+    let mut first = Some(first);
+    move || match first.take() {
+        Some(t) => Ok(t),
+        None => make_target(args).map_err(TargetError::Unavailable),
     }
 }
 
@@ -318,7 +333,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 Some(p) => Some(Expectations::load(p).map_err(|e| format!("{e:#}"))?),
                 None => None,
             };
-            let mut target = make_target(&t)?;
+            let factory = first_then_new(make_target(&t)?, &t);
             let mut prefix = format!(
                 "virtio-conform run --target {} --device {} --version {}",
                 t.target, t.device, t.version
@@ -337,13 +352,14 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 only,
                 skip,
                 expectations,
-                replay_prefix: Some(prefix),
+                replay: Some(format!("{prefix} --only '{{case}}'")),
                 progress: Some(Box::new(move |done, total| {
                     b2.set_length(total as u64);
                     b2.set_position(done as u64);
                 })),
+                ..Options::default()
             };
-            let report = run_suite(&suite, target.as_mut(), &opts);
+            let report = run_suite(&suite, factory, &opts);
             bar.finish_and_clear();
             let body = match format {
                 Format::Text => report::text_summary(&report, &suite.catalog, verbose),
@@ -497,13 +513,13 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                             Some(p) => Some(Expectations::load(p).map_err(|e| format!("{e:#}"))?),
                             None => None,
                         };
-                        let mut t = make_target(&args)?;
+                        let factory = first_then_new(make_target(&args)?, &args);
                         let opts = Options {
                             expectations: ex,
                             ..Options::default()
                         };
                         eprintln!("matrix: {target} {device} v{version}");
-                        reports.push(run_suite(&suite, t.as_mut(), &opts));
+                        reports.push(run_suite(&suite, factory, &opts));
                     }
                 }
             }

@@ -5,8 +5,9 @@
 //! use virtio_conform::target::{DeviceKind, ReferenceTarget};
 //! use virtio_reference_device::TransportVersion;
 //! let suite = Suite::load_default().unwrap();
-//! let mut target = ReferenceTarget::new(DeviceKind::Entropy, TransportVersion::Modern, None).unwrap();
-//! let report = run_suite(&suite, &mut target, &Options::default());
+//! // A factory: called once, and again whenever an instance timed out or panicked.
+//! let factory = || ReferenceTarget::new(DeviceKind::Entropy, TransportVersion::Modern, None);
+//! let report = run_suite(&suite, factory, &Options::default());
 //! assert_eq!(report.exit_code(false), 0, "{}", suite.summary(&report));
 //! ```
 
@@ -14,8 +15,9 @@ use crate::case::{self, Case};
 use crate::catalog::Catalog;
 use crate::outcome::{Outcome, Severity};
 use crate::report::{self, CaseResult, Expectations, Report};
-use crate::runner::run_case;
-use crate::target::Target;
+use crate::target::{TargetFactory, TargetInfo};
+pub use crate::worker::Budget;
+use crate::worker::CaseWorker;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -55,7 +57,6 @@ impl Suite {
 }
 
 /// What to run and how to grade it.
-#[derive(Default)]
 pub struct Options {
     /// Only cases whose id matches one of these globs (empty = all).
     pub only: Vec<String>,
@@ -63,10 +64,46 @@ pub struct Options {
     pub skip: Vec<String>,
     /// Expectations (known divergences) for the target.
     pub expectations: Option<(Expectations, Vec<globset::GlobMatcher>)>,
-    /// The `--target` string and flags to print in replay commands.
-    pub replay_prefix: Option<String>,
+    /// The command that replays one case, printed with every result: `{case}`, `{target}`,
+    /// `{device}` and `{version}` are replaced by the case id and the target's identity. A
+    /// library user sets their own test command here, for example
+    /// `VIRTIO_CONFORM_ONLY='{case}' cargo test --test gate`. A template without `{case}` gets
+    /// ` --only '<case id>'` appended (the CLI's form). Default: [`CLI_REPLAY`].
+    pub replay: Option<String>,
     /// Called after each case with (done, total).
     pub progress: Option<Box<dyn Fn(usize, usize)>>,
+    /// Wall-clock limits per case and per target call, enforced whatever the target.
+    pub budget: Budget,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            only: Vec::new(),
+            skip: Vec::new(),
+            expectations: None,
+            replay: None,
+            progress: None,
+            budget: Budget::default(),
+        }
+    }
+}
+
+/// The CLI's replay command, the default template of [`Options::replay`].
+pub const CLI_REPLAY: &str =
+    "virtio-conform run --target {target} --device {device} --version {version} --only '{case}'";
+
+/// Fills a replay template (see [`Options::replay`]) for one case.
+pub fn replay_command(template: &str, info: &TargetInfo, case: &str) -> String {
+    let filled = template
+        .replace("{target}", &info.name)
+        .replace("{device}", &info.device)
+        .replace("{version}", &info.version.to_string());
+    if filled.contains("{case}") {
+        filled.replace("{case}", case)
+    } else {
+        format!("{filled} --only '{case}'")
+    }
 }
 
 fn globs(pats: &[String]) -> Vec<globset::GlobMatcher> {
@@ -89,10 +126,22 @@ impl Report {
     }
 }
 
-/// Runs every applicable case on `target`, each on a fresh instance.
-pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Report {
+/// Runs every applicable case on a target from `factory`, each after [`Target::fresh`].
+///
+/// Cases run on a worker thread under [`Options::budget`]: a case that overruns, or a target
+/// call that blocks, is graded `timeout` (severity high) and the run goes on with a new
+/// instance from `factory`; a panic in the target is graded `fail` (severity high) with its
+/// message, and the instance is replaced the same way. When `factory` cannot build the first
+/// instance, the report holds one `error` result (exit code 2) saying why.
+///
+/// [`Target::fresh`]: crate::target::Target::fresh
+pub fn run_suite(suite: &Suite, mut factory: impl TargetFactory, opts: &Options) -> Report {
     let start = Instant::now();
-    let info = target.info();
+    let mut worker = match CaseWorker::start(&mut factory, &suite.catalog, opts.budget) {
+        Ok(w) => w,
+        Err(e) => return unavailable_report(suite, e.to_string(), start),
+    };
+    let info = worker.info().clone();
     let only = globs(&opts.only);
     let skip = globs(&opts.skip);
     let selected: Vec<&Case> = suite
@@ -102,17 +151,12 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
         .filter(|c| only.is_empty() || only.iter().any(|g| g.is_match(&c.id)))
         .filter(|c| !skip.iter().any(|g| g.is_match(&c.id)))
         .collect();
-    let prefix = opts.replay_prefix.clone().unwrap_or_else(|| {
-        format!(
-            "virtio-conform run --target {} --device {} --version {}",
-            info.name, info.device, info.version
-        )
-    });
+    let template = opts.replay.as_deref().unwrap_or(CLI_REPLAY);
     let mut results = Vec::new();
     let total = selected.len();
     for (i, case) in selected.into_iter().enumerate() {
         let cited = report::cite(&suite.catalog, &case.requirements);
-        let replay = format!("{prefix} --only '{}'", case.id);
+        let replay = replay_command(template, &info, &case.id);
         let exp = report::apply_expectation(
             opts.expectations.as_ref(),
             &case.id,
@@ -137,18 +181,7 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
             }
             continue;
         }
-        let run = match target.fresh() {
-            Ok(()) => run_case(target, case, &suite.catalog),
-            Err(e) => crate::runner::CaseRun {
-                outcome: Outcome::Error,
-                severity: Severity::None,
-                failures: vec![],
-                reason: Some(format!("could not start a fresh target: {e}")),
-                diagnostics: target.diagnostics(),
-                duration: std::time::Duration::ZERO,
-                observations: Vec::new(),
-            },
-        };
+        let run = worker.run(case);
         let mut outcome = run.outcome;
         let mut reason = run.reason.clone();
         if let Some(e) = exp.filter(|e| e.expect == "fail") {
@@ -183,6 +216,7 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
             p(i + 1, total);
         }
     }
+    worker.finish();
     let summary = report::summarize(&results);
     Report {
         schema: report::REPORT_SCHEMA.into(),
@@ -190,6 +224,38 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
         spec: suite.catalog.spec.clone(),
         target: info.into(),
         summary,
+        duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+        results,
+        coverage: report::coverage(&suite.catalog, &suite.cases),
+    }
+}
+
+/// The report of a run whose target could not be started: one `error` result.
+fn unavailable_report(suite: &Suite, why: String, start: Instant) -> Report {
+    let results = vec![CaseResult {
+        case: "target".into(),
+        title: "start the target".into(),
+        outcome: Outcome::Error,
+        severity: Severity::None,
+        requirements: vec![],
+        failures: vec![],
+        reason: Some(format!("could not start the target: {why}")),
+        diagnostics: None,
+        replay: String::new(),
+        duration_ms: 0.0,
+    }];
+    Report {
+        schema: report::REPORT_SCHEMA.into(),
+        tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
+        spec: suite.catalog.spec.clone(),
+        target: TargetInfo {
+            name: "unavailable".into(),
+            device: String::new(),
+            version: 0,
+            implementation: why,
+        }
+        .into(),
+        summary: report::summarize(&results),
         duration_ms: start.elapsed().as_secs_f64() * 1000.0,
         results,
         coverage: report::coverage(&suite.catalog, &suite.cases),

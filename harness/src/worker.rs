@@ -11,7 +11,7 @@
 use crate::case::Case;
 use crate::catalog::{Catalog, Level};
 use crate::outcome::{Outcome, Severity};
-use crate::runner::{run_case, CaseRun, Failure};
+use crate::runner::{run_case_within, CaseRun, Failure};
 use crate::target::guard::{guarded, panic_message, Guarded};
 use crate::target::{Target, TargetError, TargetFactory, TargetInfo};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 /// Wall-clock limits [`run_suite`](crate::suite::run_suite) enforces whatever the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
-    /// Longest a case may take, from `fresh()` to its last check.
+    /// Longest a case may take, from `fresh()` to its last check. The interpreter checks it
+    /// between steps and in its loops; `run_suite` abandons a case still running a little
+    /// (a quarter of `call`) after it.
     pub case: Duration,
     /// Longest one call into the target (register access, memory access, notify, settle,
     /// fresh) may block. A stuck call is noticed within 1.25 times this.
@@ -58,7 +60,11 @@ struct Worker {
     thread: JoinHandle<()>,
 }
 
-fn spawn(target: Box<dyn Target + Send>, catalog: Arc<Catalog>) -> Result<Worker, TargetError> {
+fn spawn(
+    target: Box<dyn Target + Send>,
+    catalog: Arc<Catalog>,
+    budget: Budget,
+) -> Result<Worker, TargetError> {
     let (jobs, job_rx) = mpsc::channel::<Case>();
     let (done_tx, done) = mpsc::channel();
     let guarded_target = Guarded::new(target);
@@ -69,7 +75,7 @@ fn spawn(target: Box<dyn Target + Send>, catalog: Arc<Catalog>) -> Result<Worker
             let mut t = guarded_target;
             for case in job_rx {
                 let r = catch_unwind(AssertUnwindSafe(|| match t.fresh() {
-                    Ok(()) => run_case(&mut t, &case, &catalog),
+                    Ok(()) => run_case_within(&mut t, &case, &catalog, budget.case),
                     Err(e) => CaseRun {
                         outcome: Outcome::Error,
                         severity: Severity::None,
@@ -137,7 +143,7 @@ impl<'f> CaseWorker<'f> {
         let target = make(factory)?;
         let info = guarded(|| target.info())?;
         let catalog = Arc::new(catalog.clone());
-        let worker = spawn(target, catalog.clone())?;
+        let worker = spawn(target, catalog.clone(), budget)?;
         Ok(CaseWorker {
             factory,
             catalog,
@@ -155,7 +161,7 @@ impl<'f> CaseWorker<'f> {
     /// Runs one case on the current instance (a new one if the last was abandoned).
     pub(crate) fn run(&mut self, case: &Case) -> CaseRun {
         if self.worker.is_none() {
-            match make(self.factory).and_then(|t| spawn(t, self.catalog.clone())) {
+            match make(self.factory).and_then(|t| spawn(t, self.catalog.clone(), self.budget)) {
                 Ok(w) => self.worker = Some(w),
                 Err(e) => {
                     return error_run(format!(
@@ -200,7 +206,9 @@ impl<'f> CaseWorker<'f> {
                         beat_at = now;
                     }
                     let stuck_call = b % 2 == 1 && now - beat_at >= self.budget.call;
-                    let over = now - start >= self.budget.case;
+                    // The interpreter stops a slow case itself at the next step (naming it);
+                    // this catches a case that cannot get there.
+                    let over = now - start >= self.budget.case + tick;
                     if stuck_call || over {
                         let why = if stuck_call {
                             format!(

@@ -147,7 +147,11 @@ fn a_case_over_its_budget_times_out_even_when_every_call_returns() {
     let (r, made) = run(Misbehave::Crawl, budget);
     let slow = result(&r, "split.batch-of-requests");
     assert_eq!(slow.outcome, Outcome::Timeout, "{slow:?}");
-    assert!(slow.reason.as_deref().unwrap().contains("per-case budget"));
+    // Stopped by the interpreter at a step boundary or by run_suite, whichever comes first.
+    assert!(
+        slow.reason.as_deref().unwrap().contains("budget"),
+        "{slow:?}"
+    );
     assert_eq!(result(&r, "status.initial-zero").outcome, Outcome::Pass);
     assert_eq!(made, 2);
 }

@@ -5,10 +5,13 @@
 //!
 //! # Input
 //!
-//! The first byte selects the mutant, `Mutant::ALL[byte % Mutant::ALL.len()]`; the rest is an
-//! [`MmioCase`]. [`MUTANT_ENV`](super::MUTANT_ENV) overrides the byte: a mutant name pins
-//! that mutant, `reference` compares the reference with itself (what the smoke run does, so
-//! every crash is a reference bug).
+//! The first byte selects the mutant by name ([`mutant_for_selector`]: of all mutants, the one
+//! whose name hashed together with the byte scores highest), so adding a mutant at the end of
+//! [`Mutant::ALL`] only takes over the selector values it now wins (about `256 / N` of them)
+//! and leaves every other input on the mutant it had; the order of the list plays no part.
+//! The rest is an [`MmioCase`]. [`MUTANT_ENV`](super::MUTANT_ENV) overrides the byte: a
+//! mutant name pins that mutant, `reference` compares the reference with itself (what the
+//! smoke run does, so every crash is a reference bug).
 //!
 //! # Oracle
 //!
@@ -45,13 +48,49 @@ impl DiffCase {
     }
 }
 
-/// The selector byte that picks `m`.
-pub fn selector_for(m: Mutant) -> u8 {
-    Mutant::ALL.iter().position(|&x| x == m).unwrap_or(0) as u8
+/// Score of mutant name `name` for selector byte `selector`: FNV-1a (64 bits) over the name's
+/// bytes and then the selector, finished with a 64-bit mix so nearby selectors spread.
+fn score(name: &str, selector: u8) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name.as_bytes().iter().chain(std::iter::once(&selector)) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+/// The mutant among `candidates` that selector byte `selector` picks (rendezvous hashing on
+/// the names: highest [`score`], ties to the smaller name). Depends only on the names, not on
+/// their order; `None` when `candidates` is empty.
+pub fn pick_by_name(candidates: &[Mutant], selector: u8) -> Option<Mutant> {
+    candidates.iter().copied().max_by(|a, b| {
+        (score(a.name(), selector), std::cmp::Reverse(a.name()))
+            .cmp(&(score(b.name(), selector), std::cmp::Reverse(b.name())))
+    })
+}
+
+/// The mutant selector byte `selector` picks from [`Mutant::ALL`] (see [`pick_by_name`]);
+/// computed once per process for all 256 values.
+pub fn mutant_for_selector(selector: u8) -> Mutant {
+    static TABLE: std::sync::OnceLock<Vec<Mutant>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=255u8)
+            .map(|b| pick_by_name(Mutant::ALL, b).expect("Mutant::ALL is not empty"))
+            .collect()
+    })[selector as usize]
+}
+
+/// The smallest selector byte that picks `m`, or `None` when no byte does (possible for a
+/// name that loses every one of the 256 draws; pin it with
+/// [`MUTANT_ENV`](super::MUTANT_ENV) instead).
+pub fn selector_for(m: Mutant) -> Option<u8> {
+    (0..=255u8).find(|&b| mutant_for_selector(b) == m)
 }
 
 fn mutant_of(selector: u8) -> Mutant {
-    Mutant::ALL[selector as usize % Mutant::ALL.len()]
+    mutant_for_selector(selector)
 }
 
 /// What the fuzz target compares the reference with: the subject pinned by
@@ -190,4 +229,46 @@ pub fn diff_mmio_on(data: &[u8], mutant: Option<Mutant>) -> Result<(), Finding> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mutant_is_reachable_from_the_selector_byte() {
+        let unreachable: Vec<&str> = Mutant::ALL
+            .iter()
+            .filter(|&&m| selector_for(m).is_none())
+            .map(|m| m.name())
+            .collect();
+        assert!(
+            unreachable.is_empty(),
+            "no selector byte picks {unreachable:?} (they stay reachable with VIRTIO_CONFORM_MUTANT)"
+        );
+    }
+
+    /// Adding a mutant (here: taking one away and putting it back, at any position) moves
+    /// only the selector values it wins; the order of the list does not matter.
+    #[test]
+    fn the_choice_is_stable_when_mutants_are_added_or_reordered() {
+        for (i, &added) in Mutant::ALL.iter().enumerate() {
+            let mut without: Vec<Mutant> = Mutant::ALL.to_vec();
+            without.remove(i);
+            let mut reversed = Mutant::ALL.to_vec();
+            reversed.reverse();
+            for b in 0..=255u8 {
+                let with = mutant_for_selector(b);
+                assert_eq!(pick_by_name(&reversed, b), Some(with));
+                if with != added {
+                    assert_eq!(
+                        pick_by_name(&without, b),
+                        Some(with),
+                        "adding {} moved selector {b}",
+                        added.name()
+                    );
+                }
+            }
+        }
+    }
 }

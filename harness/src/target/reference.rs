@@ -105,6 +105,14 @@ impl ReferenceTarget {
         Ok(t)
     }
 
+    /// Gives the target `bytes` of guest RAM (at guest physical address 0) from the next
+    /// [`Target::fresh`] on, e.g. to match another target in a differential run. Errors (and
+    /// keeps the old size) when `bytes` is 0 or cannot be mapped.
+    pub fn set_ram_size(&mut self, bytes: u64) -> Result<(), TargetError> {
+        let old = std::mem::replace(&mut self.ram_size, bytes);
+        self.fresh().inspect_err(|_| self.ram_size = old)
+    }
+
     /// The guest memory shared with the device.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem

@@ -269,6 +269,7 @@ fn replay_report(
             },
             expected: format!("oracle `{}` holds", f.oracle),
             observed: f.message.clone(),
+            xfail: None,
         })
         .collect();
     let result = CaseResult {
@@ -320,6 +321,7 @@ fn replay_report(
         duration_ms: 0.0,
         results,
         coverage: Default::default(),
+        stale_expectations: Vec::new(),
     }
 }
 

@@ -284,6 +284,21 @@ where
     }
 }
 
+/// A factory handing out one existing instance: a run that has to replace it (after a
+/// timeout or a panic) reports the remaining cases as `error`. Prefer a real factory where
+/// instances can be rebuilt.
+pub fn once<T: Target + Send + 'static>(target: T) -> impl TargetFactory {
+    let mut slot = Some(target);
+    move || {
+        slot.take().ok_or_else(|| {
+            TargetError::Unavailable(
+                "the run was given one instance, which cannot be replaced after a timeout or panic"
+                    .into(),
+            )
+        })
+    }
+}
+
 /// [`DriverMemory`] over a target's guest memory, so the ring model works on any target.
 pub struct TargetMemory<'a>(pub &'a mut dyn Target);
 

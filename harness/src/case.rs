@@ -12,24 +12,37 @@ pub struct Num(pub u64);
 
 impl<'de> Deserialize<'de> for Num {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Num(n)),
-            Raw::S(s) => {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number (a non-negative JSON integer or a string like \"0x10\")")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Num, E> {
+                Ok(Num(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Num, E> {
+                u64::try_from(v)
+                    .map(Num)
+                    .map_err(|_| E::custom(format!("`{v}` is negative; expected a number >= 0")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Num, E> {
+                Err(E::custom(format!("`{v}` is not a whole number")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Num, E> {
                 let t = s.trim().replace('_', "");
                 let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
                     Some(h) => u64::from_str_radix(h, 16),
                     None => t.parse(),
                 };
-                r.map(Num)
-                    .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a number")))
+                r.map(Num).map_err(|_| {
+                    E::custom(format!(
+                        "`{s}` is not a number (expected decimal or 0x-prefixed hex below 2^64)"
+                    ))
+                })
             }
         }
+        d.deserialize_any(V)
     }
 }
 
@@ -64,28 +77,62 @@ pub struct Hex(pub Vec<u8>);
 impl<'de> Deserialize<'de> for Hex {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let t: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        let t = t.strip_prefix("0x").unwrap_or(&t);
-        if t.len() % 2 != 0 {
-            return Err(serde::de::Error::custom("hex string of odd length"));
-        }
-        (0..t.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&t[i..i + 2], 16))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Hex)
-            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not hex")))
+        parse_hex(&s).map(Hex).map_err(serde::de::Error::custom)
     }
 }
 
+/// Bytes of a hex string (`"00ff10"`, optional `0x` prefix, whitespace ignored). Errors name
+/// the string and the first offending character.
+pub fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
+    let t: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    let t = t.strip_prefix("0x").unwrap_or(&t);
+    if let Some(c) = t.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!("`{s}` is not hex: `{c}` is not a hex digit"));
+    }
+    if t.len() % 2 != 0 {
+        return Err(format!(
+            "`{s}` is not hex: odd number of digits ({})",
+            t.len()
+        ));
+    }
+    // Only ASCII hex digits remain, so every byte index is a character boundary.
+    (0..t.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&t[i..i + 2], 16).map_err(|e| format!("`{s}`: {e}")))
+        .collect()
+}
+
 /// One requirement id or a list of them.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Reqs {
     /// One id.
     One(String),
     /// Several ids.
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Reqs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Reqs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a requirement id or a list of requirement ids")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Reqs, E> {
+                Ok(Reqs::One(s.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Reqs, A::Error> {
+                let mut v = Vec::new();
+                while let Some(id) = a.next_element::<String>()? {
+                    v.push(id);
+                }
+                Ok(Reqs::Many(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Reqs {
@@ -163,13 +210,51 @@ pub struct QueueSpec {
 }
 
 /// A feature: a name (`EVENT_IDX`) or a bit number.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Feature {
     /// Bit number.
     Bit(u32),
     /// Name without the `VIRTIO_F_` prefix (or with it).
     Name(String),
+}
+
+impl<'de> Deserialize<'de> for Feature {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Feature;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a feature name (`EVENT_IDX`) or a bit number (0..=63)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Feature, E> {
+                match u32::try_from(v) {
+                    Ok(b) if b < 64 => Ok(Feature::Bit(b)),
+                    _ => Err(E::custom(format!(
+                        "feature bit {v} is out of range (0..=63: the harness negotiates feature pages 0 and 1)"
+                    ))),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Feature, E> {
+                Err(E::custom(format!(
+                    "feature bit {v} is out of range (0..=63: the harness negotiates feature pages 0 and 1)"
+                )))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Feature, E> {
+                Ok(Feature::Name(s.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl std::fmt::Display for Feature {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Feature::Bit(b) => write!(f, "bit {b}"),
+            Feature::Name(n) => write!(f, "`{n}`"),
+        }
+    }
 }
 
 /// Feature bit number of a name; `None` when unknown.
@@ -386,26 +471,35 @@ pub struct BlkType(pub u32);
 
 impl<'de> Deserialize<'de> for BlkType {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u32),
-            S(String),
-        }
-        Ok(BlkType(match Raw::deserialize(d)? {
-            Raw::N(n) => n,
-            Raw::S(s) => match s.as_str() {
-                "in" => 0,
-                "out" => 1,
-                "flush" => 4,
-                "get_id" => 8,
-                _ => {
-                    return Err(serde::de::Error::custom(format!(
-                        "unknown block request `{s}`"
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = BlkType;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a block request type (`in`, `out`, `flush`, `get_id` or a number)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<BlkType, E> {
+                u32::try_from(v).map(BlkType).map_err(|_| {
+                    E::custom(format!("block request type {v} does not fit in 32 bits"))
+                })
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<BlkType, E> {
+                Err(E::custom(format!("block request type {v} is negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<BlkType, E> {
+                Ok(BlkType(match s {
+                    "in" => 0,
+                    "out" => 1,
+                    "flush" => 4,
+                    "get_id" => 8,
+                    _ => {
+                        return Err(E::custom(format!(
+                        "unknown block request `{s}`: expected in, out, flush, get_id or a number"
                     )))
-                }
-            },
-        }))
+                    }
+                }))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -483,42 +577,133 @@ pub struct Case {
     pub file: String,
 }
 
+/// Device types a case header may name.
+pub const DEVICE_NAMES: [&str; 4] = ["any", "entropy", "block", "net"];
+/// Transport versions a case header may name.
+pub const TRANSPORT_VERSIONS: [u32; 2] = [1, 2];
+/// Largest register offset plus width a step may address: one 4 KiB page, the size of every
+/// virtio-mmio window in use (registers up to 0x100, configuration space after it).
+pub const MAX_REGISTER_END: u64 = 0x1000;
+
+/// serde_json's message without its " at line L column C" suffix: the case file's own line
+/// is given instead, and serde's position refers to the one-line JSON text, not the file.
+fn serde_message(e: &serde_json::Error) -> String {
+    let m = e.to_string();
+    match m.rfind(" at line ") {
+        Some(i) if e.line() > 0 => m[..i].to_string(),
+        _ => m,
+    }
+}
+
+/// Where a value rendered as `needle` sits in `v` (`chain[1].len`), for error messages.
+fn locate(v: &serde_json::Value, needle: &str, path: &str) -> Option<String> {
+    match v {
+        serde_json::Value::Object(m) => m.iter().find_map(|(k, x)| {
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            locate(x, needle, &p)
+        }),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| locate(x, needle, &format!("{path}[{i}]"))),
+        serde_json::Value::String(s) if s == needle => Some(path.to_string()),
+        serde_json::Value::Number(n) if n.to_string() == needle => Some(path.to_string()),
+        _ => None,
+    }
+}
+
+/// Parses one line of JSON into `T`; the error names the column of a syntax error, or the
+/// field and value serde rejected.
+fn parse_line<T: serde::de::DeserializeOwned>(t: &str) -> Result<T, String> {
+    let v: serde_json::Value = serde_json::from_str(t)
+        .map_err(|e| format!("column {}: {}", e.column(), serde_message(&e)))?;
+    serde_json::from_value(v.clone()).map_err(|e| {
+        let m = serde_message(&e);
+        // Name the field whose value serde rejected (values are quoted with backticks).
+        let field = m
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .find_map(|needle| locate(&v, needle, ""));
+        match field {
+            Some(f) if !f.is_empty() && !m.contains(&format!("`{f}`")) => {
+                format!("field `{f}`: {m}")
+            }
+            _ => m,
+        }
+    })
+}
+
 impl Case {
-    /// Parses a case file's text. Errors name `origin` and the line.
+    /// Parses a case file's text. Errors name `origin` and the line (`file:line: message`),
+    /// and the field and value at fault.
     pub fn parse(text: &str, origin: &str, catalog: &Catalog) -> anyhow::Result<Case> {
-        let mut header: Option<Header> = None;
+        let mut header: Option<(usize, Header)> = None;
         let mut steps = Vec::new();
+        let mut flow = Flow::default();
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
             let t = raw.trim();
             if t.is_empty() || t.starts_with("//") {
                 continue;
             }
-            let err = |e: serde_json::Error| anyhow::anyhow!("{origin}:{line}: {e}");
+            let at = |e: String| anyhow::anyhow!("{origin}:{line}: {e}");
             if header.is_none() {
-                header = Some(serde_json::from_str(t).map_err(err)?);
+                header = Some((line, parse_line(t).map_err(at)?));
                 continue;
             }
-            let op: Op = serde_json::from_str(t).map_err(err)?;
-            validate(&op, catalog).map_err(|e| anyhow::anyhow!("{origin}:{line}: {e}"))?;
+            let op: Op = parse_line(t).map_err(at)?;
+            validate(&op, catalog).map_err(|e| at(e.to_string()))?;
+            flow.step(&op, line).map_err(at)?;
             steps.push(Step { line, op });
         }
-        let h = header.ok_or_else(|| anyhow::anyhow!("{origin}: empty case file"))?;
+        let (hl, h) = header.ok_or_else(|| anyhow::anyhow!("{origin}: empty case file"))?;
+        let at = |e: String| anyhow::anyhow!("{origin}:{hl}: {e}");
+        if h.requirements.is_empty() {
+            return Err(at("`requirements` is empty: name at least one id".into()));
+        }
         for id in &h.requirements {
             if !catalog.requirements.contains_key(id) {
-                anyhow::bail!("{origin}:1: unknown requirement id `{id}`");
+                return Err(at(format!("unknown requirement id `{id}`")));
             }
         }
         let mut features = Vec::new();
         for f in &h.features {
             features.push(
                 f.bit()
-                    .ok_or_else(|| anyhow::anyhow!("{origin}:1: unknown feature {f:?}"))?,
+                    .ok_or_else(|| at(format!("unknown feature {f} in `features`")))?,
             );
         }
         for n in &h.needs {
             if n != "config_change" && n != "memory_log" {
-                anyhow::bail!("{origin}:1: unknown capability `{n}` in needs");
+                return Err(at(format!(
+                    "unknown capability `{n}` in `needs`: expected config_change or memory_log"
+                )));
+            }
+        }
+        if let Some(vs) = &h.versions {
+            if vs.is_empty() {
+                return Err(at("`versions` is empty: the case would never run".into()));
+            }
+            if let Some(v) = vs.iter().find(|v| !TRANSPORT_VERSIONS.contains(v)) {
+                return Err(at(format!(
+                    "`versions` names transport version {v}: expected 1 or 2"
+                )));
+            }
+        }
+        if let Some(ds) = &h.devices {
+            if ds.is_empty() {
+                return Err(at("`devices` is empty: the case would never run".into()));
+            }
+            if let Some(d) = ds.iter().find(|d| !DEVICE_NAMES.contains(&d.as_str())) {
+                return Err(at(format!(
+                    "`devices` names `{d}`: expected {}",
+                    DEVICE_NAMES.join(", ")
+                )));
             }
         }
         Ok(Case {
@@ -541,48 +726,196 @@ impl Case {
     }
 }
 
+/// What earlier steps of a case set up, to reject steps that depend on something no earlier
+/// step provides (a case error, never the device's fault).
+#[derive(Default)]
+struct Flow {
+    /// Queue index → (size, line that set it up).
+    queues: std::collections::BTreeMap<u16, (u16, usize)>,
+    /// Variables saved by `read ... save`.
+    vars: std::collections::BTreeSet<String>,
+}
+
+impl Flow {
+    fn step(&mut self, op: &Op, line: usize) -> Result<(), String> {
+        let mut set_up = |index: u16, size: u16| {
+            self.queues.insert(index, (size, line));
+        };
+        match op {
+            Op::Init { upto, queues, .. } if *upto >= Upto::Queues => match queues {
+                Some(qs) => qs.iter().for_each(|q| set_up(q.index, q.size)),
+                None => set_up(0, 8),
+            },
+            Op::Queue { index, size, .. } => set_up(*index, *size),
+            Op::Read {
+                save,
+                expect_var,
+                expect_ne_var,
+                ..
+            } => {
+                for v in [expect_var, expect_ne_var].into_iter().flatten() {
+                    if !self.vars.contains(v) {
+                        return Err(format!(
+                            "`${v}` is compared before any earlier `read` saves it (`save`)"
+                        ));
+                    }
+                }
+                if let Some(v) = save {
+                    self.vars.insert(v.clone());
+                }
+            }
+            _ => {}
+        }
+        let (queue, needs_entries) = match op {
+            Op::Post { queue, .. } | Op::Blk { queue, .. } | Op::Cycle { queue, .. } => {
+                (*queue, true)
+            }
+            Op::ExpectUsed { queue, .. }
+            | Op::ExpectData { queue, .. }
+            | Op::SetAvailIdx { queue, .. }
+            | Op::SetAvailFlags { queue, .. }
+            | Op::SetUsedEvent { queue, .. }
+            | Op::ExpectGraceful { queue, .. } => (*queue, false),
+            _ => return Ok(()),
+        };
+        match self.queues.get(&queue) {
+            None => Err(format!(
+                "queue {queue} is used before any earlier step sets it up (`init` with `queues`, or `queue`)"
+            )),
+            Some(&(0, at)) if needs_entries => Err(format!(
+                "queue {queue} has size 0 (set up at line {at}): no descriptor can be posted on it"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Checks that a number fits a field `bits` wide.
+fn fits(field: &str, n: Option<Num>, bits: u32) -> anyhow::Result<()> {
+    match n {
+        Some(Num(v)) if bits < 64 && v >> bits != 0 => anyhow::bail!(
+            "field `{field}`: {v:#x} does not fit in {bits} bits (largest {:#x})",
+            (1u64 << bits) - 1
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn validate(op: &Op, catalog: &Catalog) -> anyhow::Result<()> {
     let check_reqs = |g: &Grade| -> anyhow::Result<()> {
         for id in g.req.as_ref().map(|r| r.ids()).unwrap_or_default() {
             if !catalog.requirements.contains_key(&id) {
-                anyhow::bail!("unknown requirement id `{id}`");
+                anyhow::bail!("field `req`: unknown requirement id `{id}`");
             }
         }
         Ok(())
     };
-    let check_reg = |r: &Reg| -> anyhow::Result<()> {
-        if let Some(name) = &r.reg {
-            if regs::register_offset(name).is_none() {
-                anyhow::bail!("unknown register name `{name}`");
+    let check_reg = |r: &Reg| -> anyhow::Result<u32> {
+        let base = match &r.reg {
+            Some(name) => regs::register_offset(name)
+                .ok_or_else(|| anyhow::anyhow!("field `reg`: unknown register name `{name}`"))?,
+            None if r.offset.is_none() => {
+                anyhow::bail!("a register step needs `reg` or `offset`")
             }
-        } else if r.offset.is_none() {
-            anyhow::bail!("a register step needs `reg` or `offset`");
+            None => 0,
+        };
+        let width = r.width.unwrap_or(4);
+        if ![1, 2, 4, 8].contains(&width) {
+            anyhow::bail!("field `width`: {width} is not 1, 2, 4 or 8");
         }
-        if let Some(w) = r.width {
-            if ![1, 2, 4, 8].contains(&w) {
-                anyhow::bail!("width {w} is not 1, 2, 4 or 8");
-            }
+        let end = r
+            .offset
+            .map_or(Some(base), |o| base.checked_add(o.0))
+            .and_then(|o| o.checked_add(width as u64));
+        match end {
+            Some(e) if e <= MAX_REGISTER_END => {}
+            _ => anyhow::bail!(
+                "field `offset`: {:#x} (+ register {:#x}, width {width}) is beyond the {MAX_REGISTER_END:#x}-byte register window",
+                r.offset.map_or(0, |o| o.0),
+                base
+            ),
         }
-        Ok(())
+        Ok(8 * width as u32)
     };
+    let u16_ = |f: &str, n: Option<Num>| fits(f, n, 16);
+    let u32_ = |f: &str, n: Option<Num>| fits(f, n, 32);
     match op {
-        Op::Read { at, grade, .. } => {
-            check_reg(at)?;
+        Op::Read {
+            at,
+            grade,
+            expect,
+            mask,
+            bits_set,
+            bits_clear,
+            expect_ne,
+            expect_in,
+            ..
+        } => {
+            let bits = check_reg(at)?;
+            for (f, n) in [
+                ("expect", expect),
+                ("mask", mask),
+                ("bits_set", bits_set),
+                ("bits_clear", bits_clear),
+                ("expect_ne", expect_ne),
+            ] {
+                fits(f, *n, bits)?;
+            }
+            for n in expect_in.iter().flatten() {
+                fits("expect_in", Some(*n), bits)?;
+            }
             check_reqs(grade)
         }
-        Op::Write { at, .. } => check_reg(at),
+        Op::Write { at, value } => {
+            let bits = check_reg(at)?;
+            fits("value", Some(*value), bits)
+        }
         Op::Init {
             features, grade, ..
         } => {
             for f in features.iter().flatten() {
                 if f.bit().is_none() {
-                    anyhow::bail!("unknown feature {f:?}");
+                    anyhow::bail!("field `features`: unknown feature {f}");
                 }
             }
             check_reqs(grade)
         }
+        Op::Post {
+            chain,
+            indirect_flags,
+            indirect_len,
+            head,
+            ..
+        } => {
+            u16_("indirect_flags", *indirect_flags)?;
+            u32_("indirect_len", *indirect_len)?;
+            u16_("head", *head)?;
+            for (i, b) in chain.iter().enumerate() {
+                u32_(&format!("chain[{i}].len"), Some(b.len))?;
+                u16_(&format!("chain[{i}].flags"), b.flags)?;
+                u16_(&format!("chain[{i}].next"), b.next)?;
+            }
+            Ok(())
+        }
+        Op::Blk { data_len, .. } => u32_("data_len", *data_len),
+        Op::Kick { value, .. } => u32_("value", *value),
+        Op::Ack { value } => u32_("value", *value),
+        Op::SetAvailIdx { value, .. }
+        | Op::SetAvailFlags { value, .. }
+        | Op::SetUsedEvent { value, .. } => u16_("value", Some(*value)),
+        Op::ExpectUsed {
+            len,
+            len_max,
+            len_min,
+            grade,
+            ..
+        } => {
+            u32_("len", *len)?;
+            u32_("len_max", *len_max)?;
+            u32_("len_min", *len_min)?;
+            check_reqs(grade)
+        }
         Op::Reset { grade }
-        | Op::ExpectUsed { grade, .. }
         | Op::ExpectData { grade, .. }
         | Op::ExpectInterrupt { grade, .. }
         | Op::Cycle { grade, .. }
@@ -607,8 +940,12 @@ pub fn load_dir(dir: &Path, catalog: &Catalog) -> anyhow::Result<Vec<Case>> {
         let case = Case::parse(&text, &p.display().to_string(), catalog)?;
         let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
         if stem != case.id {
+            let header_line = text
+                .lines()
+                .position(|l| !l.trim().is_empty() && !l.trim().starts_with("//"))
+                .map_or(1, |i| i + 1);
             anyhow::bail!(
-                "{}:1: case id `{}` differs from the file name",
+                "{}:{header_line}: case id `{}` differs from the file name",
                 p.display(),
                 case.id
             );

@@ -66,6 +66,33 @@ struct CatalogFile {
     requirements: Vec<Requirement>,
 }
 
+/// The `level` values a catalog entry may carry.
+pub const LEVELS: [&str; 6] = ["MUST", "MUST NOT", "SHOULD", "SHOULD NOT", "MAY", "desc"];
+
+/// Whether `s` is a spec section number: dot-separated decimal numbers (`2`, `2.7.5`).
+fn is_section(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// 1-based line of the last `"id": "<id>"` in `text` (1 when not found).
+fn line_of_id(text: &str, id: &str) -> usize {
+    let needle = serde_json::to_string(id).unwrap_or_default();
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            l.find("\"id\"").is_some_and(|i| {
+                l[i + 4..]
+                    .trim_start_matches([' ', ':'])
+                    .starts_with(&needle)
+            })
+        })
+        .map(|(i, _)| i + 1)
+        .last()
+        .unwrap_or(1)
+}
+
 /// Schema tag of the catalog file this version reads.
 pub const CATALOG_SCHEMA: &str = "virtio-conform/requirements/1";
 
@@ -82,8 +109,26 @@ impl Catalog {
         }
         let mut requirements = BTreeMap::new();
         for r in file.requirements {
+            let line = line_of_id(text, &r.id);
+            let at = |m: String| anyhow::anyhow!("{origin}:{line}: requirement `{}`: {m}", r.id);
+            if r.id.trim().is_empty() {
+                return Err(at("field `id` is empty".into()));
+            }
+            if !LEVELS.contains(&r.level.as_str()) {
+                return Err(at(format!(
+                    "field `level`: `{}` is not one of {}",
+                    r.level,
+                    LEVELS.join(", ")
+                )));
+            }
+            if !is_section(&r.section) {
+                return Err(at(format!(
+                    "field `section`: `{}` is not a section number like `2.7.5`",
+                    r.section
+                )));
+            }
             if let Some(old) = requirements.insert(r.id.clone(), r) {
-                anyhow::bail!("{origin}: requirement id `{}` appears twice", old.id);
+                anyhow::bail!("{origin}:{line}: requirement id `{}` appears twice", old.id);
             }
         }
         Ok(Catalog {

@@ -8,6 +8,32 @@ use virtio_conform::suite::{default_specs_dir, run_suite, Options, Suite};
 use virtio_conform::target::{parse_version, DeviceKind, ReferenceTarget, Target, TargetKind};
 use virtio_reference_device::Mutant;
 
+/// Writes to standard output; a closed pipe (`virtio-conform list | head`) ends the output
+/// quietly instead of panicking, and the command keeps its exit code.
+fn write_stdout(text: &str) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static CLOSED: AtomicBool = AtomicBool::new(false);
+    if CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut o = std::io::stdout().lock();
+    if o.write_all(text.as_bytes())
+        .and_then(|_| o.flush())
+        .is_err()
+    {
+        CLOSED.store(true, Ordering::Relaxed);
+    }
+}
+
+macro_rules! out {
+    ($($a:tt)*) => { write_stdout(&format!($($a)*)) };
+}
+macro_rules! outln {
+    () => { write_stdout("\n") };
+    ($($a:tt)*) => { write_stdout(&format!("{}\n", format!($($a)*))) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "virtio-conform",
@@ -318,6 +344,16 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 Some(p) => Some(Expectations::load(p).map_err(|e| format!("{e:#}"))?),
                 None => None,
             };
+            virtio_conform::suite::select(
+                &suite,
+                &t.device,
+                t.version,
+                &Options {
+                    only: only.clone(),
+                    skip: skip.clone(),
+                    ..Options::default()
+                },
+            )?;
             let mut target = make_target(&t)?;
             let mut prefix = format!(
                 "virtio-conform run --target {} --device {} --version {}",
@@ -353,9 +389,9 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             match output {
                 Some(p) => {
                     std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))?;
-                    print!("{}", report::text_summary(&report, &suite.catalog, verbose));
+                    out!("{}", report::text_summary(&report, &suite.catalog, verbose));
                 }
-                None => print!("{body}"),
+                None => out!("{body}"),
             }
             Ok(report.exit_code(strict))
         }
@@ -365,18 +401,18 @@ fn real_main(cli: Cli) -> Result<i32, String> {
         } => {
             if mutants {
                 for m in Mutant::ALL {
-                    println!("mutant:{:<34} {}", m.name(), m.catalog_id());
+                    outln!("mutant:{:<34} {}", m.name(), m.catalog_id());
                 }
                 return Ok(0);
             }
             let suite = load()?;
             if requirements {
                 for r in suite.catalog.requirements.values() {
-                    println!("{:<28} §{:<10} {:<10} {}", r.id, r.section, r.level, r.text);
+                    outln!("{:<28} §{:<10} {:<10} {}", r.id, r.section, r.level, r.text);
                 }
             } else {
                 for c in &suite.cases {
-                    println!(
+                    outln!(
                         "{:<44} v{:?} {:<16} {}",
                         c.id,
                         c.versions,
@@ -391,14 +427,15 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             let suite = load()?;
             let c = report::coverage(&suite.catalog, &suite.cases);
             for (sec, (cov, total)) in &c.by_section {
-                println!("§{sec:<8} {cov:>3}/{total:<3}");
+                outln!("§{sec:<8} {cov:>3}/{total:<3}");
             }
-            println!(
+            outln!(
                 "{}/{} device-side statements have at least one case",
-                c.covered, c.device_statements
+                c.covered,
+                c.device_statements
             );
             if uncovered {
-                println!("uncovered: {}", c.uncovered.join(", "));
+                outln!("uncovered: {}", c.uncovered.join(", "));
             }
             Ok(0)
         }
@@ -412,6 +449,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
         } => {
             let suite = load()?;
             let device: DeviceKind = t.device.parse()?;
+            virtio_conform::suite::compile_globs("--only", &only)?;
             let mut target = make_target(&t)?;
             let opts = virtio_conform::diff::DiffOptions {
                 only,
@@ -433,24 +471,28 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                     .iter()
                     .map(|c| format!("{} §{}", c.id, c.section))
                     .collect();
-                println!(
+                outln!(
                     "{:?} in {} at step {}: {}",
-                    d.class, d.source, d.step, d.what
+                    d.class,
+                    d.source,
+                    d.step,
+                    d.what
                 );
-                println!(
+                outln!(
                     "    reference: {}\n    target:    {}",
-                    d.reference, d.target
+                    d.reference,
+                    d.target
                 );
                 if !ids.is_empty() {
-                    println!("    requirements: {}", ids.join(", "));
+                    outln!("    requirements: {}", ids.join(", "));
                 }
-                println!("    why: {}", d.explanation);
-                println!("    minimal stream ({} steps):", d.minimal.len());
+                outln!("    why: {}", d.explanation);
+                outln!("    minimal stream ({} steps):", d.minimal.len());
                 for l in &d.minimal {
-                    println!("      {l}");
+                    outln!("      {l}");
                 }
             }
-            println!(
+            outln!(
                 "{} streams compared: {} spec violations, {} implementation-defined, {} reference bugs",
                 report.streams, report.spec_violations, report.implementation_defined, report.reference_bugs
             );
@@ -513,7 +555,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             std::fs::write(output.join("matrix.json"), json).map_err(|e| e.to_string())?;
             std::fs::write(output.join("matrix.html"), virtio_conform::matrix::html(&m))
                 .map_err(|e| e.to_string())?;
-            println!(
+            outln!(
                 "wrote {} and {} ({} cases × {} targets)",
                 output.join("matrix.json").display(),
                 output.join("matrix.html").display(),
@@ -560,7 +602,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             };
             match output {
                 Some(p) => std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))?,
-                None => print!("{body}"),
+                None => out!("{body}"),
             }
             Ok(report.exit_code(false))
         }
@@ -573,7 +615,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 ("added", &c.added),
                 ("removed", &c.removed),
             ] {
-                println!(
+                outln!(
                     "{name}: {}",
                     if list.is_empty() {
                         "-".to_string()

@@ -1,10 +1,13 @@
 //! The sequence interpreter: runs one [`Case`] against one [`Target`] with the driver model,
 //! grading every check against the spec catalog.
 
+pub mod canary;
+
 use crate::case::{Buf, Case, Grade, Op, Order, QueueSpec, Reg, Upto};
 use crate::catalog::{Catalog, Level};
 use crate::outcome::{Outcome, Severity};
-use crate::target::{Target, TargetError, TargetMemory, SENTINEL};
+use crate::target::{Target, TargetError, SENTINEL};
+use canary::{Canary, GuardedMemory};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -65,6 +68,8 @@ pub struct CaseRun {
 enum Stop {
     Target(TargetError),
     Unsupported(String),
+    /// The case itself is wrong (a mistake in the case file, not the device's fault).
+    Case(String),
     Abort,
 }
 
@@ -89,6 +94,11 @@ const PAGE: u32 = 4096;
 const USED_WAIT: Duration = Duration::from_millis(1000);
 /// How long to wait before deciding that nothing was used.
 const NONE_WAIT: Duration = Duration::from_millis(30);
+/// Default wall-clock budget of one case. The interpreter checks it between steps and inside
+/// its own loops (`cycle`, polling for used buffers); a case that exceeds it ends as
+/// `timeout` (severity high). A target call that blocks is bounded by the target's own
+/// per-reply timeout (out-of-process targets) or by `run_suite`'s worker.
+pub const CASE_BUDGET: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Default)]
 struct Posted {
@@ -135,6 +145,17 @@ struct Exec<'a> {
     obs: Vec<Observation>,
     /// Device type, to leave nondeterministic entropy bytes out of the observations.
     deterministic_data: bool,
+    /// When the case's wall-clock budget runs out.
+    deadline: Instant,
+    /// The budget, for messages.
+    budget: Duration,
+    /// The canary oracle (guest RAM patterns), when the target's RAM can be filled.
+    canary: Option<Canary>,
+    /// Device writes the target's memory log reported (start, end), for the canary's
+    /// cross-check.
+    logged_writes: Vec<(u64, u64)>,
+    /// Whether the target reports its memory accesses.
+    memory_log: bool,
 }
 
 fn op_name(op: &Op) -> &'static str {
@@ -163,13 +184,58 @@ fn op_name(op: &Op) -> &'static str {
     }
 }
 
+/// Whether `op` checks something the device did (the canary oracle runs before it).
+fn checks(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Read { .. }
+            | Op::ExpectUsed { .. }
+            | Op::ExpectData { .. }
+            | Op::ExpectInterrupt { .. }
+            | Op::ExpectGraceful { .. }
+            | Op::MemExpect { .. }
+            | Op::Observe { .. }
+    )
+}
+
+/// Whether `op` can let the device run (a register write, a notification).
+fn lets_device_run(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::Read { .. }
+            | Op::ExpectUsed { .. }
+            | Op::ExpectData { .. }
+            | Op::ExpectInterrupt { .. }
+            | Op::MemExpect { .. }
+            | Op::ExpectGraceful { .. }
+            | Op::Observe { .. }
+            | Op::MemWrite { .. }
+            | Op::SetAvailIdx { .. }
+            | Op::SetAvailFlags { .. }
+            | Op::SetUsedEvent { .. }
+    )
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Runs `case` on `target` (which must be fresh). Never panics on target behaviour: every
-/// misbehaviour becomes a failure or an outcome.
+/// Runs `case` on `target` (which must be fresh) within [`CASE_BUDGET`]. Never panics on
+/// target behaviour: every misbehaviour becomes a failure or an outcome.
 pub fn run_case(target: &mut dyn Target, case: &Case, catalog: &Catalog) -> CaseRun {
+    run_case_within(target, case, catalog, CASE_BUDGET)
+}
+
+/// Runs `case` on `target` (which must be fresh) with a wall-clock `budget`: past it the case
+/// stops at the next step or loop iteration as `timeout` (severity high). A mistake in the
+/// case itself (a step on a queue no step set up, rings beyond guest RAM) is an `error`
+/// naming the file and line, never the device's `fail`.
+pub fn run_case_within(
+    target: &mut dyn Target,
+    case: &Case,
+    catalog: &Catalog,
+    budget: Duration,
+) -> CaseRun {
     let start = Instant::now();
     let info = target.info();
     let caps = target.capabilities();
@@ -190,6 +256,11 @@ pub fn run_case(target: &mut dyn Target, case: &Case, catalog: &Catalog) -> Case
         op: "setup",
         obs: Vec::new(),
         deterministic_data: info.device != "entropy",
+        deadline: start + budget,
+        budget,
+        canary: None,
+        logged_writes: Vec::new(),
+        memory_log: caps.memory_log,
     };
     let mut reason = None;
     let result = (|| -> R {
@@ -214,13 +285,28 @@ pub fn run_case(target: &mut dyn Target, case: &Case, catalog: &Catalog) -> Case
             }
         }
         let _ = ex.t.take_accesses();
+        ex.start_canary(case)?;
         for (i, step) in case.steps.iter().enumerate() {
+            ex.check_deadline()?;
             ex.step = Some(i);
             ex.line = Some(step.line);
             ex.op = op_name(&step.op);
+            if checks(&step.op) {
+                ex.canary_oracle(false)?;
+            }
             ex.exec(&step.op)?;
+            if lets_device_run(&step.op) {
+                if let Some(c) = ex.canary.as_mut() {
+                    c.mark_dirty();
+                }
+            }
             ex.memory_oracle();
         }
+        // Pipelined operations still queued reach the target (and their failures show)
+        // before the case ends.
+        ex.t.flush()?;
+        ex.memory_oracle();
+        ex.canary_oracle(true)?;
         Ok(())
     })();
     let mut diagnostics = None;
@@ -232,6 +318,15 @@ pub fn run_case(target: &mut dyn Target, case: &Case, catalog: &Catalog) -> Case
                 outcome = Outcome::Unsupported;
             }
             reason = Some(why);
+        }
+        Err(Stop::Case(why)) => {
+            outcome = Outcome::Error;
+            severity = Severity::None;
+            reason = Some(format!(
+                "case error at {}:{}: {why}",
+                case.file,
+                ex.line.map_or("-".into(), |l| l.to_string())
+            ));
         }
         Err(Stop::Target(e)) => {
             diagnostics = ex.t.diagnostics();
@@ -291,6 +386,17 @@ fn grade(failures: &[Failure]) -> (Outcome, Severity) {
 }
 
 impl Exec<'_> {
+    /// Stops the case as a hang once its wall-clock budget is spent.
+    fn check_deadline(&self) -> R {
+        if Instant::now() >= self.deadline {
+            return Err(Stop::Target(TargetError::Hung(format!(
+                "the case did not finish within its wall-clock budget of {:.1} s",
+                self.budget.as_secs_f64()
+            ))));
+        }
+        Ok(())
+    }
+
     fn reqs(&self, g: Option<&Grade>, default: &[&str]) -> (Vec<String>, Level) {
         let ids = match g.and_then(|g| g.req.as_ref()) {
             Some(r) => r.ids(),
@@ -366,21 +472,26 @@ impl Exec<'_> {
         base + at.offset.map_or(0, |n| n.0)
     }
 
-    fn mem(&mut self) -> TargetMemory<'_> {
-        TargetMemory(&mut *self.t)
+    fn mem(&mut self) -> GuardedMemory<'_> {
+        GuardedMemory {
+            t: &mut *self.t,
+            canary: self.canary.as_mut(),
+        }
+    }
+
+    /// A driver write to guest memory, mirrored into the canary's expected image.
+    fn mem_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), TargetError> {
+        if let Some(c) = self.canary.as_mut() {
+            c.driver_wrote(gpa, data);
+        }
+        self.t.mem_write(gpa, data)
     }
 
     fn q(&mut self, index: u16) -> R<&mut QState> {
         if !self.queues.contains_key(&index) {
-            self.check(
-                None,
-                &[],
-                false,
-                Severity::None,
-                || format!("queue {index} set up by an earlier step"),
-                || "case error: queue not set up".into(),
-            );
-            return Err(Stop::Abort);
+            return Err(Stop::Case(format!(
+                "queue {index} is used before any earlier step sets it up"
+            )));
         }
         Ok(self.queues.get_mut(&index).expect("checked above"))
     }
@@ -397,6 +508,11 @@ impl Exec<'_> {
     }
 
     fn allow(&mut self, addr: u64, len: u64, area: Area) {
+        if matches!(area, Area::Writable | Area::Ring) {
+            if let Some(c) = self.canary.as_mut() {
+                c.device_may_write(addr, len);
+            }
+        }
         if let Some(end) = addr.checked_add(len) {
             if end <= self.ram && len > 0 {
                 self.areas.push((addr, end, area));
@@ -412,6 +528,9 @@ impl Exec<'_> {
         let mut seen = 0;
         for a in log {
             let end = a.gpa.saturating_add(a.len);
+            if a.kind == AccessKind::Write {
+                self.logged_writes.push((a.gpa, end));
+            }
             let inside = |k: Area| {
                 self.areas
                     .iter()
@@ -817,7 +936,7 @@ impl Exec<'_> {
                 returned,
                 grade,
             } => self.expect_graceful(*queue, *returned, grade)?,
-            Op::MemWrite { addr, data } => self.t.mem_write(addr.0, &data.0)?,
+            Op::MemWrite { addr, data } => self.mem_write(addr.0, &data.0)?,
             Op::Observe { queue } => {
                 if self.queues.contains_key(queue) {
                     // Give an asynchronous target the time to complete what is outstanding.
@@ -999,6 +1118,12 @@ impl Exec<'_> {
             size
         };
         let base = RING_BASE + RING_STRIDE * index as u64;
+        if base + RING_STRIDE > BUF_BASE || base + RING_STRIDE > self.ram {
+            return Err(Stop::Case(format!(
+                "queue index {index}: the harness lays out the rings of queues 0..={} only",
+                (BUF_BASE.min(self.ram).saturating_sub(RING_BASE) / RING_STRIDE).saturating_sub(1)
+            )));
+        }
         let dq = if self.legacy {
             DriverQueue::legacy(
                 (base / PAGE as u64) as u32,
@@ -1051,6 +1176,11 @@ impl Exec<'_> {
         head: Option<u16>,
     ) -> R {
         let size = self.q(queue)?.dq.size;
+        if size == 0 {
+            return Err(Stop::Case(format!(
+                "queue {queue} has size 0: no descriptor can be posted on it"
+            )));
+        }
         let mut descs = Vec::new();
         let mut posted = Posted::default();
         for b in chain {
@@ -1073,7 +1203,7 @@ impl Exec<'_> {
                     _ => None,
                 };
                 if let Some(c) = content {
-                    self.t.mem_write(addr, &c)?;
+                    self.mem_write(addr, &c)?;
                 }
             }
             if b.write {
@@ -1154,6 +1284,7 @@ impl Exec<'_> {
             if n >= want || start.elapsed() >= wait || self.t.synchronous() {
                 return Ok(n);
             }
+            self.check_deadline()?;
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -1265,6 +1396,11 @@ impl Exec<'_> {
 
     fn cycle(&mut self, queue: u16, count: u32, batch: u16, len: u32, g: &Grade) -> R {
         let size = self.q(queue)?.dq.size;
+        if size == 0 {
+            return Err(Stop::Case(format!(
+                "queue {queue} has size 0: `cycle` cannot post on it"
+            )));
+        }
         let batch = batch.clamp(1, size);
         let mut addrs = Vec::new();
         for i in 0..batch {
@@ -1282,6 +1418,7 @@ impl Exec<'_> {
         }
         let mut done = 0u32;
         while done < count {
+            self.check_deadline()?;
             let k = batch.min((count - done).min(u16::MAX as u32) as u16);
             let mut dq = self.q(queue)?.dq.clone();
             // One write for the ring slots (two when they wrap), then the index.
@@ -1290,17 +1427,15 @@ impl Exec<'_> {
             let first_slot = start % size;
             let run = k.min(size - first_slot);
             let bytes = |s: &[u16]| s.iter().flat_map(|h| h.to_le_bytes()).collect::<Vec<u8>>();
-            self.t.mem_write(
+            self.mem_write(
                 dq.avail + 4 + 2 * first_slot as u64,
                 &bytes(&slots[..run as usize]),
             )?;
             if run < k {
-                self.t
-                    .mem_write(dq.avail + 4, &bytes(&slots[run as usize..]))?;
+                self.mem_write(dq.avail + 4, &bytes(&slots[run as usize..]))?;
             }
             dq.avail_idx = start.wrapping_add(k);
-            self.t
-                .mem_write(dq.avail + 2, &dq.avail_idx.to_le_bytes())?;
+            self.mem_write(dq.avail + 2, &dq.avail_idx.to_le_bytes())?;
             self.q(queue)?.dq = dq.clone();
             self.w32(QUEUE_NOTIFY, queue as u32)?;
             let n = self.wait_used(queue, k, USED_WAIT)?;

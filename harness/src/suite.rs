@@ -69,17 +69,54 @@ pub struct Options {
     pub progress: Option<Box<dyn Fn(usize, usize)>>,
 }
 
-fn globs(pats: &[String]) -> Vec<globset::GlobMatcher> {
+/// Compiles the globs of command-line flag `flag` (`--only`, `--skip`); an invalid glob is
+/// an error naming the flag and the pattern.
+pub fn compile_globs(flag: &str, pats: &[String]) -> Result<Vec<globset::GlobMatcher>, String> {
     pats.iter()
-        .filter_map(|p| globset::Glob::new(p).ok().map(|g| g.compile_matcher()))
+        .map(|p| {
+            globset::Glob::new(p)
+                .map(|g| g.compile_matcher())
+                .map_err(|e| format!("{flag} `{p}`: invalid glob: {e}"))
+        })
         .collect()
+}
+
+/// The cases of `suite` that apply to `device` over transport `version` and that `opts`
+/// selects (`only`, `skip`), in suite order.
+///
+/// Errors: an invalid glob (naming the flag), or a selection that matches no case.
+pub fn select<'a>(
+    suite: &'a Suite,
+    device: &str,
+    version: u32,
+    opts: &Options,
+) -> Result<Vec<&'a Case>, String> {
+    let only = compile_globs("--only", &opts.only)?;
+    let skip = compile_globs("--skip", &opts.skip)?;
+    let selected: Vec<&Case> = suite
+        .cases
+        .iter()
+        .filter(|c| c.applies_to(device, version))
+        .filter(|c| only.is_empty() || only.iter().any(|g| g.is_match(&c.id)))
+        .filter(|c| !skip.iter().any(|g| g.is_match(&c.id)))
+        .collect();
+    if selected.is_empty() {
+        let mut what = format!("device {device}, version {version}");
+        for (flag, pats) in [("--only", &opts.only), ("--skip", &opts.skip)] {
+            for p in pats {
+                what.push_str(&format!(", {flag} '{p}'"));
+            }
+        }
+        return Err(format!("no case matches the selection ({what})"));
+    }
+    Ok(selected)
 }
 
 impl Report {
     /// 0 nothing unexpected, 1 unexpected results (fail, timeout, xpass; `strict` adds
-    /// non_strict), 2 a harness or target error.
+    /// non_strict), 2 a harness or target error, or a run in which no case ran.
     pub fn exit_code(&self, strict: bool) -> i32 {
-        if self.results.iter().any(|r| r.outcome == Outcome::Error) {
+        if self.results.is_empty() || self.results.iter().any(|r| r.outcome == Outcome::Error) {
             2
         } else if self.results.iter().any(|r| r.outcome.is_unexpected(strict)) {
             1
@@ -93,15 +130,9 @@ impl Report {
 pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Report {
     let start = Instant::now();
     let info = target.info();
-    let only = globs(&opts.only);
-    let skip = globs(&opts.skip);
-    let selected: Vec<&Case> = suite
-        .cases
-        .iter()
-        .filter(|c| c.applies_to(&info.device, info.version))
-        .filter(|c| only.is_empty() || only.iter().any(|g| g.is_match(&c.id)))
-        .filter(|c| !skip.iter().any(|g| g.is_match(&c.id)))
-        .collect();
+    // An invalid glob or an empty selection runs nothing, and a report without results
+    // exits 2; the CLI checks `select` first to name the reason.
+    let selected = select(suite, &info.device, info.version, opts).unwrap_or_default();
     let prefix = opts.replay_prefix.clone().unwrap_or_else(|| {
         format!(
             "virtio-conform run --target {} --device {} --version {}",

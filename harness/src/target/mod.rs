@@ -2,6 +2,7 @@
 //! guest memory with the harness.
 
 pub mod qemu;
+pub mod qemu_ram;
 pub mod reference;
 pub mod virtio_queue;
 
@@ -122,6 +123,29 @@ pub trait Target {
     /// Extra diagnostics to attach to a failure (for example the tail of QEMU's stderr).
     fn diagnostics(&mut self) -> Option<String> {
         None
+    }
+    /// Carries out every operation the target accepted but has not performed yet (pipelined
+    /// writes of an out-of-process target) and reports the first that failed. The runner
+    /// calls it at the end of every case, so a trailing write is never lost. Default: nothing.
+    fn flush(&mut self) -> Result<(), TargetError> {
+        Ok(())
+    }
+
+    /// Reads a large range of guest memory (the canary oracle's sweeps). It observes every
+    /// operation issued before it. The default is [`Target::mem_read`]; a target with a faster
+    /// path (QEMU with its RAM shared through a file) overrides it.
+    fn bulk_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {
+        self.mem_read(gpa, buf)
+    }
+    /// Writes a large range of guest memory (the canary oracle's fill); the default is
+    /// [`Target::mem_write`].
+    fn bulk_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), TargetError> {
+        self.mem_write(gpa, data)
+    }
+    /// Whether [`Target::bulk_read`] of the whole guest RAM costs milliseconds, not seconds
+    /// (in-process targets, shared RAM), so the canary oracle can watch every byte.
+    fn bulk_cheap(&self) -> bool {
+        self.synchronous()
     }
 
     /// 32-bit register read.

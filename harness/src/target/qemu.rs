@@ -62,6 +62,17 @@ const SEND_BUFFER: usize = 32 * 1024;
 const MEM_CHUNK: usize = 32 * 1024;
 /// QEMU gets at least this long to start and connect, whatever the per-reply timeout.
 const MIN_STARTUP: Duration = Duration::from_secs(10);
+/// Longest line accepted from the target, in bytes: a guest-memory read reply of
+/// [`MEM_CHUNK`] bytes is `OK 0x` and twice as many hex digits.
+const MAX_LINE: usize = 2 * MEM_CHUNK + 64;
+/// Most bytes accepted while waiting for one reply (asynchronous lines included): a target
+/// that floods `IRQ` lines is cut off here.
+const MAX_REPLY_BYTES: usize = 4 << 20;
+/// Interrupt events kept between two `take_interrupts` calls; more are counted as one.
+const MAX_IRQ_EVENTS: usize = 4096;
+/// Prefix of the scratch folders; the owner's process id follows, so folders left by a run
+/// that was killed (SIGKILL) are recognised and removed by the next run.
+const SCRATCH_PREFIX: &str = "virtio-conform-qemu-";
 
 /// Size of the raw disk image behind a QEMU block device: 2048 sectors of 512 bytes.
 pub const BLOCK_IMAGE_BYTES: usize = 2048 * 512;
@@ -81,6 +92,10 @@ pub struct QemuOptions {
     pub ram_mib: u64,
     /// How long to wait for one qtest reply before [`TargetError::Hung`] (default 5 s).
     pub timeout: Duration,
+    /// Give QEMU its RAM through a file the harness maps too (default true), so the canary
+    /// oracle can sweep all of guest RAM in milliseconds ([`Target::bulk_read`]); without it
+    /// the oracle samples RAM over qtest.
+    pub shared_ram: bool,
 }
 
 impl Default for QemuOptions {
@@ -91,6 +106,7 @@ impl Default for QemuOptions {
             version: TransportVersion::Legacy,
             ram_mib: 64,
             timeout: Duration::from_secs(5),
+            shared_ram: true,
         }
     }
 }
@@ -192,16 +208,22 @@ fn lock_child(c: &SharedChild) -> MutexGuard<'_, Child> {
 pub fn kill_all_qemu() {
     let all: Vec<(SharedChild, PathBuf)> = registry().children.drain().map(|(_, v)| v).collect();
     for (child, dir) in all {
-        let mut c = lock_child(&child);
-        let _ = c.kill();
-        let _ = c.wait();
+        kill_group(&mut lock_child(&child));
         let _ = fs::remove_dir_all(dir);
     }
 }
 
+static HANDLER: Once = Once::new();
+
+/// Tells the QEMU target not to install its own Ctrl-C/SIGTERM handler: the application
+/// handles the signals and calls [`kill_all_qemu`] itself (the CLI does, to finish its
+/// report first). Call it before the first QEMU starts.
+pub fn application_handles_signals() {
+    HANDLER.call_once(|| {});
+}
+
 fn install_interrupt_handler() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
+    HANDLER.call_once(|| {
         // Fails when the application already has a handler; it then owns the clean-up.
         let _ = ctrlc::set_handler(|| {
             kill_all_qemu();
@@ -253,6 +275,37 @@ fn spawn_long_lived(cmd: Command) -> io::Result<Child> {
         .unwrap_or_else(|_| Err(io::Error::other("the QEMU spawner thread is gone")))
 }
 
+/// Removes the scratch folders under `tmp` left by earlier runs whose process is gone
+/// (killed with SIGKILL, or a crash): their name carries the owner's process id. Runs once
+/// per process; returns how many folders it removed.
+pub fn remove_stale_scratch_dirs(tmp: &Path) -> usize {
+    static DONE: Once = Once::new();
+    let mut removed = 0;
+    DONE.call_once(|| removed = remove_stale_in(tmp));
+    removed
+}
+
+/// [`remove_stale_scratch_dirs`] without the once-per-process guard.
+#[doc(hidden)]
+pub fn remove_stale_in(tmp: &Path) -> usize {
+    let Ok(rd) = fs::read_dir(tmp) else { return 0 };
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(SCRATCH_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && fs::remove_dir_all(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// `msg`, followed by the last lines of QEMU's stderr when there are any.
 fn with_stderr_tail(msg: String, stderr: &Path) -> String {
     let tail = file_tail(stderr, STDERR_TAIL_LINES);
@@ -283,6 +336,9 @@ enum LinkError {
     Closed(String),
     /// QEMU answered `FAIL ...`/`ERR ...` or something unparsable; the link stays usable.
     Reply(String),
+    /// The target sent more than a reply may hold (a line longer than [`MAX_LINE`], or
+    /// [`MAX_REPLY_BYTES`] without the reply); the link is out of step.
+    Flood(String),
 }
 
 struct Conn {
@@ -294,6 +350,8 @@ struct Conn {
     irqs: Vec<IrqEvent>,
     /// Wall time of the first complete line received (startup measurement).
     first_reply: Option<Instant>,
+    /// Longest wait for one reply, asynchronous lines included.
+    timeout: Duration,
 }
 
 impl Conn {
@@ -308,6 +366,7 @@ impl Conn {
             in_flight: VecDeque::new(),
             irqs: Vec::new(),
             first_reply: None,
+            timeout: timeout.max(Duration::from_millis(1)),
         })
     }
 
@@ -325,8 +384,8 @@ impl Conn {
         })
     }
 
-    /// Reads more bytes into `rbuf`, blocking up to the read timeout.
-    fn fill(&mut self, waiting_for: &str) -> Result<(), LinkError> {
+    /// Reads more bytes into `rbuf`, blocking up to the read timeout; returns how many.
+    fn fill(&mut self, waiting_for: &str) -> Result<usize, LinkError> {
         let mut tmp = [0u8; 16 * 1024];
         loop {
             match self.stream.read(&mut tmp) {
@@ -337,7 +396,7 @@ impl Conn {
                 }
                 Ok(n) => {
                     self.rbuf.extend_from_slice(&tmp[..n]);
-                    return Ok(());
+                    return Ok(n);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -367,7 +426,7 @@ impl Conn {
     fn absorb_irq(&mut self, line: &str) -> bool {
         match line.strip_prefix("IRQ ") {
             Some(rest) => {
-                if rest.starts_with("raise") {
+                if rest.starts_with("raise") && self.irqs.len() < MAX_IRQ_EVENTS {
                     self.irqs.push(IrqEvent::Raised);
                 }
                 true
@@ -377,14 +436,35 @@ impl Conn {
     }
 
     /// The next reply line, skipping (and recording) asynchronous IRQ lines.
+    ///
+    /// Bounded whatever the target sends: a reply must come within the timeout (asynchronous
+    /// lines do not extend it), no line may exceed [`MAX_LINE`] bytes, and no more than
+    /// [`MAX_REPLY_BYTES`] may arrive before it.
     fn next_reply(&mut self, waiting_for: &str) -> Result<String, LinkError> {
+        let start = Instant::now();
+        let mut received = 0usize;
         loop {
             while let Some(line) = self.take_line() {
                 if !self.absorb_irq(&line) {
                     return Ok(line);
                 }
             }
-            self.fill(waiting_for)?;
+            if self.rbuf.len() > MAX_LINE {
+                return Err(LinkError::Flood(format!(
+                    "a line longer than {MAX_LINE} bytes while waiting for the reply to `{waiting_for}`"
+                )));
+            }
+            if received > MAX_REPLY_BYTES {
+                return Err(LinkError::Flood(format!(
+                    "{received} bytes of other lines while waiting for the reply to `{waiting_for}`"
+                )));
+            }
+            if start.elapsed() >= self.timeout {
+                return Err(LinkError::Timeout(format!(
+                    "no reply to `{waiting_for}` in time (other lines kept arriving)"
+                )));
+            }
+            received += self.fill(waiting_for)?;
         }
     }
 
@@ -458,10 +538,19 @@ impl Conn {
             .set_nonblocking(true)
             .map_err(|e| LinkError::Closed(e.to_string()))?;
         let mut tmp = [0u8; 4096];
+        let mut received = 0usize;
         let res = loop {
+            if received > MAX_REPLY_BYTES || self.rbuf.len() > MAX_LINE + MAX_REPLY_BYTES {
+                break Err(LinkError::Flood(format!(
+                    "{received} bytes of unrequested lines"
+                )));
+            }
             match self.stream.read(&mut tmp) {
                 Ok(0) => break Err(LinkError::Closed("qtest connection closed".into())),
-                Ok(n) => self.rbuf.extend_from_slice(&tmp[..n]),
+                Ok(n) => {
+                    received += n;
+                    self.rbuf.extend_from_slice(&tmp[..n]);
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break Ok(()),
                 Err(e) => break Err(LinkError::Closed(format!("reading from QEMU: {e}"))),
@@ -542,6 +631,8 @@ struct Instance {
     base: u64,
     /// Spawn to first qtest reply.
     startup: Duration,
+    /// Guest RAM shared through a file, when [`QemuOptions::shared_ram`] is set.
+    ram: Option<super::qemu_ram::SharedRam>,
 }
 
 impl Instance {
@@ -571,8 +662,9 @@ impl Instance {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             TargetError::Unavailable(format!("QEMU target: {what}: {e}"))
         };
+        remove_stale_scratch_dirs(&std::env::temp_dir());
         let dir = tempfile::Builder::new()
-            .prefix("virtio-conform-qemu-")
+            .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
             .tempdir()
             .map_err(|e| unavailable("creating a scratch folder", &e))?;
         let bios = dir.path().join("hlt.bin");
@@ -592,12 +684,18 @@ impl Instance {
         let stderr = fs::File::create(&stderr_path)
             .map_err(|e| unavailable("creating the stderr log", &e))?;
 
-        let machine =
-            "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=off,ioapic2=off";
+        let mut machine =
+            "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=off,ioapic2=off"
+                .to_string();
+        let ram = shared_ram_args(opts, dir.path(), &mut machine)?;
         let mut args: Vec<std::ffi::OsString> = Vec::new();
         let mut push = |s: &dyn AsRef<std::ffi::OsStr>| args.push(s.as_ref().to_os_string());
-        for a in ["-M", machine, "-display", "none", "-nodefaults"] {
+        for a in ["-M", machine.as_str(), "-display", "none", "-nodefaults"] {
             push(&a);
+        }
+        if let Some((_, object)) = &ram {
+            push(&"-object");
+            push(object);
         }
         push(&"-m");
         push(&format!("{}M", opts.ram_mib));
@@ -628,6 +726,9 @@ impl Instance {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr));
+        // Its own process group: a wrapper that forks instead of exec'ing is ended together
+        // with everything it started.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
 
         install_interrupt_handler();
         let spawned = Instant::now();
@@ -688,10 +789,14 @@ impl Instance {
             conn,
             base: 0,
             startup: Duration::ZERO,
+            ram: ram.map(|r| r.0),
         };
         inst.setup(opts, spawned).map_err(|e| {
             let msg = match e {
-                LinkError::Timeout(m) | LinkError::Closed(m) | LinkError::Reply(m) => m,
+                LinkError::Timeout(m)
+                | LinkError::Closed(m)
+                | LinkError::Reply(m)
+                | LinkError::Flood(m) => m,
             };
             TargetError::Unavailable(with_stderr_tail(
                 format!("QEMU target setup: {msg}"),
@@ -699,7 +804,8 @@ impl Instance {
             ))
         })?;
         // Back to the per-reply timeout for normal operation.
-        let t = Some(opts.timeout.max(Duration::from_millis(1)));
+        inst.conn.timeout = opts.timeout.max(Duration::from_millis(1));
+        let t = Some(inst.conn.timeout);
         inst.conn
             .stream
             .set_read_timeout(t)
@@ -738,11 +844,42 @@ impl Instance {
     }
 }
 
-fn kill_and_forget(registry_id: u64, child: &SharedChild) {
-    registry().children.remove(&registry_id);
-    let mut c = lock_child(child);
+/// The shared RAM file and its `-object` argument when [`QemuOptions::shared_ram`] is set
+/// (`machine` gets `memory-backend=`).
+fn shared_ram_args(
+    opts: &QemuOptions,
+    scratch: &Path,
+    machine: &mut String,
+) -> Result<Option<(super::qemu_ram::SharedRam, String)>, TargetError> {
+    if !opts.shared_ram {
+        return Ok(None);
+    }
+    let size = opts.ram_mib << 20;
+    let ram = super::qemu_ram::SharedRam::create(size, scratch).map_err(|e| {
+        TargetError::Unavailable(format!("QEMU target: creating the shared RAM file: {e}"))
+    })?;
+    machine.push_str(",memory-backend=");
+    machine.push_str(super::qemu_ram::BACKEND_ID);
+    let object = ram.object_arg(size);
+    Ok(Some((ram, object)))
+}
+
+/// Kills the child's whole process group (it leads its own), then the child, and reaps it.
+fn kill_group(c: &mut Child) {
+    if let Ok(pid) = i32::try_from(c.id()) {
+        // The group is gone already when the child exited and took its children with it.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     let _ = c.kill();
     let _ = c.wait();
+}
+
+fn kill_and_forget(registry_id: u64, child: &SharedChild) {
+    registry().children.remove(&registry_id);
+    kill_group(&mut lock_child(child));
 }
 
 impl Drop for Instance {
@@ -848,6 +985,9 @@ impl QemuTarget {
                     self.opts.timeout
                 )),
             },
+            LinkError::Flood(m) => TargetError::Hung(format!(
+                "the target sent more than a reply may hold: {m}; QEMU killed"
+            )),
             LinkError::Closed(m) => {
                 let st = inst
                     .exit_status(Duration::from_secs(2))
@@ -977,6 +1117,33 @@ impl Target for QemuTarget {
         Ok(())
     }
 
+    fn bulk_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {
+        if !self.bulk_cheap() {
+            return self.mem_read(gpa, buf);
+        }
+        self.check_ram(gpa, buf.len())?;
+        // Every pipelined command (a notification among them) is processed first.
+        self.sync()?;
+        let ram = self.inst.as_ref().and_then(|i| i.ram.as_ref());
+        ram.map_or(Ok(()), |r| r.read(gpa, buf))
+            .map_err(TargetError::Protocol)
+    }
+
+    fn bulk_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), TargetError> {
+        if !self.bulk_cheap() {
+            return self.mem_write(gpa, data);
+        }
+        self.check_ram(gpa, data.len())?;
+        self.sync()?;
+        let ram = self.inst.as_ref().and_then(|i| i.ram.as_ref());
+        ram.map_or(Ok(()), |r| r.write(gpa, data))
+            .map_err(TargetError::Protocol)
+    }
+
+    fn bulk_cheap(&self) -> bool {
+        self.inst.as_ref().is_some_and(|i| i.ram.is_some())
+    }
+
     fn take_interrupts(&mut self) -> Vec<IrqEvent> {
         // A failure is recorded in `broken` (or is a stray line) and shows at the next access.
         let _ = self.with_conn(|c, _| {
@@ -987,6 +1154,10 @@ impl Target for QemuTarget {
             .as_mut()
             .map(|i| std::mem::take(&mut i.conn.irqs))
             .unwrap_or_default()
+    }
+
+    fn flush(&mut self) -> Result<(), TargetError> {
+        self.sync()
     }
 
     fn diagnostics(&mut self) -> Option<String> {

@@ -7,10 +7,13 @@
 pub mod case;
 pub mod catalog;
 pub mod diff;
+pub mod expectations;
 pub mod fuzz;
 pub mod matrix;
 pub mod outcome;
+pub mod records;
 pub mod report;
 pub mod runner;
 pub mod suite;
 pub mod target;
+mod worker;

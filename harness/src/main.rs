@@ -312,8 +312,7 @@ fn replay_report(
 
 fn load_report(p: &PathBuf) -> Result<Report, String> {
     let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("{}:{}:{}: {e}", p.display(), e.line(), e.column()))
+    Report::parse(&text, &p.display().to_string()).map_err(|e| format!("{e:#}"))
 }
 
 fn main() -> ExitCode {
@@ -614,6 +613,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 ("fixed", &c.fixed),
                 ("broken", &c.broken),
                 ("new errors", &c.new_errors),
+                ("worsened", &c.worsened),
                 ("added", &c.added),
                 ("removed", &c.removed),
             ] {
@@ -626,11 +626,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                     }
                 );
             }
-            Ok(if c.broken.is_empty() && c.new_errors.is_empty() {
-                0
-            } else {
-                1
-            })
+            Ok(if c.regressed() { 1 } else { 0 })
         }
     }
 }

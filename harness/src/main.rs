@@ -501,13 +501,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
                 std::fs::write(&p, json).map_err(|e| format!("{}: {e}", p.display()))?;
             }
-            Ok(if report.reference_bugs > 0 {
-                2
-            } else if report.spec_violations > 0 {
-                1
-            } else {
-                0
-            })
+            Ok(report.exit_code())
         }
         Cmd::Matrix {
             targets,

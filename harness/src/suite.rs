@@ -67,6 +67,9 @@ pub struct Options {
     pub replay_prefix: Option<String>,
     /// Called after each case with (done, total).
     pub progress: Option<Box<dyn Fn(usize, usize)>>,
+    /// Called with each result as soon as its case ends (to stream results to a file, so an
+    /// interrupted run loses none).
+    pub on_result: Option<Box<dyn Fn(&CaseResult)>>,
 }
 
 /// Compiles the globs of command-line flag `flag` (`--only`, `--skip`); an invalid glob is
@@ -164,6 +167,9 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
                 replay,
                 duration_ms: 0.0,
             });
+            if let (Some(f), Some(r)) = (&opts.on_result, results.last()) {
+                f(r);
+            }
             if let Some(p) = &opts.progress {
                 p(i + 1, total);
             }
@@ -204,6 +210,9 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
             replay,
             duration_ms: run.duration.as_secs_f64() * 1000.0,
         });
+        if let (Some(f), Some(r)) = (&opts.on_result, results.last()) {
+            f(r);
+        }
         if let Some(p) = &opts.progress {
             p(i + 1, total);
         }
@@ -219,5 +228,6 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
         results,
         coverage: report::coverage(&suite.catalog, &suite.cases),
         stale_expectations: state.map(|s| s.stale(&suite.cases)).unwrap_or_default(),
+        interrupted: None,
     }
 }

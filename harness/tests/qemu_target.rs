@@ -400,6 +400,13 @@ fn startup_failure_is_unavailable_with_stderr() {
         return;
     };
     opts.ram_mib = 1 << 40; // 1 EiB of guest RAM: QEMU refuses to start.
+                            // With the shared RAM file the harness itself cannot map that much: still Unavailable.
+    match QemuTarget::new(opts.clone()) {
+        Err(TargetError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {:?}", other.err()),
+    }
+    // Without it, QEMU is started and refuses: its stderr is in the message.
+    opts.shared_ram = false;
     match QemuTarget::new(opts) {
         Err(TargetError::Unavailable(m)) => {
             assert!(m.contains("QEMU's stderr"), "{m}");

@@ -508,7 +508,8 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 let to_file = output.is_some();
                 move |results: Vec<report::CaseResult>,
                       sink: Option<RecordSink>,
-                      interrupted: Option<String>|
+                      interrupted: Option<String>,
+                      stale_expectations: Vec<report::StaleExpectation>|
                       -> Result<Report, String> {
                     let report = Report {
                         schema: report::REPORT_SCHEMA.into(),
@@ -520,7 +521,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                         results,
                         coverage: coverage.clone(),
                         interrupted,
-                        stale_expectations: Vec::new(),
+                        stale_expectations,
                     };
                     let body = match format {
                         Format::Text => report::text_summary(&report, &catalog, verbose),
@@ -552,7 +553,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                     let results = std::mem::take(&mut st.results);
                     let n = results.len();
                     let why = format!("interrupted by {sig} after {n} finished cases");
-                    if let Err(e) = emit(results, st.sink.take(), Some(why.clone())) {
+                    if let Err(e) = emit(results, st.sink.take(), Some(why.clone()), Vec::new()) {
                         eprintln!("virtio-conform: error: {e}");
                     }
                     eprintln!("virtio-conform: {why}");
@@ -606,7 +607,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 st.sink.take()
             };
             let code = report.exit_code(strict);
-            emit(report.results, sink, None)?;
+            emit(report.results, sink, None, report.stale_expectations)?;
             Ok(code)
         }
         Cmd::List {

@@ -100,6 +100,11 @@ pub fn run_parallel(
     let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
     results.sort_by_key(|(i, _)| *i);
     let results: Vec<CaseResult> = results.into_iter().map(|(_, r)| r).collect();
+    let stale_expectations = opts
+        .expectations
+        .as_ref()
+        .map(|ex| report::stale_in_results(ex, &suite.cases, &results, &info.device, info.version))
+        .unwrap_or_default();
     Ok(Report {
         schema: report::REPORT_SCHEMA.into(),
         tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
@@ -110,6 +115,6 @@ pub fn run_parallel(
         results,
         coverage: report::coverage(&suite.catalog, &suite.cases),
         interrupted: None,
-        stale_expectations: Vec::new(),
+        stale_expectations,
     })
 }

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 /// Schema tag of the JSON report.
 pub const REPORT_SCHEMA: &str = "virtio-conform/report/1";
 pub use crate::expectations::{
-    Expectation, ExpectationState, Expectations, StaleExpectation, EXPECTATIONS_SCHEMA,
-    EXPECTATIONS_SCHEMA_WHOLE_CASE,
+    stale_in_results, Expectation, ExpectationState, Expectations, StaleExpectation,
+    EXPECTATIONS_SCHEMA, EXPECTATIONS_SCHEMA_WHOLE_CASE,
 };
 
 /// A requirement as cited in a result.

@@ -222,3 +222,41 @@ fn wrong_device_id_or_feature_page_is_the_targets_violation() {
     assert_eq!(r.reference_bugs, 0, "{:#?}", r.divergences);
     assert_eq!(r.exit_code(), 1, "{:#?}", r.divergences);
 }
+
+/// "Stopped" (no DEVICE_NEEDS_RESET) or "chain returned with len 0" versus the reference's
+/// DEVICE_NEEDS_RESET on a malformed chain: both allowed, so implementation-defined. The one
+/// spec violation left is the SHOULD of STATUS-DEV-02 where the stopped device took a queue it
+/// can never use.
+#[test]
+fn stopped_versus_needs_reset_is_implementation_defined() {
+    let s = Suite::load_default().unwrap();
+    for policy in [
+        virtio_reference_device::MalformedChainPolicy::StopQueue,
+        virtio_reference_device::MalformedChainPolicy::SkipChain,
+    ] {
+        let mut t = variant(
+            DeviceKind::Entropy,
+            TransportVersion::Modern,
+            move |c| c.knobs.malformed_chain = policy,
+            0,
+        );
+        let mut o = opts(0);
+        o.only = vec!["malformed.*".into(), "queue.ring-outside-ram".into()];
+        let r = run_diff(&s.cases, &s.catalog, &mut t, DeviceKind::Entropy, &o).unwrap();
+        assert_eq!(r.reference_bugs, 0);
+        assert!(
+            r.implementation_defined > 0,
+            "{policy:?}: {:#?}",
+            r.divergences
+        );
+        for d in &r.divergences {
+            if d.class == DivergenceClass::SpecViolation {
+                assert_eq!(d.source, "queue.ring-outside-ram", "{policy:?}: {d:#?}");
+                assert!(
+                    d.requirements.iter().all(|c| c.id == "STATUS-DEV-02"),
+                    "{d:#?}"
+                );
+            }
+        }
+    }
+}

@@ -9,10 +9,9 @@ use virtio_reference_device::TransportVersion;
 
 fn base() -> Report {
     let suite = Suite::load_default().unwrap();
-    let mut t = ReferenceTarget::new(DeviceKind::Entropy, TransportVersion::Modern, None).unwrap();
     run_suite(
         &suite,
-        &mut t,
+        || ReferenceTarget::new(DeviceKind::Entropy, TransportVersion::Modern, None),
         &Options {
             only: vec!["reset.*".into()],
             ..Options::default()

@@ -133,7 +133,9 @@ fn block_config_served_after_features_ok_is_discovered() {
         TransportVersion::Modern,
         |c| {
             c.queue_num_max = vec![128];
-            c.offered_features = Some(bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_INDIRECT_DESC));
+            c.offered_features = Some(
+                bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_BLK_F_FLUSH),
+            );
         },
         4096,
     );
@@ -143,7 +145,7 @@ fn block_config_served_after_features_ok_is_discovered() {
     assert_eq!(&p.config[..8], &4096u64.to_le_bytes());
     assert_eq!(
         p.features,
-        bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_INDIRECT_DESC)
+        bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_BLK_F_FLUSH)
     );
     let r = run_diff(&s.cases, &s.catalog, &mut t, DeviceKind::Block, &opts(10)).unwrap();
     assert_eq!(r.reference_bugs, 0, "{:#?}", r.divergences);

@@ -294,6 +294,7 @@ fn error_report(suite: &Suite, t: &TargetArgs, why: &str) -> Report {
         results,
         coverage: report::coverage(&suite.catalog, &suite.cases),
         interrupted: None,
+        started: Some(report::now_rfc3339()),
     }
 }
 
@@ -411,7 +412,8 @@ fn replay_report(
             } else {
                 format!("mutant:{mutant}")
             },
-            device: "fuzz".into(),
+            // The fuzz target stands in for the device: its input picks what it drives.
+            device: target.to_string(),
             version: 0,
             implementation: format!("virtio-reference-device {}", env!("CARGO_PKG_VERSION")),
         },
@@ -420,6 +422,7 @@ fn replay_report(
         results,
         coverage: Default::default(),
         interrupted: None,
+        started: Some(report::now_rfc3339()),
     }
 }
 
@@ -480,6 +483,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             }
             let mut target = make_target(&t)?;
             let info: report::TargetInfoOut = target.info().into();
+            let started_at = report::now_rfc3339();
             // The report file is checked (and its records file started) before any case runs.
             let sink = match &output {
                 Some(p) => Some(RecordSink::create(
@@ -489,6 +493,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                         tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
                         spec: suite.catalog.spec.clone(),
                         target: info.clone(),
+                        started: Some(started_at.clone()),
                     },
                 )?),
                 None => None,
@@ -518,13 +523,14 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                         results,
                         coverage: coverage.clone(),
                         interrupted,
+                        started: Some(started_at.clone()),
                     };
                     let body = match format {
                         Format::Text => report::text_summary(&report, &catalog, verbose),
                         Format::Json => {
                             serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
                         }
-                        Format::Junit => report::junit(&report),
+                        Format::Junit => report::junit_with(&report, strict),
                     };
                     match sink {
                         Some(s) => {
@@ -843,7 +849,22 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                     t.push_str(&report::text_summary(&report, &catalog, true));
                     t
                 }
-                Format::Json => serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?,
+                Format::Json => {
+                    let rr = report::ReplayReport {
+                        schema: report::REPLAY_SCHEMA.into(),
+                        tool: report.tool.clone(),
+                        spec: report.spec.clone(),
+                        fuzz_target: fuzz_target.clone(),
+                        input: input.display().to_string(),
+                        subject: report.target.name.clone(),
+                        implementation: report.target.implementation.clone(),
+                        ops: result.ops.lines().map(String::from).collect(),
+                        summary: report.summary.clone(),
+                        results: report.results.clone(),
+                        started: report.started.clone(),
+                    };
+                    serde_json::to_string_pretty(&rr).map_err(|e| e.to_string())?
+                }
                 Format::Junit => report::junit(&report),
             };
             match output {

@@ -50,6 +50,7 @@ pub fn run_parallel(
     opts: &ParallelOptions<'_>,
 ) -> Result<Report, String> {
     let start = Instant::now();
+    let started = report::now_rfc3339();
     let info = first.info();
     let sel = Options {
         only: opts.only.clone(),
@@ -110,5 +111,6 @@ pub fn run_parallel(
         results,
         coverage: report::coverage(&suite.catalog, &suite.cases),
         interrupted: None,
+        started: Some(started),
     })
 }

@@ -132,6 +132,7 @@ impl Report {
 /// Runs every applicable case on `target`, each on a fresh instance.
 pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Report {
     let start = Instant::now();
+    let started = report::now_rfc3339();
     let info = target.info();
     // An invalid glob or an empty selection runs nothing, and a report without results
     // exits 2; the CLI checks `select` first to name the reason.
@@ -234,5 +235,6 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
         results,
         coverage: report::coverage(&suite.catalog, &suite.cases),
         interrupted: None,
+        started: Some(started),
     }
 }

@@ -7,6 +7,7 @@
 pub mod case;
 pub mod catalog;
 pub mod diff;
+pub mod expectations;
 pub mod fuzz;
 pub mod matrix;
 pub mod outcome;

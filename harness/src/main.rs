@@ -295,6 +295,7 @@ fn error_report(suite: &Suite, t: &TargetArgs, why: &str) -> Report {
         coverage: report::coverage(&suite.catalog, &suite.cases),
         interrupted: None,
         started: Some(report::now_rfc3339()),
+        stale_expectations: Vec::new(),
     }
 }
 
@@ -369,6 +370,7 @@ fn replay_report(
             },
             expected: format!("oracle `{}` holds", f.oracle),
             observed: f.message.clone(),
+            xfail: None,
         })
         .collect();
     let result = CaseResult {
@@ -421,6 +423,7 @@ fn replay_report(
         duration_ms: 0.0,
         results,
         coverage: Default::default(),
+        stale_expectations: Vec::new(),
         interrupted: None,
         started: Some(report::now_rfc3339()),
     }
@@ -510,6 +513,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 let info = info.clone();
                 let to_file = output.is_some();
                 move |results: Vec<report::CaseResult>,
+                      stale_expectations: Vec<report::StaleExpectation>,
                       sink: Option<RecordSink>,
                       interrupted: Option<String>|
                       -> Result<Report, String> {
@@ -524,6 +528,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                         coverage: coverage.clone(),
                         interrupted,
                         started: Some(started_at.clone()),
+                        stale_expectations,
                     };
                     let body = match format {
                         Format::Text => report::text_summary(&report, &catalog, verbose),
@@ -555,7 +560,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                     let results = std::mem::take(&mut st.results);
                     let n = results.len();
                     let why = format!("interrupted by {sig} after {n} finished cases");
-                    if let Err(e) = emit(results, st.sink.take(), Some(why.clone())) {
+                    if let Err(e) = emit(results, Vec::new(), st.sink.take(), Some(why.clone())) {
                         eprintln!("virtio-conform: error: {e}");
                     }
                     eprintln!("virtio-conform: {why}");
@@ -609,7 +614,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 st.sink.take()
             };
             let code = report.exit_code(strict);
-            emit(report.results, sink, None)?;
+            emit(report.results, report.stale_expectations, sink, None)?;
             Ok(code)
         }
         Cmd::List {

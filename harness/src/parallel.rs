@@ -3,7 +3,7 @@
 //! report lists the results in suite order whatever order they finished in.
 
 use crate::case::Case;
-use crate::report::{self, CaseResult, Expectations, Report};
+use crate::report::{self, CaseResult, Expectations, Report, StaleExpectation};
 use crate::suite::{run_suite, select, Options, Suite};
 use crate::target::Target;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -62,6 +62,8 @@ pub fn run_parallel(
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, CaseResult)>> = Mutex::new(Vec::with_capacity(total));
+    // Per case run: the expectations entries it found stale on its own.
+    let stale_per_case: Mutex<Vec<(usize, Vec<StaleExpectation>)>> = Mutex::new(Vec::new());
     let work = |t: &mut dyn Target| loop {
         let i = next.fetch_add(1, Ordering::SeqCst);
         let Some(case) = selected.get(i) else { break };
@@ -74,6 +76,10 @@ pub fn run_parallel(
             ..Options::default()
         };
         let r = run_suite(suite, t, &case_opts);
+        stale_per_case
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((i, r.stale_expectations));
         for res in r.results {
             if let Some(f) = opts.on_result {
                 f(&res);
@@ -101,6 +107,15 @@ pub fn run_parallel(
     let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
     results.sort_by_key(|(i, _)| *i);
     let results: Vec<CaseResult> = results.into_iter().map(|(_, r)| r).collect();
+    let stale = merge_stale(
+        opts.expectations.as_ref(),
+        &selected,
+        &info.device,
+        info.version,
+        &stale_per_case
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
     Ok(Report {
         schema: report::REPORT_SCHEMA.into(),
         tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
@@ -112,5 +127,54 @@ pub fn run_parallel(
         coverage: report::coverage(&suite.catalog, &suite.cases),
         interrupted: None,
         started: Some(started),
+        stale_expectations: stale,
     })
+}
+
+/// The entries stale over the whole run, from what each one-case run found stale: an entry
+/// is stale when every case it names ran without it excusing anything (each of those runs
+/// lists it), or when it names no case at all (every run lists it).
+fn merge_stale(
+    ex: Option<&(Expectations, Vec<globset::GlobMatcher>)>,
+    cases: &[&Case],
+    device: &str,
+    version: u32,
+    per_case: &[(usize, Vec<StaleExpectation>)],
+) -> Vec<StaleExpectation> {
+    let Some((ex, globs)) = ex else {
+        return Vec::new();
+    };
+    let same = |s: &StaleExpectation, e: &crate::report::Expectation| {
+        s.case == e.case && s.requirements == e.requirements && s.reason == e.reason
+    };
+    let mut out = Vec::new();
+    for (e, g) in ex.entries.iter().zip(globs) {
+        let named: Vec<usize> = cases
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| e.applies(g, &c.id, device, version))
+            .map(|(i, _)| i)
+            .collect();
+        let listed_in = |i: usize| {
+            per_case
+                .iter()
+                .filter(|(k, _)| *k == i)
+                .flat_map(|(_, l)| l.iter())
+                .find(|s| same(s, e))
+        };
+        let found = if named.is_empty() {
+            per_case
+                .iter()
+                .flat_map(|(_, l)| l.iter())
+                .find(|s| same(s, e))
+        } else if named.iter().all(|&i| listed_in(i).is_some()) {
+            listed_in(named[0])
+        } else {
+            None
+        };
+        if let Some(s) = found {
+            out.push(s.clone());
+        }
+    }
+    out
 }

@@ -141,5 +141,6 @@ pub fn read_partial(path: &Path) -> Result<Report, String> {
         coverage: Default::default(),
         interrupted: Some("the run ended before its report was written".into()),
         started: header.started,
+        stale_expectations: Vec::new(),
     })
 }

@@ -8,14 +8,15 @@ use crate::runner::Failure;
 use crate::target::TargetInfo;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// Schema tag of the JSON report.
 pub const REPORT_SCHEMA: &str = "virtio-conform/report/1";
 /// Schema tag of the JSON report of `replay` (one fuzz input).
 pub const REPLAY_SCHEMA: &str = "virtio-conform/replay/1";
-/// Schema tag of an expectations file.
-pub const EXPECTATIONS_SCHEMA: &str = "virtio-conform/expectations/1";
+pub use crate::expectations::{
+    Expectation, ExpectationState, Expectations, StaleExpectation, EXPECTATIONS_SCHEMA,
+    EXPECTATIONS_SCHEMA_WHOLE_CASE,
+};
 
 /// A requirement as cited in a result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +74,9 @@ pub struct FailureOut {
     pub expected: String,
     /// What the target did.
     pub observed: String,
+    /// The reason of the expectations entry that excused this check (it is then expected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xfail: Option<String>,
 }
 
 /// Spec coverage: statements with at least one case.
@@ -107,6 +111,9 @@ pub struct Report {
     pub results: Vec<CaseResult>,
     /// Spec coverage of the cases that were loaded.
     pub coverage: Coverage,
+    /// Expectations entries that excused nothing (exit 1 under `--strict`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale_expectations: Vec<StaleExpectation>,
     /// Set when the run was cut short (a signal, a killed run recovered from its records):
     /// why. `results` then holds only the cases that finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,6 +211,7 @@ pub fn failures_out(catalog: &Catalog, f: &[Failure]) -> Vec<FailureOut> {
             severity: f.severity,
             expected: f.expected.clone(),
             observed: f.observed.clone(),
+            xfail: None,
         })
         .collect()
 }
@@ -240,87 +248,6 @@ pub fn summarize(results: &[CaseResult]) -> BTreeMap<String, usize> {
         *m.entry(r.outcome.name().to_string()).or_default() += 1;
     }
     m
-}
-
-/// One expectation: cases matching `case` (a glob) are expected to `fail` (→ xfail/xpass) or
-/// are `skip`ped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Expectation {
-    /// Glob over case ids (`malformed.*`).
-    pub case: String,
-    /// `fail` or `skip`.
-    pub expect: String,
-    /// Why (cite the spec section or the known divergence).
-    pub reason: String,
-    /// Restrict to one transport version.
-    pub version: Option<u32>,
-    /// Restrict to one device.
-    pub device: Option<String>,
-}
-
-/// A committed expectations file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Expectations {
-    /// Always [`EXPECTATIONS_SCHEMA`].
-    pub schema: String,
-    /// Target the file describes.
-    pub target: String,
-    /// The entries, first match wins.
-    pub entries: Vec<Expectation>,
-}
-
-impl Expectations {
-    /// Loads and validates an expectations file; errors name the file and line.
-    pub fn load(path: &Path) -> anyhow::Result<(Expectations, Vec<globset::GlobMatcher>)> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let ex: Expectations = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))?;
-        if ex.schema != EXPECTATIONS_SCHEMA {
-            anyhow::bail!(
-                "{}: schema `{}` is not `{EXPECTATIONS_SCHEMA}`",
-                path.display(),
-                ex.schema
-            );
-        }
-        let mut globs = Vec::new();
-        for e in &ex.entries {
-            if e.expect != "fail" && e.expect != "skip" {
-                anyhow::bail!(
-                    "{}: entry `{}`: expect must be `fail` or `skip`, not `{}`",
-                    path.display(),
-                    e.case,
-                    e.expect
-                );
-            }
-            globs.push(
-                globset::Glob::new(&e.case)
-                    .map_err(|err| {
-                        anyhow::anyhow!("{}: entry `{}`: {err}", path.display(), e.case)
-                    })?
-                    .compile_matcher(),
-            );
-        }
-        Ok((ex, globs))
-    }
-}
-
-/// Applies the expectation matching `case` (if any) to an outcome.
-pub fn apply_expectation<'a>(
-    ex: Option<&'a (Expectations, Vec<globset::GlobMatcher>)>,
-    case: &str,
-    device: &str,
-    version: u32,
-) -> Option<&'a Expectation> {
-    let (ex, globs) = ex?;
-    ex.entries.iter().zip(globs).find_map(|(e, g)| {
-        let ok = g.is_match(case)
-            && e.version.is_none_or(|v| v == version)
-            && e.device.as_deref().is_none_or(|d| d == device);
-        ok.then_some(e)
-    })
 }
 
 /// Terminal summary grouped by spec section of each case's first requirement.
@@ -377,13 +304,14 @@ pub fn text_summary(report: &Report, catalog: &Catalog, verbose: bool) -> String
                     .collect();
                 let _ = writeln!(
                     out,
-                    "       step {} (line {}) {}: [{}] expected {}; observed {}",
+                    "       step {} (line {}) {}: [{}] expected {}; observed {}{}",
                     f.step.map_or("-".into(), |s| s.to_string()),
                     f.line.map_or("-".into(), |s| s.to_string()),
                     f.op,
                     ids.join(", "),
                     f.expected,
-                    f.observed
+                    f.observed,
+                    if f.xfail.is_some() { " (expected)" } else { "" }
                 );
             }
             if let Some(why) = &r.reason {
@@ -417,6 +345,15 @@ pub fn text_summary(report: &Report, catalog: &Catalog, verbose: bool) -> String
             out,
             "spec coverage: {}/{} device-side statements have at least one case ({})",
             c.covered, c.device_statements, catalog.spec
+        );
+    }
+    for st in &report.stale_expectations {
+        let _ = writeln!(
+            out,
+            "stale expectation: case `{}` [{}]: {} (an error under --strict)",
+            st.case,
+            st.requirements.join(", "),
+            st.why
         );
     }
     let _ = writeln!(out, "{}", closing_line(report));

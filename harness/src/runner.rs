@@ -110,7 +110,31 @@ impl Posted {
     fn writable_total(&self) -> u64 {
         self.writable.iter().map(|w| w.1 as u64).sum()
     }
+
+    /// Writable bytes of the chain that lie inside guest memory of `ram` bytes.
+    fn writable_in_ram(&self, ram: u64) -> u64 {
+        self.writable
+            .iter()
+            .filter(|&&(a, l)| a.checked_add(l as u64).is_some_and(|e| e <= ram))
+            .map(|w| w.1 as u64)
+            .sum()
+    }
+
+    /// Whether some writable buffer lies (partly) outside guest memory of `ram` bytes.
+    fn writable_outside_ram(&self, ram: u64) -> bool {
+        self.writable
+            .iter()
+            .any(|&(a, l)| a.checked_add(l as u64).is_none_or(|e| e > ram))
+    }
 }
+
+/// The requirement every target is graded on whatever the driver did: it keeps answering and
+/// accepts a reset (a crash, panic or hang breaks it; severity high).
+pub const LIVENESS: &str = "LIVE-DEV-01";
+
+/// Block request status values that report an error in-band (§5.2.6: IOERR, UNSUPP).
+const BLK_S_IOERR: u8 = 1;
+const BLK_S_UNSUPP: u8 = 2;
 
 struct QState {
     dq: DriverQueue,
@@ -145,6 +169,8 @@ struct Exec<'a> {
     obs: Vec<Observation>,
     /// Device type, to leave nondeterministic entropy bytes out of the observations.
     deterministic_data: bool,
+    /// The device type reports errors in-band (block: the status byte, §5.2.6).
+    inband_status: bool,
     /// When the case's wall-clock budget runs out.
     deadline: Instant,
     /// The budget, for messages.
@@ -256,6 +282,7 @@ pub fn run_case_within(
         op: "setup",
         obs: Vec::new(),
         deterministic_data: info.device != "entropy",
+        inband_status: info.device == "block",
         deadline: start + budget,
         budget,
         canary: None,
@@ -310,7 +337,7 @@ pub fn run_case_within(
         Ok(())
     })();
     let mut diagnostics = None;
-    let (mut outcome, mut severity) = grade(&ex.failures);
+    let (mut outcome, mut severity) = grade_failures(&ex.failures);
     match result {
         Ok(()) | Err(Stop::Abort) => {}
         Err(Stop::Unsupported(why)) => {
@@ -342,7 +369,7 @@ pub fn run_case_within(
                     step: ex.step,
                     line: ex.line,
                     op: ex.op.to_string(),
-                    requirements: vec!["SPLIT-DEV-MALFORMED-CHAIN".into()]
+                    requirements: vec![LIVENESS.to_string()]
                         .into_iter()
                         .filter(|id| catalog.requirements.contains_key(id))
                         .collect(),
@@ -368,7 +395,10 @@ pub fn run_case_within(
     }
 }
 
-fn grade(failures: &[Failure]) -> (Outcome, Severity) {
+/// The outcome and severity of a list of failed checks: the worst level decides the outcome
+/// (MUST `fail`, SHOULD `non_strict`, MAY `informational`, none `pass`); MAY-level checks
+/// never raise the severity.
+pub fn grade_failures(failures: &[Failure]) -> (Outcome, Severity) {
     let worst = failures.iter().map(|f| f.level).min();
     let outcome = match worst {
         None => Outcome::Pass,
@@ -421,6 +451,11 @@ impl Exec<'_> {
     ) -> bool {
         if !ok {
             let (requirements, level) = self.reqs(g, default);
+            let severity = if requirements.iter().any(|r| r == LIVENESS) {
+                severity.max(Severity::High)
+            } else {
+                severity
+            };
             self.failures.push(Failure {
                 step: self.step,
                 line: self.line,
@@ -433,6 +468,79 @@ impl Exec<'_> {
             });
         }
         ok
+    }
+
+    /// Records a check graded at `level` whatever the catalog says (used where the spec
+    /// leaves the behaviour open: MAY, informational).
+    #[allow(clippy::too_many_arguments)]
+    fn check_at(
+        &mut self,
+        level: Level,
+        ids: &[&str],
+        ok: bool,
+        severity: Severity,
+        expected: impl FnOnce() -> String,
+        observed: impl FnOnce() -> String,
+    ) -> bool {
+        let g = Grade {
+            req: Some(crate::case::Reqs::Many(
+                ids.iter().map(|s| s.to_string()).collect(),
+            )),
+            level: Some(level),
+        };
+        self.check(Some(&g), &[], ok, severity, expected, observed)
+    }
+
+    /// How many bytes from the start of the chain's writable buffers (in chain order) the
+    /// device has written in this case; a buffer outside guest memory ends the count.
+    fn written_prefix(&self, p: &Posted) -> u64 {
+        let mut total = 0;
+        for &(a, l) in &p.writable {
+            let end = match a.checked_add(l as u64) {
+                Some(e) if e <= self.ram => e,
+                _ => return total,
+            };
+            let mut covered = a;
+            loop {
+                let next = self
+                    .logged_writes
+                    .iter()
+                    .filter(|&&(s, e)| s <= covered && e > covered)
+                    .map(|&(_, e)| e)
+                    .max();
+                match next {
+                    Some(e) if e < end => covered = e,
+                    Some(_) => {
+                        covered = end;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            total += covered - a;
+            if covered < end {
+                return total;
+            }
+        }
+        total
+    }
+
+    /// VQ-DEV-15 (§2.7.8.2), for targets that report their memory accesses: the device wrote
+    /// at least `len` bytes of the chain before using it.
+    fn check_len_honest(&mut self, p: &Posted, len: u32) {
+        if !self.memory_log {
+            return;
+        }
+        self.memory_oracle();
+        let w = self.written_prefix(p);
+        self.check(
+            None,
+            &["VQ-DEV-15"],
+            len as u64 <= w,
+            Severity::Low,
+            || format!("at least used len ({len}) bytes written from the first writable buffer"),
+            || format!("{w} bytes written"),
+        );
     }
 
     fn observe(&mut self, what: impl Into<String>, value: impl Into<String>) {
@@ -1037,10 +1145,11 @@ impl Exec<'_> {
             self.w32(STATUS, (ACKNOWLEDGE | DRIVER | FEATURES_OK) as u32)?;
             let st = self.r32o(STATUS)? as u8;
             if feats & !offered != 0 {
-                // The driver accepted something not offered: FEATURES_OK must read back clear.
+                // The driver accepted something not offered, a subset the device cannot honour:
+                // FEATURES_OK must read back clear (§2.2.2).
                 self.check(
                     None,
-                    &["FEAT-DEV-02a"],
+                    &["FEAT-DEV-02b"],
                     st & FEATURES_OK == 0,
                     Severity::Low,
                     || {
@@ -1154,6 +1263,16 @@ impl Exec<'_> {
         self.allow(dq.desc, 16 * n, Area::DescTable);
         self.allow(dq.avail, 6 + 2 * n, Area::AvailRing);
         self.allow(dq.used, 6 + 8 * n, Area::Ring);
+        if self.legacy && !align.unwrap_or(PAGE).is_power_of_two() {
+            // The driver broke the legacy layout (§4.2.4: QueueAlign is a power of two). Where
+            // the device then puts its used ring is not specified; any power-of-two alignment
+            // up to a page (QEMU keeps its default of 4096) is the device's used ring, not
+            // stray memory, for the memory oracles.
+            for shift in 0..=PAGE.trailing_zeros() {
+                let alt = DriverQueue::legacy((base / PAGE as u64) as u32, PAGE, size, 1 << shift);
+                self.allow(alt.used, 6 + 8 * n, Area::Ring);
+            }
+        }
         self.queues.insert(
             index,
             QState {
@@ -1360,15 +1479,28 @@ impl Exec<'_> {
                 || format!("used len <= {cap} writable bytes"),
                 || format!("used len {l}"),
             );
+            self.check_len_honest(&p, l);
             if let Some(e) = len {
+                // §2.7.8.2: `len` may underestimate what was written (VQ-DEV-16, informational);
+                // more than the request can have produced fails.
                 self.check(
                     g,
                     &[],
-                    l as u64 == e.0,
+                    l as u64 <= e.0,
                     Severity::Low,
-                    || format!("used len {}", e.0),
+                    || format!("used len <= {}", e.0),
                     || format!("used len {l}"),
                 );
+                if l as u64 <= e.0 {
+                    self.check_at(
+                        Level::May,
+                        &["VQ-DEV-16"],
+                        l as u64 == e.0,
+                        Severity::None,
+                        || format!("used len {} (every byte the request produced)", e.0),
+                        || format!("used len {l} (an underestimate, allowed)"),
+                    );
+                }
             }
             if let Some(e) = len_max {
                 self.check(
@@ -1496,12 +1628,19 @@ impl Exec<'_> {
         Ok(())
     }
 
+    /// Grades the device's handling of a chain or ring the driver made invalid (§2.7.5,
+    /// §2.1.2). Graceful is any of: DEVICE_NEEDS_RESET (with the configuration-change
+    /// interrupt after DRIVER_OK, STATUS-DEV-03); the chain not used; the chain used with len
+    /// 0; for a device type with an in-band status (block), the chain used with an error
+    /// status and a len no larger than what was written. A chain used as if it were valid is
+    /// informational (no statement prescribes the handling of this driver error), unless its
+    /// len counts bytes of buffers outside guest memory (VQ-DEV-15). DEVICE_NEEDS_RESET is
+    /// never demanded (STATUS-DEV-02 is a SHOULD). The device must still answer (LIVE-DEV-01).
     fn expect_graceful(&mut self, queue: u16, returned: bool, g: &Grade) -> R {
-        let g = Some(g);
         let magic = self.r32o(MAGIC)?;
         self.check(
-            g,
-            &["MMIO-DEV-01"],
+            None,
+            &[LIVENESS],
             magic == MAGIC_VALUE,
             Severity::High,
             || "device still answers MagicValue".into(),
@@ -1509,7 +1648,7 @@ impl Exec<'_> {
         );
         let st = self.r32o(STATUS)? as u8;
         let n = self.wait_used(queue, 1, NONE_WAIT)?;
-        if st & DEVICE_NEEDS_RESET != 0 {
+        if st & DEVICE_NEEDS_RESET != 0 && !self.legacy {
             if st & DRIVER_OK != 0 {
                 let isr = self.r32o(INTERRUPT_STATUS)?;
                 self.check(
@@ -1524,14 +1663,23 @@ impl Exec<'_> {
             return Ok(());
         }
         if n == 0 {
-            self.check(
-                None,
-                &["STATUS-DEV-02"],
-                !returned,
-                Severity::Low,
-                || "the rejected chain returned in the used ring, or DEVICE_NEEDS_RESET".into(),
-                || format!("chain silently dropped (used.idx unchanged, Status {st:#x})"),
-            );
+            if returned {
+                // The request can never complete, and the driver can take its descriptors back
+                // only by resetting the device (§3.3.1): an error state only a reset clears,
+                // which the device should announce (STATUS-DEV-02, a SHOULD).
+                self.check(
+                    None,
+                    &["STATUS-DEV-02"],
+                    false,
+                    Severity::Low,
+                    || "the rejected chain returned in the used ring, or DEVICE_NEEDS_RESET".into(),
+                    || {
+                        format!(
+                            "chain silently dropped (used.idx unchanged, Status {st:#x}): its descriptors can only be reclaimed by a reset"
+                        )
+                    },
+                );
+            }
             return Ok(());
         }
         let mut dq = self.q(queue)?.dq.clone();
@@ -1541,15 +1689,73 @@ impl Exec<'_> {
             format!("used q{queue} after malformed chain"),
             format!("{elems:?}"),
         );
-        let bad: Vec<_> = elems.iter().filter(|e| e.1 != 0).collect();
-        self.check(
-            g,
-            &["SPLIT-DEV-MALFORMED-CHAIN"],
-            bad.is_empty(),
-            Severity::Low,
-            || "malformed chain ignored, used with len 0, or DEVICE_NEEDS_RESET".into(),
-            || format!("chain completed as valid: used {bad:?}, Status {st:#x}"),
-        );
+        for (id, l) in elems {
+            let q = self.q(queue)?;
+            let pos = q.outstanding.iter().position(|p| p.head as u32 == id);
+            let posted = pos.map(|p| q.outstanding.remove(p));
+            if l == 0 {
+                continue;
+            }
+            let Some(p) = posted else {
+                // §2.7.8: a used element names a head the driver made available and that is
+                // still outstanding; a head returned twice means the device re-walked ring
+                // slots the driver never filled (bug B01).
+                self.check(
+                    None,
+                    &["VQ-DEV-17"],
+                    false,
+                    Severity::Low,
+                    || "used elements name outstanding heads, each once".into(),
+                    || format!("used id {id} len {l}, which is not outstanding"),
+                );
+                continue;
+            };
+            let in_ram = p.writable_in_ram(self.ram);
+            if p.writable_outside_ram(self.ram) {
+                self.check(
+                    g.req.is_some().then_some(g),
+                    &["VQ-DEV-15", "SPLIT-DEV-MALFORMED-CHAIN"],
+                    l as u64 <= in_ram,
+                    Severity::Low,
+                    || {
+                        format!(
+                            "used len <= {in_ram}: only that many writable bytes of the chain lie in guest memory"
+                        )
+                    },
+                    || format!("used id {id} len {l} (chain completed as valid), Status {st:#x}"),
+                );
+                if l as u64 > in_ram {
+                    continue;
+                }
+            }
+            self.check_len_honest(&p, l);
+            let status = match p.writable.last() {
+                Some(&(a, len))
+                    if self.inband_status && len > 0 && a + (len as u64) <= self.ram =>
+                {
+                    let mut b = [0u8; 1];
+                    self.t.mem_read(a + len as u64 - 1, &mut b)?;
+                    Some(b[0])
+                }
+                _ => None,
+            };
+            let error_status = matches!(status, Some(BLK_S_IOERR | BLK_S_UNSUPP));
+            if !error_status {
+                self.check_at(
+                    Level::May,
+                    &["SPLIT-DEV-MALFORMED-CHAIN"],
+                    false,
+                    Severity::None,
+                    || "the malformed chain not used, used with len 0 or an error status, or DEVICE_NEEDS_RESET".into(),
+                    || {
+                        format!(
+                            "chain used as if valid: id {id} len {l}{}, Status {st:#x} (allowed: no statement prescribes the handling of this driver error)",
+                            status.map_or(String::new(), |s| format!(", status byte {s}"))
+                        )
+                    },
+                );
+            }
+        }
         Ok(())
     }
 }

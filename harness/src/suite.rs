@@ -13,7 +13,7 @@
 use crate::case::{self, Case};
 use crate::catalog::Catalog;
 use crate::outcome::{Outcome, Severity};
-use crate::report::{self, CaseResult, Expectations, Report};
+use crate::report::{self, CaseResult, ExpectationState, Expectations, Report};
 use crate::runner::run_case;
 use crate::target::Target;
 use std::path::{Path, PathBuf};
@@ -117,11 +117,14 @@ pub fn select<'a>(
 
 impl Report {
     /// 0 nothing unexpected, 1 unexpected results (fail, timeout, xpass; `strict` adds
-    /// non_strict), 2 a harness or target error, or a run in which no case ran.
+    /// non_strict and stale expectations entries), 2 a harness or target error, or a run in
+    /// which no case ran.
     pub fn exit_code(&self, strict: bool) -> i32 {
         if self.results.is_empty() || self.results.iter().any(|r| r.outcome == Outcome::Error) {
             2
-        } else if self.results.iter().any(|r| r.outcome.is_unexpected(strict)) {
+        } else if self.results.iter().any(|r| r.outcome.is_unexpected(strict))
+            || (strict && !self.stale_expectations.is_empty())
+        {
             1
         } else {
             0
@@ -143,18 +146,16 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
             info.name, info.device, info.version
         )
     });
+    let mut state = opts.expectations.as_ref().map(ExpectationState::new);
     let mut results = Vec::new();
     let total = selected.len();
     for (i, case) in selected.into_iter().enumerate() {
         let cited = report::cite(&suite.catalog, &case.requirements);
         let replay = format!("{prefix} --only '{}'", case.id);
-        let exp = report::apply_expectation(
-            opts.expectations.as_ref(),
-            &case.id,
-            &info.device,
-            info.version,
-        );
-        if let Some(e) = exp.filter(|e| e.expect == "skip") {
+        if let Some(e) = state
+            .as_mut()
+            .and_then(|st| st.skip(&case.id, &info.device, info.version))
+        {
             results.push(CaseResult {
                 case: case.id.clone(),
                 title: case.title.clone(),
@@ -187,31 +188,24 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
                 observations: Vec::new(),
             },
         };
-        let mut outcome = run.outcome;
-        let mut reason = run.reason.clone();
-        if let Some(e) = exp.filter(|e| e.expect == "fail") {
-            match outcome {
-                o if o.is_failure() || o == Outcome::Informational => {
-                    outcome = Outcome::Xfail;
-                    reason = Some(e.reason.clone());
+        let mut failures = report::failures_out(&suite.catalog, &run.failures);
+        let (outcome, reason) = match state.as_mut() {
+            Some(st) => {
+                let applied = st.apply(&case.id, &info.device, info.version, &run);
+                for (f, why) in failures.iter_mut().zip(applied.excused) {
+                    f.xfail = why;
                 }
-                Outcome::Pass => {
-                    outcome = Outcome::Xpass;
-                    reason = Some(format!(
-                        "expected to fail ({}) but passed: the expectation is stale",
-                        e.reason
-                    ));
-                }
-                _ => {}
+                (applied.outcome, applied.reason)
             }
-        }
+            None => (run.outcome, run.reason.clone()),
+        };
         results.push(CaseResult {
             case: case.id.clone(),
             title: case.title.clone(),
             outcome,
             severity: run.severity,
             requirements: cited,
-            failures: report::failures_out(&suite.catalog, &run.failures),
+            failures,
             reason,
             diagnostics: run.diagnostics,
             replay,
@@ -234,6 +228,7 @@ pub fn run_suite(suite: &Suite, target: &mut dyn Target, opts: &Options) -> Repo
         duration_ms: start.elapsed().as_secs_f64() * 1000.0,
         results,
         coverage: report::coverage(&suite.catalog, &suite.cases),
+        stale_expectations: state.map(|s| s.stale(&suite.cases)).unwrap_or_default(),
         interrupted: None,
         started: Some(started),
     }

@@ -52,7 +52,7 @@ fn mutant_divergences_are_spec_violations_with_minimal_streams() {
     assert!(
         d.requirements
             .iter()
-            .any(|c| c.id == "FEAT-DEV-02a" && c.section == "2.2.2"),
+            .any(|c| c.id == "FEAT-DEV-02b" && c.section == "2.2.2"),
         "{d:#?}"
     );
     // The minimal stream is a few lines of the case format, each a valid step.

@@ -529,6 +529,79 @@ fn parallel_workers_give_the_same_report_as_one() {
 }
 
 #[test]
+fn parallel_workers_report_the_same_stale_expectations_as_one_sequential_run() {
+    let d = tempfile::tempdir().unwrap();
+    let ex = d.path().join("ex.json");
+    std::fs::write(
+        &ex,
+        r#"{"schema": "virtio-conform/expectations/2", "target": "t", "entries": [
+  {"case": "reset.reinit-works", "requirements": ["RESET-DEV-01"], "reason": "used"},
+  {"case": "features.page-0-and-1", "requirements": ["MMIO-REG-01"], "reason": "ran, excused nothing"},
+  {"case": "no.such.case", "requirements": ["RESET-DEV-01"], "reason": "names nothing"},
+  {"case": "init.*", "requirements": ["RESET-DEV-01"], "reason": "many cases"},
+  {"case": "init.*", "requirements": ["MMIO-REG-01"], "reason": "many cases, nothing"}
+]}"#,
+    )
+    .unwrap();
+    let suite = Suite::load_default().unwrap();
+    let mut t = ReferenceTarget::new(
+        DeviceKind::Entropy,
+        TransportVersion::Modern,
+        virtio_reference_device::Mutant::from_name("reset-sets-failed"),
+    )
+    .unwrap();
+    let sequential = virtio_conform::suite::run_suite(
+        &suite,
+        &mut t,
+        &virtio_conform::suite::Options {
+            expectations: Some(virtio_conform::report::Expectations::load(&ex).unwrap()),
+            ..Default::default()
+        },
+    );
+    let stale: Vec<&str> = sequential
+        .stale_expectations
+        .iter()
+        .map(|s| s.reason.as_str())
+        .collect();
+    assert_eq!(
+        stale,
+        [
+            "ran, excused nothing",
+            "names nothing",
+            "many cases, nothing"
+        ]
+    );
+    for jobs in ["1", "3"] {
+        let out = bin()
+            .args([
+                "run",
+                "--target",
+                "mutant:reset-sets-failed",
+                "--format",
+                "json",
+                "-j",
+                jobs,
+            ])
+            .arg("--expectations")
+            .arg(&ex)
+            .output()
+            .unwrap();
+        let r: virtio_conform::report::Report = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            r.stale_expectations, sequential.stale_expectations,
+            "-j {jobs}"
+        );
+        let outcomes = |r: &virtio_conform::report::Report| {
+            r.results
+                .iter()
+                .map(|c| (c.case.clone(), c.outcome))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(outcomes(&r), outcomes(&sequential), "-j {jobs}");
+    }
+}
+
+#[test]
 fn matrix_checks_every_combination_before_running_any() {
     for (args, words) in [
         (

@@ -833,6 +833,9 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             output,
         } => {
             let data = std::fs::read(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+            if mutant.is_none() {
+                virtio_conform::fuzz::check_mutant_env()?;
+            }
             let result = match mutant.as_deref() {
                 None => virtio_conform::fuzz::replay(&fuzz_target, &data)?,
                 Some("reference") => virtio_conform::fuzz::replay_on(&fuzz_target, &data, None)?,

@@ -691,3 +691,29 @@ fn a_failing_matrix_combination_keeps_the_others() {
         .contains("could not start"));
     assert_eq!(row[1]["outcome"], "pass", "{row}");
 }
+
+#[test]
+fn an_unknown_pinned_mutant_is_an_error() {
+    let seed = shipped_specs().join("../corpora/queue_chain/seed-basic");
+    let out = bin()
+        .env("VIRTIO_CONFORM_MUTANT", "no-such-bug")
+        .args(["replay", "queue_chain"])
+        .arg(&seed)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("VIRTIO_CONFORM_MUTANT") && err.contains("no-such-bug"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    // Known names still work.
+    let out = bin()
+        .env("VIRTIO_CONFORM_MUTANT", "used-idx-saturates")
+        .args(["replay", "queue_chain"])
+        .arg(&seed)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(2));
+}

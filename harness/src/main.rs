@@ -123,6 +123,10 @@ struct TargetArgs {
     /// QEMU binary for `--target qemu`.
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
+    /// Keep one QEMU per worker across cases, reset between cases (device reset, guest RAM
+    /// and disk zeroed), instead of starting a fresh QEMU for every case.
+    #[arg(long)]
+    reuse_qemu: bool,
 }
 
 #[derive(Subcommand)]
@@ -327,6 +331,7 @@ fn make_target(t: &TargetArgs) -> Result<Box<dyn Target>, String> {
             use virtio_conform::target::qemu::{QemuOptions, QemuTarget};
             let opts = QemuOptions {
                 qemu: t.qemu.clone(),
+                reuse: t.reuse_qemu,
                 ..QemuOptions::new(device, version)
             };
             Ok(Box::new(QemuTarget::new(opts).map_err(|e| e.to_string())?))
@@ -767,6 +772,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                             device: device.clone(),
                             version,
                             qemu: qemu.clone(),
+                            reuse_qemu: false,
                         };
                         let what =
                             format!("--target {target} --device {device} --version {version}");

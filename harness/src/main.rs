@@ -4,11 +4,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use virtio_conform::parallel::{run_parallel, ParallelOptions};
 use virtio_conform::records::{RecordSink, RecordsHeader};
 use virtio_conform::report::{self, Expectations, Report};
 use virtio_conform::suite::{default_specs_dir, run_suite, Options, Suite};
-use virtio_conform::target::{parse_version, DeviceKind, ReferenceTarget, Target, TargetKind};
+use virtio_conform::target::{
+    parse_version, DeviceKind, ReferenceTarget, Target, TargetError, TargetKind,
+};
 use virtio_reference_device::Mutant;
 
 /// What a `run` has produced so far, shared with the signal handler.
@@ -127,6 +128,10 @@ struct TargetArgs {
     /// and disk zeroed), instead of starting a fresh QEMU for every case.
     #[arg(long)]
     reuse_qemu: bool,
+    /// For `--target qemu`: this `-device` argument instead of the one `--device` implies
+    /// (the run still expects `--device`; a different DeviceID fails the identity cases).
+    #[arg(long)]
+    qemu_device: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -303,7 +308,7 @@ fn error_report(suite: &Suite, t: &TargetArgs, why: &str) -> Report {
     }
 }
 
-fn make_target(t: &TargetArgs) -> Result<Box<dyn Target>, String> {
+fn make_target(t: &TargetArgs) -> Result<Box<dyn Target + Send>, String> {
     let kind: TargetKind = t.target.parse()?;
     let device: DeviceKind = t.device.parse()?;
     let version = parse_version(t.version)?;
@@ -332,10 +337,24 @@ fn make_target(t: &TargetArgs) -> Result<Box<dyn Target>, String> {
             let opts = QemuOptions {
                 qemu: t.qemu.clone(),
                 reuse: t.reuse_qemu,
+                device_override: t.qemu_device.clone(),
                 ..QemuOptions::new(device, version)
             };
             Ok(Box::new(QemuTarget::new(opts).map_err(|e| e.to_string())?))
         }
+    }
+}
+
+/// A target factory for `run_suite`: `first` (already started, so a target that cannot start
+/// is reported before the run), then new instances after a timeout or panic.
+fn first_then_new(
+    first: Box<dyn Target + Send>,
+    args: &TargetArgs,
+) -> impl FnMut() -> Result<Box<dyn Target + Send>, TargetError> + '_ {
+    let mut first = Some(first);
+    move || match first.take() {
+        Some(t) => Ok(t),
+        None => make_target(args).map_err(TargetError::Unavailable),
     }
 }
 
@@ -489,7 +508,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             if let Some(p) = &cli.specs {
                 prefix.push_str(&format!(" --specs {}", p.display()));
             }
-            let mut target = make_target(&t)?;
+            let target = make_target(&t)?;
             let info: report::TargetInfoOut = target.info().into();
             let started_at = report::now_rfc3339();
             // The report file is checked (and its records file started) before any case runs.
@@ -593,18 +612,18 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 }
                 st.results.push(r.clone());
             };
-            let t2 = t.clone();
-            let make = move || make_target(&t2);
-            let popts = ParallelOptions {
-                jobs: jobs.unwrap_or_else(virtio_conform::parallel::default_jobs),
+            let factory = first_then_new(target, &t);
+            let opts = Options {
                 only,
                 skip,
                 expectations,
-                replay_prefix: Some(prefix),
-                on_result: Some(&record),
-                progress: Some(&progress),
+                replay: Some(format!("{prefix} --only '{{case}}'")),
+                on_result: Some(Box::new(record)),
+                progress: Some(Box::new(progress)),
+                jobs: jobs.unwrap_or_else(virtio_conform::suite::default_jobs),
+                ..Options::default()
             };
-            let report = run_parallel(&suite, target.as_mut(), &make, &popts)?;
+            let report = run_suite(&suite, factory, &opts);
             bar.finish_and_clear();
             let sink = {
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -773,6 +792,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                             version,
                             qemu: qemu.clone(),
                             reuse_qemu: false,
+                            qemu_device: None,
                         };
                         let what =
                             format!("--target {target} --device {device} --version {version}");
@@ -795,12 +815,13 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             for (args, ex) in combos {
                 eprintln!("matrix: {} {} v{}", args.target, args.device, args.version);
                 match make_target(&args) {
-                    Ok(mut t) => {
+                    Ok(t) => {
                         let opts = Options {
                             expectations: ex,
                             ..Options::default()
                         };
-                        reports.push(run_suite(&suite, t.as_mut(), &opts));
+                        let factory = first_then_new(t, &args);
+                        reports.push(run_suite(&suite, factory, &opts));
                     }
                     Err(e) => {
                         // This column becomes errors; the other columns are kept.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use virtio_conform::outcome::Outcome;
 use virtio_conform::report::{Expectations, Report};
 use virtio_conform::suite::{default_specs_dir, run_suite, Options, Suite};
+use virtio_conform::target::once;
 use virtio_conform::target::qemu::{qemu_version, QemuOptions, QemuTarget};
 use virtio_conform::target::{DeviceKind, ReferenceTarget};
 use virtio_reference_device::TransportVersion;
@@ -40,10 +41,10 @@ const TWO_FAILING: &str = r#"{"op": "read", "reg": "MagicValue", "expect": 0, "r
 fn run(specs: &Path, expectations: &str) -> Report {
     let suite = Suite::load(specs).unwrap();
     let ex = Expectations::parse(expectations, "test.json").unwrap();
-    let mut t = ReferenceTarget::new(DeviceKind::Entropy, TransportVersion::Modern, None).unwrap();
+    let t = ReferenceTarget::new(DeviceKind::Entropy, TransportVersion::Modern, None).unwrap();
     run_suite(
         &suite,
-        &mut t,
+        once(t),
         &Options {
             expectations: Some(ex),
             ..Options::default()
@@ -149,10 +150,10 @@ fn stale_entries_are_reported_and_fail_under_strict() {
     assert_eq!(r.exit_code(true), 1, "an error under --strict");
     // An entry for a case that did not run (filtered out) is not stale.
     let suite = Suite::load(d.path()).unwrap();
-    let mut t = ReferenceTarget::new(DeviceKind::Entropy, TransportVersion::Modern, None).unwrap();
+    let t = ReferenceTarget::new(DeviceKind::Entropy, TransportVersion::Modern, None).unwrap();
     let r = run_suite(
         &suite,
-        &mut t,
+        once(t),
         &Options {
             only: vec!["x.two".into()],
             expectations: Some(Expectations::parse(&ex, "t").unwrap()),
@@ -253,10 +254,10 @@ fn qemu_xfailed_case_with_a_new_failing_check_exits_1() {
     let ex_path: PathBuf = src.join("expectations").join("qemu-v2.json");
     let run_qemu = |specs: &Path| {
         let suite = Suite::load(specs).unwrap();
-        let mut t = QemuTarget::new(opts.clone()).expect("QEMU starts");
+        let t = QemuTarget::new(opts.clone()).expect("QEMU starts");
         run_suite(
             &suite,
-            &mut t,
+            once(t),
             &Options {
                 only: vec!["features.page-2-reads-zero".into()],
                 expectations: Some(Expectations::load(&ex_path).unwrap()),

@@ -23,10 +23,10 @@ fn suite() -> Suite {
     Suite::load_default().unwrap()
 }
 
-fn run(t: &mut dyn Target, only: &[&str]) -> Report {
+fn run<T: Target + Send + 'static>(t: T, only: &[&str]) -> Report {
     run_suite(
         &suite(),
-        t,
+        virtio_conform::target::once(t),
         &Options {
             only: only.iter().map(|s| s.to_string()).collect(),
             ..Options::default()
@@ -179,8 +179,8 @@ impl Target for LenRewrite {
 #[test]
 fn used_len_underestimate_passes() {
     for device in [DeviceKind::Entropy, DeviceKind::Block] {
-        let mut t = LenRewrite::new(device, |l| if l > 1 { l - 1 } else { l });
-        let r = run(&mut t, &[]);
+        let t = LenRewrite::new(device, |l| if l > 1 { l - 1 } else { l });
+        let r = run(t, &[]);
         assert_eq!(r.exit_code(true), 0, "{device:?}: {:?}", must_failures(&r));
         if device == DeviceKind::Block {
             let noted = r.results.iter().any(|c| {
@@ -199,8 +199,8 @@ fn used_len_underestimate_passes() {
 #[test]
 fn used_len_larger_than_written_fails() {
     for device in [DeviceKind::Entropy, DeviceKind::Block] {
-        let mut t = LenRewrite::new(device, |l| l + 1);
-        let r = run(&mut t, &["split.*", "blk.*"]);
+        let t = LenRewrite::new(device, |l| l + 1);
+        let r = run(t, &["split.*", "blk.*"]);
         assert_eq!(r.exit_code(false), 1);
         assert!(
             must_failures(&r)
@@ -258,7 +258,7 @@ fn used_len_counting_unwritten_bytes_fails() {
         "split.entropy-descriptor-layouts",
         "split.batch-of-requests",
     ];
-    let mut honest = reference_with(
+    let honest = reference_with(
         DeviceKind::Entropy,
         "entropy (writes all, reports 1)",
         |_| {},
@@ -269,9 +269,9 @@ fn used_len_counting_unwritten_bytes_fails() {
             })
         },
     );
-    let r = run(&mut honest, &cases);
+    let r = run(honest, &cases);
     assert_eq!(r.exit_code(true), 0, "{:?}", must_failures(&r));
-    let mut liar = reference_with(
+    let liar = reference_with(
         DeviceKind::Entropy,
         "entropy (writes 1, reports all)",
         |_| {},
@@ -282,7 +282,7 @@ fn used_len_counting_unwritten_bytes_fails() {
             })
         },
     );
-    let r = run(&mut liar, &cases);
+    let r = run(liar, &cases);
     let f = must_failures(&r);
     assert!(
         f.iter()
@@ -297,13 +297,13 @@ fn used_len_counting_unwritten_bytes_fails() {
 #[test]
 fn malformed_chain_returned_with_len_0_passes() {
     for device in [DeviceKind::Entropy, DeviceKind::Block] {
-        let mut t = reference_with(
+        let t = reference_with(
             device,
             "reference (skip chain)",
             |c| c.knobs.malformed_chain = MalformedChainPolicy::SkipChain,
             move || backend(device).unwrap(),
         );
-        let r = run(&mut t, &[]);
+        let r = run(t, &[]);
         assert_eq!(r.exit_code(true), 0, "{device:?}: {:?}", must_failures(&r));
     }
 }
@@ -314,13 +314,13 @@ fn malformed_chain_returned_with_len_0_passes() {
 #[test]
 fn malformed_chain_not_used_without_needs_reset_passes() {
     for device in [DeviceKind::Entropy, DeviceKind::Block] {
-        let mut t = reference_with(
+        let t = reference_with(
             device,
             "reference (stop queue)",
             |c| c.knobs.malformed_chain = MalformedChainPolicy::StopQueue,
             move || backend(device).unwrap(),
         );
-        let r = run(&mut t, &[]);
+        let r = run(t, &[]);
         assert_eq!(r.exit_code(false), 0, "{device:?}: {:?}", must_failures(&r));
         for c in r.results.iter().filter(|c| c.outcome == Outcome::NonStrict) {
             for f in &c.failures {
@@ -372,17 +372,20 @@ impl DeviceBackend for ErrorStatusBlock {
 
 #[test]
 fn block_error_status_with_honest_len_passes() {
-    let mut t = reference_with(
-        DeviceKind::Block,
-        "block (error status)",
-        |_| {},
-        || Box::new(ErrorStatusBlock(BlockBackend::new(2048))),
-    );
-    let r = run(&mut t, &["blk.*", "malformed.*"]);
+    let make = || {
+        reference_with(
+            DeviceKind::Block,
+            "block (error status)",
+            |_| {},
+            || Box::new(ErrorStatusBlock(BlockBackend::new(2048))),
+        )
+    };
+    let r = run(make(), &["blk.*", "malformed.*"]);
     assert_eq!(r.exit_code(true), 0, "{:?}", must_failures(&r));
     // The probe really took the error-status path: the short header came back with len 1.
     let s = suite();
     let c = s.cases.iter().find(|c| c.id == "blk.short-header").unwrap();
+    let mut t = make();
     t.fresh().unwrap();
     let run = run_case(&mut t, c, &s.catalog);
     assert_eq!(run.outcome, Outcome::Pass, "{run:?}");
@@ -526,8 +529,8 @@ impl Target for Liar {
 
 #[test]
 fn chain_completed_as_valid_outside_ram_fails() {
-    let mut t = Liar::new();
-    let r = run(&mut t, &["malformed.addr-outside-ram"]);
+    let t = Liar::new();
+    let r = run(t, &["malformed.addr-outside-ram"]);
     let f = must_failures(&r);
     assert!(
         f.iter()
@@ -541,9 +544,9 @@ fn chain_completed_as_valid_outside_ram_fails() {
 /// informational.
 #[test]
 fn looped_or_cut_chains_completed_are_informational() {
-    let mut t = VirtioQueueTarget::new().unwrap();
+    let t = VirtioQueueTarget::new().unwrap();
     let r = run(
-        &mut t,
+        t,
         &[
             "malformed.loop",
             "malformed.loop-two-descriptors",
@@ -595,8 +598,8 @@ fn crash_and_hang_cite_liveness() {
 #[test]
 fn legacy_reference_stops_the_queue_and_passes() {
     for device in [DeviceKind::Entropy, DeviceKind::Block] {
-        let mut t = ReferenceTarget::new(device, TransportVersion::Legacy, None).unwrap();
-        let r = run(&mut t, &["malformed.*"]);
+        let t = ReferenceTarget::new(device, TransportVersion::Legacy, None).unwrap();
+        let r = run(t, &["malformed.*"]);
         assert_eq!(r.exit_code(true), 0, "{device:?}: {:?}", must_failures(&r));
         assert!(!r.results.is_empty());
     }

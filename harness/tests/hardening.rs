@@ -544,17 +544,19 @@ fn parallel_workers_report_the_same_stale_expectations_as_one_sequential_run() {
     )
     .unwrap();
     let suite = Suite::load_default().unwrap();
-    let mut t = ReferenceTarget::new(
-        DeviceKind::Entropy,
-        TransportVersion::Modern,
-        virtio_reference_device::Mutant::from_name("reset-sets-failed"),
-    )
-    .unwrap();
+    let make = || {
+        ReferenceTarget::new(
+            DeviceKind::Entropy,
+            TransportVersion::Modern,
+            virtio_reference_device::Mutant::from_name("reset-sets-failed"),
+        )
+    };
     let sequential = virtio_conform::suite::run_suite(
         &suite,
-        &mut t,
+        make,
         &virtio_conform::suite::Options {
             expectations: Some(virtio_conform::report::Expectations::load(&ex).unwrap()),
+            jobs: 1,
             ..Default::default()
         },
     );

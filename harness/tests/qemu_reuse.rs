@@ -22,12 +22,13 @@ fn run(
         reuse,
         ..QemuOptions::new(device, version)
     };
-    let mut t = QemuTarget::new(opts).unwrap();
+    let make = move || QemuTarget::new(opts.clone());
     let report = run_suite(
         suite,
-        &mut t,
+        make,
         &Options {
             only: only.iter().map(|s| s.to_string()).collect(),
+            jobs: 1,
             ..Options::default()
         },
     );

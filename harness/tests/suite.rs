@@ -28,8 +28,11 @@ fn shipped_suite_is_large_enough() {
 fn reference_passes_every_case() {
     let s = suite();
     for (device, version) in COMBOS {
-        let mut t = ReferenceTarget::new(device, version, None).unwrap();
-        let report = run_suite(&s, &mut t, &Options::default());
+        let report = run_suite(
+            &s,
+            || ReferenceTarget::new(device, version, None),
+            &Options::default(),
+        );
         let bad: Vec<_> = report
             .results
             .iter()
@@ -59,8 +62,11 @@ fn every_mutant_is_caught_by_some_case() {
     let mut missed = Vec::new();
     for &m in Mutant::ALL {
         let caught = COMBOS.iter().any(|&(device, version)| {
-            let mut t = ReferenceTarget::new(device, version, Some(m)).unwrap();
-            let report = run_suite(&s, &mut t, &Options::default());
+            let report = run_suite(
+                &s,
+                || ReferenceTarget::new(device, version, Some(m)),
+                &Options::default(),
+            );
             report.results.iter().any(|r| r.outcome.is_failure())
         });
         if !caught {

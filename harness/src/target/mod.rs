@@ -1,8 +1,11 @@
 //! Targets: anything that answers register accesses of one virtio-mmio window and shares a
 //! guest memory with the harness.
 
+pub mod guard;
+pub mod layout;
 pub mod qemu;
 pub mod qemu_ram;
+pub mod qmp;
 pub mod reference;
 pub mod virtio_queue;
 
@@ -82,25 +85,73 @@ pub struct TargetInfo {
 /// A virtio-mmio device under test.
 ///
 /// Offsets are byte offsets inside the transport window; widths are 1, 2, 4 or 8 bytes.
-/// Guest addresses are guest physical addresses inside `0..ram_size()`.
+///
+/// # Guest memory
+///
+/// Guest RAM starts at guest physical address 0 and is [`ram_size`](Target::ram_size) bytes
+/// long, at least [`layout::MIN_RAM_SIZE`] (16 MiB). The harness writes rings and buffers with
+/// [`mem_write`](Target::mem_write) and reads what the device wrote with
+/// [`mem_read`](Target::mem_read); the device must see the same bytes. Where the harness puts
+/// what is fixed in [`layout`]: rings of queue `i` at `RING_BASE + i * RING_STRIDE`, buffers in
+/// `BUF_BASE..BUF_END`. [`fresh`](Target::fresh) starts every case with zeroed RAM.
+///
+/// # Notifications
+///
+/// Every available-buffer notification (VIRTIO 1.3 §4.2.3.3) goes through
+/// [`notify`](Target::notify). The default writes the value to QueueNotify (offset 0x50); a VMM
+/// that takes notifications through KVM ioeventfds overrides it to signal the queue's eventfd,
+/// as KVM would for a guest write, and falls back to the register write for values no eventfd
+/// matches.
+///
+/// # Completions and settling
+///
+/// After a notification the harness polls the used ring for completions. Before every poll it
+/// calls [`settle`](Target::settle), where a VMM whose device work runs in an event loop turns
+/// that loop (for example `EventManager::run_with_timeout(0)`) or waits for its I/O threads.
+/// The polling budget is [`USED_WAIT`] for completions a case expects and [`NONE_WAIT`] before
+/// concluding that nothing was used, polling every [`POLL_INTERVAL`]; a target whose work is
+/// done inside the call that triggered it returns `true` from
+/// [`synchronous`](Target::synchronous) and is never waited for.
+///
+/// # Time and panics
+///
+/// [`run_suite`](crate::suite::run_suite) runs each case on a worker thread under a wall-clock
+/// budget per case and per call ([`Options`](crate::suite::Options)): a target that blocks
+/// yields `timeout` (severity high) and the run continues on a new instance from the
+/// [`TargetFactory`]. A panic inside any `Target` method is caught and graded `fail` (severity
+/// high) with its message; panics on the device's own threads are the adapter's to report,
+/// with [`guard::ThreadPanics`].
 pub trait Target {
     /// Identity for reports.
     fn info(&self) -> TargetInfo;
     /// Optional abilities.
     fn capabilities(&self) -> Capabilities;
-    /// Size of guest RAM in bytes, starting at guest physical address 0.
+    /// Size of guest RAM in bytes, starting at guest physical address 0; at least
+    /// [`layout::MIN_RAM_SIZE`].
     fn ram_size(&self) -> u64;
     /// Reads `data.len()` bytes at `offset`; `data` arrives filled with [`SENTINEL`].
     fn read(&mut self, offset: u64, data: &mut [u8]) -> Result<(), TargetError>;
     /// Writes `data` at `offset`.
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError>;
-    /// Writes guest memory.
+    /// Writes `data` to guest memory at guest physical address `gpa`.
     fn mem_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), TargetError>;
-    /// Reads guest memory.
+    /// Reads `buf.len()` bytes of guest memory at guest physical address `gpa`.
     fn mem_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError>;
     /// Replaces the target with a fresh instance (power-on state, zeroed RAM). Called before
     /// every case so cases are independent.
     fn fresh(&mut self) -> Result<(), TargetError>;
+    /// The driver notifies the device: `value` is what a guest writes to QueueNotify, the
+    /// queue index (or, with VIRTIO_F_NOTIFICATION_DATA, the notification data of §4.2.3.3),
+    /// and deliberately invalid values in robustness cases. Default: a 32-bit write of `value`
+    /// at offset 0x50.
+    fn notify(&mut self, value: u32) -> Result<(), TargetError> {
+        self.write32(virtio_reference_device::regs::QUEUE_NOTIFY, value)
+    }
+    /// Lets device work that runs outside the calls finish: called before every poll of the
+    /// used ring (see the trait's "Completions and settling"). Default: nothing to do.
+    fn settle(&mut self) -> Result<(), TargetError> {
+        Ok(())
+    }
     /// Interrupts raised since the last call (empty when not observable).
     fn take_interrupts(&mut self) -> Vec<IrqEvent> {
         Vec::new()
@@ -157,6 +208,95 @@ pub trait Target {
     /// 32-bit register write.
     fn write32(&mut self, offset: u64, value: u32) -> Result<(), TargetError> {
         self.write(offset, &value.to_le_bytes())
+    }
+}
+
+/// How long the harness polls the used ring for completions a case expects.
+pub const USED_WAIT: std::time::Duration = std::time::Duration::from_millis(1000);
+/// How long the harness polls before concluding that the device used nothing.
+pub const NONE_WAIT: std::time::Duration = std::time::Duration::from_millis(30);
+/// Interval between two polls of the used ring (each preceded by [`Target::settle`]).
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A boxed target is a target, so factories can hand out `Box<dyn Target + Send>`.
+impl<T: Target + ?Sized> Target for Box<T> {
+    fn info(&self) -> TargetInfo {
+        (**self).info()
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    fn ram_size(&self) -> u64 {
+        (**self).ram_size()
+    }
+    fn read(&mut self, offset: u64, data: &mut [u8]) -> Result<(), TargetError> {
+        (**self).read(offset, data)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
+        (**self).write(offset, data)
+    }
+    fn mem_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), TargetError> {
+        (**self).mem_write(gpa, data)
+    }
+    fn mem_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {
+        (**self).mem_read(gpa, buf)
+    }
+    fn fresh(&mut self) -> Result<(), TargetError> {
+        (**self).fresh()
+    }
+    fn notify(&mut self, value: u32) -> Result<(), TargetError> {
+        (**self).notify(value)
+    }
+    fn settle(&mut self) -> Result<(), TargetError> {
+        (**self).settle()
+    }
+    fn take_interrupts(&mut self) -> Vec<IrqEvent> {
+        (**self).take_interrupts()
+    }
+    fn take_accesses(&mut self) -> Option<Vec<MemoryAccess>> {
+        (**self).take_accesses()
+    }
+    fn config_change(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
+        (**self).config_change(offset, data)
+    }
+    fn synchronous(&self) -> bool {
+        (**self).synchronous()
+    }
+    fn diagnostics(&mut self) -> Option<String> {
+        (**self).diagnostics()
+    }
+}
+
+/// Builds target instances for [`run_suite`](crate::suite::run_suite): once at the start, and
+/// again whenever an instance timed out or panicked (the old one is abandoned). Any
+/// `FnMut() -> Result<T, TargetError>` with `T: Target + Send + 'static` is a factory.
+pub trait TargetFactory {
+    /// A new instance; its [`Target::fresh`] is still called before each case.
+    fn make(&mut self) -> Result<Box<dyn Target + Send>, TargetError>;
+}
+
+impl<F, T> TargetFactory for F
+where
+    F: FnMut() -> Result<T, TargetError>,
+    T: Target + Send + 'static,
+{
+    fn make(&mut self) -> Result<Box<dyn Target + Send>, TargetError> {
+        self().map(|t| Box::new(t) as Box<dyn Target + Send>)
+    }
+}
+
+/// A factory handing out one existing instance: a run that has to replace it (after a
+/// timeout or a panic) reports the remaining cases as `error`. Prefer a real factory where
+/// instances can be rebuilt.
+pub fn once<T: Target + Send + 'static>(target: T) -> impl TargetFactory {
+    let mut slot = Some(target);
+    move || {
+        slot.take().ok_or_else(|| {
+            TargetError::Unavailable(
+                "the run was given one instance, which cannot be replaced after a timeout or panic"
+                    .into(),
+            )
+        })
     }
 }
 

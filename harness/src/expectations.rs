@@ -64,7 +64,15 @@ impl Expectation {
         self.expect.as_deref() == Some("skip")
     }
 
-    fn applies(&self, glob: &globset::GlobMatcher, case: &str, device: &str, version: u32) -> bool {
+    /// Whether the entry (with its compiled case `glob`) names `case` on `device` over
+    /// transport `version`.
+    pub fn applies(
+        &self,
+        glob: &globset::GlobMatcher,
+        case: &str,
+        device: &str,
+        version: u32,
+    ) -> bool {
         glob.is_match(case)
             && self.version.is_none_or(|v| v == version)
             && self.device.as_deref().is_none_or(|d| d == device)

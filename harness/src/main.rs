@@ -124,6 +124,10 @@ struct TargetArgs {
     /// QEMU binary for `--target qemu`.
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
+    /// Keep one QEMU per worker across cases, reset between cases (device reset, guest RAM
+    /// and disk zeroed), instead of starting a fresh QEMU for every case.
+    #[arg(long)]
+    reuse_qemu: bool,
     /// For `--target qemu`: this `-device` argument instead of the one `--device` implies
     /// (the run still expects `--device`; a different DeviceID fails the identity cases).
     #[arg(long)]
@@ -299,6 +303,7 @@ fn error_report(suite: &Suite, t: &TargetArgs, why: &str) -> Report {
         results,
         coverage: report::coverage(&suite.catalog, &suite.cases),
         interrupted: None,
+        started: Some(report::now_rfc3339()),
         stale_expectations: Vec::new(),
     }
 }
@@ -331,6 +336,7 @@ fn make_target(t: &TargetArgs) -> Result<Box<dyn Target + Send>, String> {
             use virtio_conform::target::qemu::{QemuOptions, QemuTarget};
             let opts = QemuOptions {
                 qemu: t.qemu.clone(),
+                reuse: t.reuse_qemu,
                 device_override: t.qemu_device.clone(),
                 ..QemuOptions::new(device, version)
             };
@@ -432,7 +438,8 @@ fn replay_report(
             } else {
                 format!("mutant:{mutant}")
             },
-            device: "fuzz".into(),
+            // The fuzz target stands in for the device: its input picks what it drives.
+            device: target.to_string(),
             version: 0,
             implementation: format!("virtio-reference-device {}", env!("CARGO_PKG_VERSION")),
         },
@@ -442,6 +449,7 @@ fn replay_report(
         coverage: Default::default(),
         stale_expectations: Vec::new(),
         interrupted: None,
+        started: Some(report::now_rfc3339()),
     }
 }
 
@@ -501,6 +509,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             }
             let target = make_target(&t)?;
             let info: report::TargetInfoOut = target.info().into();
+            let started_at = report::now_rfc3339();
             // The report file is checked (and its records file started) before any case runs.
             let sink = match &output {
                 Some(p) => Some(RecordSink::create(
@@ -510,6 +519,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                         tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
                         spec: suite.catalog.spec.clone(),
                         target: info.clone(),
+                        started: Some(started_at.clone()),
                     },
                 )?),
                 None => None,
@@ -526,9 +536,9 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 let info = info.clone();
                 let to_file = output.is_some();
                 move |results: Vec<report::CaseResult>,
+                      stale_expectations: Vec<report::StaleExpectation>,
                       sink: Option<RecordSink>,
-                      interrupted: Option<String>,
-                      stale_expectations: Vec<report::StaleExpectation>|
+                      interrupted: Option<String>|
                       -> Result<Report, String> {
                     let report = Report {
                         schema: report::REPORT_SCHEMA.into(),
@@ -540,6 +550,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                         results,
                         coverage: coverage.clone(),
                         interrupted,
+                        started: Some(started_at.clone()),
                         stale_expectations,
                     };
                     let body = match format {
@@ -547,7 +558,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                         Format::Json => {
                             serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
                         }
-                        Format::Junit => report::junit(&report),
+                        Format::Junit => report::junit_with(&report, strict),
                     };
                     match sink {
                         Some(s) => {
@@ -572,7 +583,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                     let results = std::mem::take(&mut st.results);
                     let n = results.len();
                     let why = format!("interrupted by {sig} after {n} finished cases");
-                    if let Err(e) = emit(results, st.sink.take(), Some(why.clone()), Vec::new()) {
+                    if let Err(e) = emit(results, Vec::new(), st.sink.take(), Some(why.clone())) {
                         eprintln!("virtio-conform: error: {e}");
                     }
                     eprintln!("virtio-conform: {why}");
@@ -626,7 +637,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 st.sink.take()
             };
             let code = report.exit_code(strict);
-            emit(report.results, sink, None, report.stale_expectations)?;
+            emit(report.results, report.stale_expectations, sink, None)?;
             Ok(code)
         }
         Cmd::List {
@@ -773,6 +784,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                             device: device.clone(),
                             version,
                             qemu: qemu.clone(),
+                            reuse_qemu: false,
                             qemu_device: None,
                         };
                         let what =
@@ -841,6 +853,9 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             output,
         } => {
             let data = std::fs::read(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+            if mutant.is_none() {
+                virtio_conform::fuzz::check_mutant_env()?;
+            }
             let result = match mutant.as_deref() {
                 None => virtio_conform::fuzz::replay(&fuzz_target, &data)?,
                 Some("reference") => virtio_conform::fuzz::replay_on(&fuzz_target, &data, None)?,
@@ -862,7 +877,22 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                     t.push_str(&report::text_summary(&report, &catalog, true));
                     t
                 }
-                Format::Json => serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?,
+                Format::Json => {
+                    let rr = report::ReplayReport {
+                        schema: report::REPLAY_SCHEMA.into(),
+                        tool: report.tool.clone(),
+                        spec: report.spec.clone(),
+                        fuzz_target: fuzz_target.clone(),
+                        input: input.display().to_string(),
+                        subject: report.target.name.clone(),
+                        implementation: report.target.implementation.clone(),
+                        ops: result.ops.lines().map(String::from).collect(),
+                        summary: report.summary.clone(),
+                        results: report.results.clone(),
+                        started: report.started.clone(),
+                    };
+                    serde_json::to_string_pretty(&rr).map_err(|e| e.to_string())?
+                }
                 Format::Junit => report::junit(&report),
             };
             match output {

@@ -28,6 +28,9 @@ pub struct RecordsHeader {
     pub spec: String,
     /// The target.
     pub target: TargetInfoOut,
+    /// When the run started (RFC 3339, UTC).
+    #[serde(default)]
+    pub started: Option<String>,
 }
 
 /// The path of the records file that belongs to report `path` (`FILE.partial`).
@@ -137,6 +140,7 @@ pub fn read_partial(path: &Path) -> Result<Report, String> {
         results,
         coverage: Default::default(),
         interrupted: Some("the run ended before its report was written".into()),
+        started: header.started,
         stale_expectations: Vec::new(),
     })
 }

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 /// Schema tag of the JSON report.
 pub const REPORT_SCHEMA: &str = "virtio-conform/report/1";
+/// Schema tag of the JSON report of `replay` (one fuzz input).
+pub const REPLAY_SCHEMA: &str = "virtio-conform/replay/1";
 pub use crate::expectations::{
     stale_in_results, Expectation, ExpectationState, Expectations, StaleExpectation,
     EXPECTATIONS_SCHEMA, EXPECTATIONS_SCHEMA_WHOLE_CASE,
@@ -116,6 +118,43 @@ pub struct Report {
     /// why. `results` then holds only the cases that finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<String>,
+    /// When the run started (RFC 3339, UTC), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+}
+
+/// The JSON report of `virtio-conform replay`: one fuzz input decoded and checked by its fuzz
+/// target's oracles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayReport {
+    /// Always [`REPLAY_SCHEMA`].
+    pub schema: String,
+    /// `virtio-conform <version>`.
+    pub tool: String,
+    /// Spec edition of the catalog.
+    pub spec: String,
+    /// The fuzz target (`queue_chain`, `mmio_regs`, `diff_mmio`).
+    pub fuzz_target: String,
+    /// The input file.
+    pub input: String,
+    /// What the input ran against: `reference` or `mutant:<name>`.
+    pub subject: String,
+    /// Implementation version string of the subject.
+    pub implementation: String,
+    /// The decoded operation stream, one operation per entry.
+    pub ops: Vec<String>,
+    /// Counts per outcome.
+    pub summary: BTreeMap<String, usize>,
+    /// One result: `pass` or `fail` with what the oracle found.
+    pub results: Vec<CaseResult>,
+    /// When the replay ran (RFC 3339, UTC).
+    pub started: Option<String>,
+}
+
+/// The current time as RFC 3339 in UTC, to the second (`2026-11-30T22:15:00Z`).
+pub fn now_rfc3339() -> String {
+    chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Target identity in a report.
@@ -317,53 +356,175 @@ pub fn text_summary(report: &Report, catalog: &Catalog, verbose: bool) -> String
             st.why
         );
     }
-    let passed = report.summary.get("pass").copied().unwrap_or(0);
-    let failed: usize = report
-        .results
-        .iter()
-        .filter(|r| r.outcome.is_unexpected(false))
-        .count();
-    let skipped = report.results.len() - passed - failed;
-    let _ = writeln!(out, "{passed} passed, {failed} failed, {skipped} skipped");
+    let _ = writeln!(out, "{}", closing_line(report));
     out
 }
 
-/// JUnit XML of the report (one test suite, one test case per case).
+/// The summary's last line: `N passed, N failed`, then every other outcome that occurred
+/// under its own name (`, 1 unsupported, 2 xfail`). `failed` counts the outcomes that make
+/// the run exit non-zero without `--strict`: fail, timeout, xpass and error.
+pub fn closing_line(report: &Report) -> String {
+    let count = |o: Outcome| report.results.iter().filter(|r| r.outcome == o).count();
+    let failed = [
+        Outcome::Fail,
+        Outcome::Timeout,
+        Outcome::Xpass,
+        Outcome::Error,
+    ]
+    .into_iter()
+    .map(count)
+    .sum::<usize>();
+    let mut line = format!("{} passed, {failed} failed", count(Outcome::Pass));
+    for o in [
+        Outcome::NonStrict,
+        Outcome::Informational,
+        Outcome::Unsupported,
+        Outcome::Skipped,
+        Outcome::Xfail,
+    ] {
+        let n = count(o);
+        if n > 0 {
+            line.push_str(&format!(", {n} {}", o.name()));
+        }
+    }
+    line
+}
+
+/// JUnit XML of the report (one test suite, one test case per case), graded as `run` exits
+/// without `--strict`; see [`junit_with`].
 pub fn junit(report: &Report) -> String {
+    junit_with(report, false)
+}
+
+/// JUnit XML of the report, consistent with the exit code of `run` (`strict`: `non_strict`
+/// is a failure, as it makes `run --strict` exit 1; otherwise a pass with a note).
+///
+/// One `<testsuite>` (name `target:device:vN`, `timestamp` = the run's start) with one
+/// `<testcase>` per case: `classname` is the spec area (`§2.7`, the section of the case's
+/// first requirement), `time` its wall time. fail/timeout/xpass (and non_strict when
+/// `strict`) are `<failure>` whose text names each failed check with its requirement ids,
+/// sections, step, line, expected and observed values, and the replay command; error is
+/// `<error>`; unsupported/skipped are `<skipped>` with the reason.
+pub fn junit_with(report: &Report, strict: bool) -> String {
     use quick_junit::{NonSuccessKind, Report as JReport, TestCase, TestCaseStatus, TestSuite};
     let mut jr = JReport::new("virtio-conform");
-    let mut suite = TestSuite::new(format!(
-        "{}:{}:v{}",
-        report.target.name, report.target.device, report.target.version
+    let mut name = format!("{}:{}", report.target.name, report.target.device);
+    if report.target.version > 0 {
+        name.push_str(&format!(":v{}", report.target.version));
+    }
+    let mut suite = TestSuite::new(name);
+    if let Some(t) = report
+        .started
+        .as_deref()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+    {
+        suite.set_timestamp(t);
+        jr.set_timestamp(t);
+    }
+    suite.set_time(std::time::Duration::from_secs_f64(
+        report.duration_ms.max(0.0) / 1000.0,
     ));
-    for r in &report.results {
-        let status = match r.outcome {
-            Outcome::Pass | Outcome::Informational | Outcome::Xfail => TestCaseStatus::success(),
-            Outcome::Unsupported | Outcome::Skipped => TestCaseStatus::skipped(),
-            Outcome::Error => {
-                let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
-                s.set_message(r.reason.clone().unwrap_or_default());
-                s
-            }
-            _ => {
-                let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
-                let msg: Vec<String> = r
-                    .failures
+    let failure_text = |r: &CaseResult| -> String {
+        let mut lines: Vec<String> = r
+            .failures
+            .iter()
+            .map(|f| {
+                let ids: Vec<String> = f
+                    .requirements
                     .iter()
-                    .map(|f| {
-                        format!(
-                            "line {:?}: expected {}; observed {}",
-                            f.line, f.expected, f.observed
-                        )
-                    })
+                    .map(|c| format!("{} §{} ({})", c.id, c.section, c.level))
                     .collect();
-                s.set_message(format!("{}: {}", r.outcome.name(), msg.join(" | ")));
-                s.set_description(r.replay.clone());
-                s
+                let at = match (f.step, f.line) {
+                    (Some(s), Some(l)) => format!("step {s} (line {l}) {}", f.op),
+                    (Some(s), None) => format!("step {s} {}", f.op),
+                    _ => f.op.clone(),
+                };
+                format!(
+                    "{at}: [{}] {} severity {}: expected {}; observed {}",
+                    ids.join(", "),
+                    f.level,
+                    f.severity.name(),
+                    f.expected,
+                    f.observed
+                )
+            })
+            .collect();
+        if let Some(why) = &r.reason {
+            lines.push(format!("reason: {why}"));
+        }
+        if let Some(d) = &r.diagnostics {
+            lines.push(format!("diagnostics:\n{d}"));
+        }
+        lines.push(format!("replay: {}", r.replay));
+        lines.join("\n")
+    };
+    for r in &report.results {
+        let cited: Vec<String> = r
+            .requirements
+            .iter()
+            .map(|c| format!("{} §{}", c.id, c.section))
+            .collect();
+        let summary = |head: &str| -> String {
+            match r.failures.first() {
+                Some(f) => format!(
+                    "{head}: {}{}: expected {}; observed {}",
+                    f.requirements
+                        .iter()
+                        .map(|c| format!("{} §{} ", c.id, c.section))
+                        .collect::<String>(),
+                    f.op,
+                    f.expected,
+                    f.observed
+                ),
+                None => format!("{head}: {}", r.reason.clone().unwrap_or_default()),
             }
         };
+        let failure = |kind: NonSuccessKind, head: &str| {
+            let mut s = TestCaseStatus::non_success(kind);
+            s.set_message(summary(head));
+            s.set_type(head.to_string());
+            s.set_description(failure_text(r));
+            s
+        };
+        let status = match r.outcome {
+            Outcome::Pass | Outcome::Informational | Outcome::Xfail => TestCaseStatus::success(),
+            Outcome::NonStrict if !strict => TestCaseStatus::success(),
+            Outcome::Unsupported | Outcome::Skipped => {
+                let mut s = TestCaseStatus::skipped();
+                s.set_message(format!(
+                    "{}: {}",
+                    r.outcome.name(),
+                    r.reason.clone().unwrap_or_default()
+                ));
+                s
+            }
+            Outcome::Error => failure(NonSuccessKind::Error, "error"),
+            o => failure(NonSuccessKind::Failure, o.name()),
+        };
         let mut tc = TestCase::new(r.case.clone(), status);
-        tc.set_time(std::time::Duration::from_secs_f64(r.duration_ms / 1000.0));
+        let sec = r
+            .requirements
+            .first()
+            .map(|c| c.section.split('.').take(2).collect::<Vec<_>>().join("."))
+            .unwrap_or_default();
+        tc.set_classname(format!("§{sec}"));
+        tc.set_time(std::time::Duration::from_secs_f64(
+            r.duration_ms.max(0.0) / 1000.0,
+        ));
+        // The outcome and the cited requirements, also for passing cases.
+        let mut out = format!(
+            "outcome: {}\nrequirements: {}",
+            r.outcome.name(),
+            cited.join(", ")
+        );
+        if matches!(
+            r.outcome,
+            Outcome::NonStrict | Outcome::Informational | Outcome::Xfail
+        ) {
+            out.push('\n');
+            out.push_str(&failure_text(r));
+        }
+        tc.set_system_out(out);
         suite.add_test_case(tc);
     }
     jr.add_test_suite(suite);

@@ -192,6 +192,7 @@ impl Report {
 /// [`Target::fresh`]: crate::target::Target::fresh
 pub fn run_suite(suite: &Suite, factory: impl TargetFactory + Send, opts: &Options) -> Report {
     let start = Instant::now();
+    let started = report::now_rfc3339();
     let factory = Mutex::new(factory);
     let mut first_factory = SharedFactory(&factory);
     let first = match CaseWorker::start(&mut first_factory, &suite.catalog, opts.budget) {
@@ -255,6 +256,7 @@ pub fn run_suite(suite: &Suite, factory: impl TargetFactory + Send, opts: &Optio
         coverage: report::coverage(&suite.catalog, &suite.cases),
         stale_expectations: state.map(|s| s.stale(&suite.cases)).unwrap_or_default(),
         interrupted: None,
+        started: Some(started),
     }
 }
 
@@ -357,5 +359,6 @@ fn unavailable_report(suite: &Suite, why: String, start: Instant) -> Report {
         coverage: report::coverage(&suite.catalog, &suite.cases),
         stale_expectations: Vec::new(),
         interrupted: None,
+        started: Some(report::now_rfc3339()),
     }
 }

@@ -529,6 +529,81 @@ fn parallel_workers_give_the_same_report_as_one() {
 }
 
 #[test]
+fn parallel_workers_report_the_same_stale_expectations_as_one_sequential_run() {
+    let d = tempfile::tempdir().unwrap();
+    let ex = d.path().join("ex.json");
+    std::fs::write(
+        &ex,
+        r#"{"schema": "virtio-conform/expectations/2", "target": "t", "entries": [
+  {"case": "reset.reinit-works", "requirements": ["RESET-DEV-01"], "reason": "used"},
+  {"case": "features.page-0-and-1", "requirements": ["MMIO-REG-01"], "reason": "ran, excused nothing"},
+  {"case": "no.such.case", "requirements": ["RESET-DEV-01"], "reason": "names nothing"},
+  {"case": "init.*", "requirements": ["RESET-DEV-01"], "reason": "many cases"},
+  {"case": "init.*", "requirements": ["MMIO-REG-01"], "reason": "many cases, nothing"}
+]}"#,
+    )
+    .unwrap();
+    let suite = Suite::load_default().unwrap();
+    let make = || {
+        ReferenceTarget::new(
+            DeviceKind::Entropy,
+            TransportVersion::Modern,
+            virtio_reference_device::Mutant::from_name("reset-sets-failed"),
+        )
+    };
+    let sequential = virtio_conform::suite::run_suite(
+        &suite,
+        make,
+        &virtio_conform::suite::Options {
+            expectations: Some(virtio_conform::report::Expectations::load(&ex).unwrap()),
+            jobs: 1,
+            ..Default::default()
+        },
+    );
+    let stale: Vec<&str> = sequential
+        .stale_expectations
+        .iter()
+        .map(|s| s.reason.as_str())
+        .collect();
+    assert_eq!(
+        stale,
+        [
+            "ran, excused nothing",
+            "names nothing",
+            "many cases, nothing"
+        ]
+    );
+    for jobs in ["1", "3"] {
+        let out = bin()
+            .args([
+                "run",
+                "--target",
+                "mutant:reset-sets-failed",
+                "--format",
+                "json",
+                "-j",
+                jobs,
+            ])
+            .arg("--expectations")
+            .arg(&ex)
+            .output()
+            .unwrap();
+        let r: virtio_conform::report::Report = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            r.stale_expectations, sequential.stale_expectations,
+            "-j {jobs}"
+        );
+        let outcomes = |r: &virtio_conform::report::Report| {
+            r.results
+                .iter()
+                .map(|c| (c.case.clone(), c.outcome))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(outcomes(&r), outcomes(&sequential), "-j {jobs}");
+    }
+}
+
+#[test]
 fn matrix_checks_every_combination_before_running_any() {
     for (args, words) in [
         (
@@ -617,4 +692,30 @@ fn a_failing_matrix_combination_keeps_the_others() {
         .unwrap()
         .contains("could not start"));
     assert_eq!(row[1]["outcome"], "pass", "{row}");
+}
+
+#[test]
+fn an_unknown_pinned_mutant_is_an_error() {
+    let seed = shipped_specs().join("../corpora/queue_chain/seed-basic");
+    let out = bin()
+        .env("VIRTIO_CONFORM_MUTANT", "no-such-bug")
+        .args(["replay", "queue_chain"])
+        .arg(&seed)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("VIRTIO_CONFORM_MUTANT") && err.contains("no-such-bug"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    // Known names still work.
+    let out = bin()
+        .env("VIRTIO_CONFORM_MUTANT", "used-idx-saturates")
+        .args(["replay", "queue_chain"])
+        .arg(&seed)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(2));
 }

@@ -115,24 +115,44 @@ impl std::error::Error for Finding {}
 /// `Some(None)` for `reference` (no mutant; `diff_mmio` then compares the reference with
 /// itself), `Some(Some(m))` for a mutant name.
 ///
-/// An unknown name is reported on stderr once and treated as `reference`.
+/// An unknown name is an error: the process prints it and exits with status 2 (a fuzz run
+/// must never fuzz the reference while its user believes a mutant is pinned). Call
+/// [`check_mutant_env`] first to handle the error yourself.
 pub fn pinned() -> Option<Option<Mutant>> {
     static PINNED: OnceLock<Option<Option<Mutant>>> = OnceLock::new();
-    *PINNED.get_or_init(|| {
-        let name = std::env::var(MUTANT_ENV).ok()?;
-        let name = name.trim();
-        if name.is_empty() {
-            return None;
+    *PINNED.get_or_init(|| match check_mutant_env() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
         }
-        if name == "reference" {
-            return Some(None);
-        }
-        let m = Mutant::from_name(name);
-        if m.is_none() {
-            eprintln!("{MUTANT_ENV}: unknown mutant `{name}`; running the reference");
-        }
-        Some(m)
     })
+}
+
+/// Reads [`MUTANT_ENV`]: `Ok(None)` unset or empty, `Ok(Some(None))` for `reference`,
+/// `Ok(Some(Some(m)))` for a mutant. Errors: an unknown name, naming the variable, the value
+/// and the known names.
+pub fn check_mutant_env() -> Result<Option<Option<Mutant>>, String> {
+    let Ok(name) = std::env::var(MUTANT_ENV) else {
+        return Ok(None);
+    };
+    let name = name.trim();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if name == "reference" {
+        return Ok(Some(None));
+    }
+    match Mutant::from_name(name) {
+        Some(m) => Ok(Some(Some(m))),
+        None => {
+            let known: Vec<&str> = Mutant::ALL.iter().map(|m| m.name()).collect();
+            Err(format!(
+                "{MUTANT_ENV}=`{name}` is not a mutant; expected `reference` or one of: {}",
+                known.join(", ")
+            ))
+        }
+    }
 }
 
 /// The mutant pinned through [`MUTANT_ENV`], if any (see [`pinned`]).

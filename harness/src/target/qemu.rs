@@ -97,6 +97,11 @@ pub struct QemuOptions {
     /// oracle can sweep all of guest RAM in milliseconds ([`Target::bulk_read`]); without it
     /// the oracle samples RAM over qtest.
     pub shared_ram: bool,
+    /// Keep one QEMU across cases (default false): [`Target::fresh`] then resets the device
+    /// (Status 0, selector registers 0), zeroes guest RAM and the disk image, and drops
+    /// pending interrupt events, instead of starting a new QEMU. A QEMU that crashed or hung
+    /// is still replaced.
+    pub reuse: bool,
     /// A `-device` argument used instead of the one [`QemuOptions::device`] implies (no
     /// backend is added), e.g. `virtio-rng-device` for a run that expects a block device:
     /// the device is still found by MagicValue and Version, and the identity cases report
@@ -113,6 +118,7 @@ impl Default for QemuOptions {
             ram_mib: 16,
             timeout: Duration::from_secs(5),
             shared_ram: true,
+            reuse: false,
             device_override: None,
         }
     }
@@ -654,6 +660,34 @@ struct Instance {
 }
 
 impl Instance {
+    /// Brings the running QEMU back to the state a new one starts in, for the next case: the
+    /// virtio device reset (§2.4: Status 0), DeviceFeaturesSel, DriverFeaturesSel and QueueSel
+    /// at 0, guest RAM zeroed (qtest `memset`), the disk image zeroed, pending interrupt events
+    /// dropped.
+    fn reset_in_place(&mut self, opts: &QemuOptions) -> Result<(), LinkError> {
+        use virtio_reference_device::regs::{
+            DEVICE_FEATURES_SEL, DRIVER_FEATURES_SEL, QUEUE_SEL, STATUS,
+        };
+        self.conn.sync()?;
+        let b = self.base;
+        let mut cmds = vec![format!("writel 0x{:x} 0x0", b + STATUS)];
+        for r in [DEVICE_FEATURES_SEL, DRIVER_FEATURES_SEL, QUEUE_SEL] {
+            cmds.push(format!("writel 0x{:x} 0x0", b + r));
+        }
+        cmds.push(format!("memset 0x0 0x{:x} 0x0", opts.ram_mib << 20));
+        self.conn.query_many(&cmds)?;
+        if opts.device == DeviceKind::Block {
+            fs::write(
+                self.dir.path().join("disk.img"),
+                vec![0u8; BLOCK_IMAGE_BYTES],
+            )
+            .map_err(|e| LinkError::Reply(format!("zeroing the disk image: {e}")))?;
+        }
+        self.conn.poll_async()?;
+        self.conn.irqs.clear();
+        Ok(())
+    }
+
     fn stderr_path(&self) -> PathBuf {
         self.dir.path().join("qemu.stderr")
     }
@@ -1219,6 +1253,13 @@ impl Target for QemuTarget {
     }
 
     fn fresh(&mut self) -> Result<(), TargetError> {
+        if self.opts.reuse && self.broken.is_none() {
+            if let Some(inst) = self.inst.as_mut() {
+                if inst.reset_in_place(&self.opts).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
         self.inst = None;
         self.broken = None;
         self.inst = Some(Instance::start(&self.opts)?);

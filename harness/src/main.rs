@@ -124,6 +124,10 @@ struct TargetArgs {
     /// QEMU binary for `--target qemu`.
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
+    /// For `--target qemu`: this `-device` argument instead of the one `--device` implies
+    /// (the run still expects `--device`; a different DeviceID fails the identity cases).
+    #[arg(long)]
+    qemu_device: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -327,6 +331,7 @@ fn make_target(t: &TargetArgs) -> Result<Box<dyn Target + Send>, String> {
             use virtio_conform::target::qemu::{QemuOptions, QemuTarget};
             let opts = QemuOptions {
                 qemu: t.qemu.clone(),
+                device_override: t.qemu_device.clone(),
                 ..QemuOptions::new(device, version)
             };
             Ok(Box::new(QemuTarget::new(opts).map_err(|e| e.to_string())?))
@@ -774,6 +779,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                             device: device.clone(),
                             version,
                             qemu: qemu.clone(),
+                            qemu_device: None,
                         };
                         let what =
                             format!("--target {target} --device {device} --version {version}");

@@ -605,8 +605,16 @@ pub struct Exec<'a, T: Target, H: Hook<T>> {
     /// Observations since the last [`take_obs`](Self::take_obs) (only when recording).
     pub obs: Vec<Obs>,
     record: bool,
+    /// Notifications go through [`Target::notify`] and the used ring is read after
+    /// [`Target::settle`] (for targets whose device work runs outside the calls; see
+    /// [`Exec::via_notify_and_settle`]).
+    settle: bool,
     d: DriverState,
 }
+
+/// Most [`Target::settle`] calls after one notification: settling stops earlier once the used
+/// index reads the same after two calls in a row.
+pub const MAX_SETTLES: usize = 16;
 
 impl<'a, T: Target, H: Hook<T>> Exec<'a, T, H> {
     /// A driver for `t` running `case`'s device; `record` keeps observations for a diff.
@@ -617,6 +625,7 @@ impl<'a, T: Target, H: Hook<T>> Exec<'a, T, H> {
             hook,
             obs: Vec::new(),
             record,
+            settle: false,
             d: DriverState {
                 legacy: case.version() == TransportVersion::Legacy,
                 block: case.device() == DeviceKind::Block,
@@ -626,6 +635,16 @@ impl<'a, T: Target, H: Hook<T>> Exec<'a, T, H> {
                 next_desc: 0,
             },
         }
+    }
+
+    /// Sends notifications through [`Target::notify`] (a VMM may route them to ioeventfds) and,
+    /// unless the target is [`synchronous`](Target::synchronous), calls
+    /// [`Target::settle`] after each until the used index holds still (at most
+    /// [`MAX_SETTLES`] times) before the used ring is read. Off by default: the in-tree
+    /// targets write QueueNotify and are synchronous.
+    pub fn via_notify_and_settle(mut self) -> Self {
+        self.settle = true;
+        self
     }
 
     /// Takes the observations recorded so far.
@@ -706,6 +725,30 @@ impl<'a, T: Target, H: Hook<T>> Exec<'a, T, H> {
         let _ = self.t.mem_write(gpa, data);
     }
 
+    /// Settles the target until the used index of the queue last set up reads the same twice
+    /// in a row, at most [`MAX_SETTLES`] times.
+    fn settle_used(&mut self) -> Result<(), Finding> {
+        let Some(used) = self.d.queue.as_ref().map(|dq| dq.used) else {
+            return match self.t.settle() {
+                Ok(()) => Ok(()),
+                Err(e) => self.failed(QUEUE_NOTIFY, e),
+            };
+        };
+        let mut last = None;
+        for _ in 0..MAX_SETTLES {
+            if let Err(e) = self.t.settle() {
+                return self.failed(QUEUE_NOTIFY, e);
+            }
+            let mut idx = [0u8; 2];
+            let now = self.t.mem_read(used + 2, &mut idx).ok().map(|_| idx);
+            if now.is_some() && now == last {
+                break;
+            }
+            last = now;
+        }
+        Ok(())
+    }
+
     /// Executes one operation.
     pub fn op(&mut self, op: &MmioOp) -> Result<(), Finding> {
         match *op {
@@ -760,7 +803,26 @@ impl<'a, T: Target, H: Hook<T>> Exec<'a, T, H> {
                 } else {
                     (queue & 0xf) as u32
                 };
-                self.wr32(QUEUE_NOTIFY, q)?;
+                if self.settle {
+                    let r = self.t.notify(q);
+                    let fx = self.effects();
+                    if let Err(e) = r {
+                        self.failed(QUEUE_NOTIFY, e)?;
+                    }
+                    if self.record && fx != Effects::default() {
+                        self.obs.push(Obs::Effects {
+                            off: QUEUE_NOTIFY,
+                            effects: fx.clone(),
+                        });
+                    }
+                    self.hook
+                        .write(&mut *self.t, QUEUE_NOTIFY, &q.to_le_bytes(), &fx)?;
+                    if !self.t.synchronous() {
+                        self.settle_used()?;
+                    }
+                } else {
+                    self.wr32(QUEUE_NOTIFY, q)?;
+                }
                 if self.record {
                     if let Some(dq) = &self.d.queue {
                         let n = (4 + 8 * dq.size as u64).min(MAX_USED_BYTES) as usize;

@@ -9,7 +9,7 @@
 //! | [`queue_chain`](queue_chain()) | the reference [`SplitQueue`](virtio_reference_device::SplitQueue) and rust-vmm `virtio-queue` 0.18 over the same rings | memory-access confinement, used-ring entries, notification suppression, bounded work, differential with justified differences ([`queue_chain::JUSTIFIED_DIFFERENCES`]) |
 //! | [`mmio_regs`](mmio_regs()) | the reference [`MmioDevice`](virtio_reference_device::MmioDevice) (both transport versions, entropy and block) | no panic or hang, identity registers, Status bits, FEATURES_OK, reset, InterruptStatus/ACK, ConfigGeneration, configuration space, QueueNumMax, no work before DRIVER_OK, invalid queue sizes |
 //! | [`diff_mmio`](diff_mmio()) | the reference and one [`Mutant`] through [`ReferenceTarget`](crate::target::ReferenceTarget) | any observable divergence |
-//! | [`diff_mmio_against`] (for a VMM crate's own `fuzz/`) | the reference and any synchronous [`Target`](crate::target::Target) | differences the spec does not leave to the device |
+//! | [`diff_mmio_against`] (for a VMM crate's own `fuzz/`) | the reference and any [`Target`](crate::target::Target) (notified through `notify`, settled with `settle`) | differences the spec does not leave to the device |
 //!
 //! Inputs are decoded leniently: a short header and then operations, each an
 //! `arbitrary`-derived value of fixed size, read from an [`arbitrary::Unstructured`] until the

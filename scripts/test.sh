@@ -29,15 +29,49 @@ else
   echo "Chromium unavailable: the matrix rendering test will say it skipped"
 fi
 
+# The closing line counts real tests: every test of every `cargo test` binary (its "test
+# result:" lines) and every suite run below, one each.
+passed=0
+failed=0
+skipped=0
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+count_cargo_tests() {
+  local p f i
+  p=$(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+  f=$(sed -n 's/^test result: [a-zA-Z]*\. [0-9]* passed; \([0-9]*\) failed.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+  i=$(sed -n 's/^test result: [a-zA-Z]*\. [0-9]* passed; [0-9]* failed; \([0-9]*\) ignored.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+  passed=$((passed + p))
+  failed=$((failed + f))
+  skipped=$((skipped + i))
+}
+suite_run() {
+  if "$@"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "FAILED: $*"
+  fi
+}
+finish() {
+  echo "tests: $passed passed, $failed failed, $skipped skipped"
+  [ "$failed" -eq 0 ]
+}
+
 echo "== cargo test (workspace)"
-cargo test --workspace --locked 2>&1
+cargo test --workspace --locked 2>&1 | tee "$log" || true
+count_cargo_tests
+if ! grep -q '^test result:' "$log" || grep -q '^error' "$log"; then
+  failed=$((failed + 1))
+  echo "FAILED: cargo test did not build or run"
+fi
 
 echo "== suite: reference target"
 cargo build --release --locked -p virtio-conform
 bin=target/release/virtio-conform
 for dev in entropy block; do
   for ver in 2 1; do
-    "$bin" run --target reference --device "$dev" --version "$ver" --strict
+    suite_run "$bin" run --target reference --device "$dev" --version "$ver" --strict
   done
 done
 
@@ -48,7 +82,7 @@ if command -v qemu-system-x86_64 >/dev/null 2>&1; then
       ex="specs/expectations/qemu-v$ver.json"
       args=()
       [ -f "$ex" ] && args=(--expectations "$ex")
-      "$bin" run --target qemu --device "$dev" --version "$ver" --strict "${args[@]}"
+      suite_run "$bin" run --target qemu --device "$dev" --version "$ver" --strict "${args[@]}"
     done
   done
 else
@@ -60,7 +94,6 @@ bash scripts/gate-dragonball.sh
 
 if [ -f scripts/fuzz-smoke.sh ]; then
   echo "== fuzz smoke (cargo fuzz, stable, -s none)"
-  bash scripts/fuzz-smoke.sh
+  suite_run bash scripts/fuzz-smoke.sh
 fi
-echo "== all stages passed"
-echo "tests: $(grep -c '^echo "== ' "$0") passed, 0 failed"
+finish

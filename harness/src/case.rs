@@ -663,6 +663,17 @@ impl Case {
         }
         let (hl, h) = header.ok_or_else(|| anyhow::anyhow!("{origin}: empty case file"))?;
         let at = |e: String| anyhow::anyhow!("{origin}:{hl}: {e}");
+        if h.case.is_empty()
+            || !h
+                .case
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        {
+            return Err(at(format!(
+                "field `case`: `{}` is not a case id (lowercase letters, digits, `.`, `-`, `_`)",
+                h.case
+            )));
+        }
         if h.requirements.is_empty() {
             return Err(at("`requirements` is empty: name at least one id".into()));
         }

@@ -11,6 +11,8 @@ pub mod expectations;
 pub mod fuzz;
 pub mod matrix;
 pub mod outcome;
+pub mod parallel;
+pub mod records;
 pub mod report;
 pub mod runner;
 pub mod suite;

@@ -1,14 +1,68 @@
 //! The `virtio-conform` command line.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use virtio_conform::parallel::{run_parallel, ParallelOptions};
+use virtio_conform::records::{RecordSink, RecordsHeader};
 use virtio_conform::report::{self, Expectations, Report};
 use virtio_conform::suite::{default_specs_dir, run_suite, Options, Suite};
 use virtio_conform::target::{
     parse_version, DeviceKind, ReferenceTarget, Target, TargetError, TargetKind,
 };
 use virtio_reference_device::Mutant;
+
+/// What a `run` has produced so far, shared with the signal handler.
+struct RunState {
+    /// Results of the cases that finished, in the order they finished.
+    results: Vec<report::CaseResult>,
+    /// The records file and the report path (`-o`).
+    sink: Option<RecordSink>,
+    /// The report is written (or being written): later results and signals change nothing.
+    finished: bool,
+}
+
+type SignalHook = Box<dyn FnOnce(&str) + Send>;
+
+fn signal_hook() -> std::sync::MutexGuard<'static, Option<SignalHook>> {
+    static HOOK: Mutex<Option<SignalHook>> = Mutex::new(None);
+    HOOK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What to do on SIGINT/SIGTERM before QEMU children are killed and the process exits with
+/// 128 + the signal number (130, 143).
+fn on_signal(f: SignalHook) {
+    *signal_hook() = Some(f);
+}
+
+/// Blocks SIGINT and SIGTERM in every thread and waits for them on one thread of its own, so
+/// the handler can take locks and write files (nothing runs in signal context).
+fn handle_signals() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if set.thread_block().is_err() {
+        return;
+    }
+    virtio_conform::target::qemu::application_handles_signals();
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                let hook = signal_hook().take();
+                if let Some(h) = hook {
+                    h(sig.as_str());
+                }
+                virtio_conform::target::qemu::kill_all_qemu();
+                std::process::exit(128 + sig as i32);
+            }
+        });
+    if spawned.is_err() {
+        let _ = set.thread_unblock();
+    }
+}
 
 /// Writes to standard output; a closed pipe (`virtio-conform list | head`) ends the output
 /// quietly instead of panicking, and the command keeps its exit code.
@@ -100,6 +154,10 @@ enum Cmd {
         /// Also list passing cases in the text summary.
         #[arg(short, long)]
         verbose: bool,
+        /// Run cases on N parallel workers, each with its own target instance (default: the
+        /// number of cores).
+        #[arg(short = 'j', long)]
+        jobs: Option<usize>,
     },
     /// List cases, requirements or mutants.
     List {
@@ -183,6 +241,63 @@ enum Cmd {
         /// Newer report.
         new: PathBuf,
     },
+}
+
+/// Checks a target selection without starting anything: the names parse and the target
+/// supports the device and version.
+fn check_target_args(t: &TargetArgs) -> Result<(), String> {
+    let kind: TargetKind = t.target.parse()?;
+    let device: DeviceKind = t.device.parse()?;
+    let version = parse_version(t.version)?;
+    if kind == TargetKind::VirtioQueue
+        && (device != DeviceKind::Entropy
+            || version != virtio_reference_device::TransportVersion::Modern)
+    {
+        return Err("the virtio-queue target is an entropy device over transport version 2".into());
+    }
+    Ok(())
+}
+
+/// A report whose every applicable case is an `error` because the target could not start.
+fn error_report(suite: &Suite, t: &TargetArgs, why: &str) -> Report {
+    use virtio_conform::outcome::{Outcome, Severity};
+    let results: Vec<report::CaseResult> = suite
+        .cases
+        .iter()
+        .filter(|c| c.applies_to(&t.device, t.version))
+        .map(|c| report::CaseResult {
+            case: c.id.clone(),
+            title: c.title.clone(),
+            outcome: Outcome::Error,
+            severity: Severity::None,
+            requirements: report::cite(&suite.catalog, &c.requirements),
+            failures: vec![],
+            reason: Some(format!("the target could not start: {why}")),
+            diagnostics: None,
+            replay: format!(
+                "virtio-conform run --target {} --device {} --version {} --only '{}'",
+                t.target, t.device, t.version, c.id
+            ),
+            duration_ms: 0.0,
+        })
+        .collect();
+    Report {
+        schema: report::REPORT_SCHEMA.into(),
+        tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
+        spec: suite.catalog.spec.clone(),
+        target: report::TargetInfoOut {
+            name: t.target.clone(),
+            device: t.device.clone(),
+            version: t.version,
+            implementation: "unavailable".into(),
+        },
+        summary: report::summarize(&results),
+        duration_ms: 0.0,
+        results,
+        coverage: report::coverage(&suite.catalog, &suite.cases),
+        interrupted: None,
+        stale_expectations: Vec::new(),
+    }
 }
 
 fn make_target(t: &TargetArgs) -> Result<Box<dyn Target + Send>, String> {
@@ -322,6 +437,7 @@ fn replay_report(
         results,
         coverage: Default::default(),
         stale_expectations: Vec::new(),
+        interrupted: None,
     }
 }
 
@@ -332,6 +448,7 @@ fn load_report(p: &PathBuf) -> Result<Report, String> {
 }
 
 fn main() -> ExitCode {
+    handle_signals();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => ExitCode::from(code as u8),
@@ -355,6 +472,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             expectations,
             strict,
             verbose,
+            jobs,
         } => {
             let suite = load()?;
             let expectations = match &expectations {
@@ -371,13 +489,90 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                     ..Options::default()
                 },
             )?;
-            let factory = first_then_new(make_target(&t)?, &t);
             let mut prefix = format!(
                 "virtio-conform run --target {} --device {} --version {}",
                 t.target, t.device, t.version
             );
             if let Some(p) = &cli.specs {
                 prefix.push_str(&format!(" --specs {}", p.display()));
+            }
+            let target = make_target(&t)?;
+            let info: report::TargetInfoOut = target.info().into();
+            // The report file is checked (and its records file started) before any case runs.
+            let sink = match &output {
+                Some(p) => Some(RecordSink::create(
+                    p,
+                    &RecordsHeader {
+                        schema: virtio_conform::records::RECORDS_SCHEMA.into(),
+                        tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
+                        spec: suite.catalog.spec.clone(),
+                        target: info.clone(),
+                    },
+                )?),
+                None => None,
+            };
+            let state = Arc::new(Mutex::new(RunState {
+                results: Vec::new(),
+                sink,
+                finished: false,
+            }));
+            let started = std::time::Instant::now();
+            let emit = {
+                let catalog = suite.catalog.clone();
+                let coverage = report::coverage(&suite.catalog, &suite.cases);
+                let info = info.clone();
+                let to_file = output.is_some();
+                move |results: Vec<report::CaseResult>,
+                      sink: Option<RecordSink>,
+                      interrupted: Option<String>|
+                      -> Result<Report, String> {
+                    let report = Report {
+                        schema: report::REPORT_SCHEMA.into(),
+                        tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
+                        spec: catalog.spec.clone(),
+                        target: info.clone(),
+                        summary: report::summarize(&results),
+                        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                        results,
+                        coverage: coverage.clone(),
+                        interrupted,
+                        stale_expectations: Vec::new(),
+                    };
+                    let body = match format {
+                        Format::Text => report::text_summary(&report, &catalog, verbose),
+                        Format::Json => {
+                            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+                        }
+                        Format::Junit => report::junit(&report),
+                    };
+                    match sink {
+                        Some(s) => {
+                            s.finish(&body)?;
+                            out!("{}", report::text_summary(&report, &catalog, verbose));
+                        }
+                        None if to_file => {}
+                        None => out!("{body}"),
+                    }
+                    Ok(report)
+                }
+            };
+            let emit = Arc::new(emit);
+            {
+                let (state, emit) = (state.clone(), emit.clone());
+                on_signal(Box::new(move |sig| {
+                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    if st.finished {
+                        return;
+                    }
+                    st.finished = true;
+                    let results = std::mem::take(&mut st.results);
+                    let n = results.len();
+                    let why = format!("interrupted by {sig} after {n} finished cases");
+                    if let Err(e) = emit(results, st.sink.take(), Some(why.clone())) {
+                        eprintln!("virtio-conform: error: {e}");
+                    }
+                    eprintln!("virtio-conform: {why}");
+                }));
             }
             let bar = indicatif::ProgressBar::new(0);
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
@@ -386,32 +581,49 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             let b2 = bar.clone();
-            let opts = Options {
+            let progress = move |done: usize, total: usize| {
+                b2.set_length(total as u64);
+                b2.set_position(done as u64);
+            };
+            let st2 = state.clone();
+            let record = move |r: &report::CaseResult| {
+                let mut st = st2.lock().unwrap_or_else(|p| p.into_inner());
+                if st.finished {
+                    return;
+                }
+                if let Some(s) = st.sink.as_mut() {
+                    s.record(r);
+                }
+                st.results.push(r.clone());
+            };
+            let t2 = t.clone();
+            let make = move || make_target(&t2);
+            let popts = ParallelOptions {
+                jobs: jobs.unwrap_or_else(virtio_conform::parallel::default_jobs),
                 only,
                 skip,
                 expectations,
-                replay: Some(format!("{prefix} --only '{{case}}'")),
-                progress: Some(Box::new(move |done, total| {
-                    b2.set_length(total as u64);
-                    b2.set_position(done as u64);
-                })),
-                ..Options::default()
+                replay_prefix: Some(prefix),
+                on_result: Some(&record),
+                progress: Some(&progress),
             };
-            let report = run_suite(&suite, factory, &opts);
+            let report = run_parallel(&suite, target, &make, &popts)?;
             bar.finish_and_clear();
-            let body = match format {
-                Format::Text => report::text_summary(&report, &suite.catalog, verbose),
-                Format::Json => serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?,
-                Format::Junit => report::junit(&report),
-            };
-            match output {
-                Some(p) => {
-                    std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))?;
-                    out!("{}", report::text_summary(&report, &suite.catalog, verbose));
+            let sink = {
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                if st.finished {
+                    // A signal arrived: its handler writes the partial report and exits.
+                    drop(st);
+                    loop {
+                        std::thread::park();
+                    }
                 }
-                None => out!("{body}"),
-            }
-            Ok(report.exit_code(strict))
+                st.finished = true;
+                st.sink.take()
+            };
+            let code = report.exit_code(strict);
+            emit(report.results, sink, None)?;
+            Ok(code)
         }
         Cmd::List {
             requirements,
@@ -540,9 +752,21 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 let (t, f) = e
                     .split_once('=')
                     .ok_or_else(|| format!("--expectations `{e}`: expected TARGET=FILE"))?;
-                ex_files.insert(t.to_string(), PathBuf::from(f));
+                let known = targets
+                    .iter()
+                    .any(|x| x == t || versions.iter().any(|v| format!("{x}:v{v}") == t));
+                if !known {
+                    return Err(format!(
+                        "--expectations `{e}`: `{t}` names none of the requested targets (TARGET or TARGET:vN)"
+                    ));
+                }
+                let loaded = Expectations::load(Path::new(f)).map_err(|e| format!("{e:#}"))?;
+                ex_files.insert(t.to_string(), loaded);
             }
-            let mut reports = Vec::new();
+            // Every combination is checked before any runs: names, device and version,
+            // what the target supports, and that the suite has cases for it.
+            let mut combos = Vec::new();
+            let mut qemu_checked = false;
             for target in &targets {
                 for device in &devices {
                     for &version in &versions {
@@ -552,18 +776,40 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                             version,
                             qemu: qemu.clone(),
                         };
+                        let what =
+                            format!("--target {target} --device {device} --version {version}");
+                        check_target_args(&args).map_err(|e| format!("{what}: {e}"))?;
+                        if target == "qemu" && !qemu_checked {
+                            virtio_conform::target::qemu::qemu_version(&qemu)
+                                .map_err(|e| format!("{what}: {e}"))?;
+                            qemu_checked = true;
+                        }
+                        virtio_conform::suite::select(&suite, device, version, &Options::default())
+                            .map_err(|e| format!("{what}: {e}"))?;
                         let key = format!("{target}:v{version}");
-                        let ex = match ex_files.get(&key).or_else(|| ex_files.get(target)) {
-                            Some(p) => Some(Expectations::load(p).map_err(|e| format!("{e:#}"))?),
-                            None => None,
-                        };
-                        let factory = first_then_new(make_target(&args)?, &args);
+                        let ex = ex_files.get(&key).or_else(|| ex_files.get(target)).cloned();
+                        combos.push((args, ex));
+                    }
+                }
+            }
+            let mut reports = Vec::new();
+            let mut failed = false;
+            for (args, ex) in combos {
+                eprintln!("matrix: {} {} v{}", args.target, args.device, args.version);
+                match make_target(&args) {
+                    Ok(t) => {
                         let opts = Options {
                             expectations: ex,
                             ..Options::default()
                         };
-                        eprintln!("matrix: {target} {device} v{version}");
+                        let factory = first_then_new(t, &args);
                         reports.push(run_suite(&suite, factory, &opts));
+                    }
+                    Err(e) => {
+                        // This column becomes errors; the other columns are kept.
+                        eprintln!("matrix: {} could not start: {e}", args.target);
+                        failed = true;
+                        reports.push(error_report(&suite, &args, &e));
                     }
                 }
             }
@@ -580,11 +826,13 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 m.rows.len(),
                 m.columns.len()
             );
-            Ok(if reports.iter().any(|r| r.exit_code(false) == 2) {
-                2
-            } else {
-                0
-            })
+            Ok(
+                if failed || reports.iter().any(|r| r.exit_code(false) == 2) {
+                    2
+                } else {
+                    0
+                },
+            )
         }
         Cmd::Replay {
             fuzz_target,

@@ -112,6 +112,10 @@ pub struct Report {
     /// Expectations entries that excused nothing (exit 1 under `--strict`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stale_expectations: Vec<StaleExpectation>,
+    /// Set when the run was cut short (a signal, a killed run recovered from its records):
+    /// why. `results` then holds only the cases that finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
 }
 
 /// Target identity in a report.
@@ -293,6 +297,9 @@ pub fn text_summary(report: &Report, catalog: &Catalog, verbose: bool) -> String
         report.duration_ms,
         counts.join(", ")
     );
+    if let Some(why) = &report.interrupted {
+        let _ = writeln!(out, "incomplete run: {why}");
+    }
     let c = &report.coverage;
     if c.device_statements > 0 {
         let _ = writeln!(

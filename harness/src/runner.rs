@@ -1268,6 +1268,16 @@ impl Exec<'_> {
         self.allow(dq.desc, 16 * n, Area::DescTable);
         self.allow(dq.avail, 6 + 2 * n, Area::AvailRing);
         self.allow(dq.used, 6 + 8 * n, Area::Ring);
+        if self.legacy && !align.unwrap_or(PAGE).is_power_of_two() {
+            // The driver broke the legacy layout (§4.2.4: QueueAlign is a power of two). Where
+            // the device then puts its used ring is not specified; any power-of-two alignment
+            // up to a page (QEMU keeps its default of 4096) is the device's used ring, not
+            // stray memory, for the memory oracles.
+            for shift in 0..=PAGE.trailing_zeros() {
+                let alt = DriverQueue::legacy((base / PAGE as u64) as u32, PAGE, size, 1 << shift);
+                self.allow(alt.used, 6 + 8 * n, Area::Ring);
+            }
+        }
         self.queues.insert(
             index,
             QState {

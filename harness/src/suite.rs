@@ -74,6 +74,9 @@ pub struct Options {
     pub progress: Option<Box<dyn Fn(usize, usize)>>,
     /// Wall-clock limits per case and per target call, enforced whatever the target.
     pub budget: Budget,
+    /// Called with each result as soon as its case ends (to stream results to a file, so an
+    /// interrupted run loses none).
+    pub on_result: Option<Box<dyn Fn(&CaseResult)>>,
 }
 
 impl Default for Options {
@@ -85,6 +88,7 @@ impl Default for Options {
             replay: None,
             progress: None,
             budget: Budget::default(),
+            on_result: None,
         }
     }
 }
@@ -208,6 +212,9 @@ pub fn run_suite(suite: &Suite, mut factory: impl TargetFactory, opts: &Options)
                 replay,
                 duration_ms: 0.0,
             });
+            if let (Some(f), Some(r)) = (&opts.on_result, results.last()) {
+                f(r);
+            }
             if let Some(p) = &opts.progress {
                 p(i + 1, total);
             }
@@ -237,6 +244,9 @@ pub fn run_suite(suite: &Suite, mut factory: impl TargetFactory, opts: &Options)
             replay,
             duration_ms: run.duration.as_secs_f64() * 1000.0,
         });
+        if let (Some(f), Some(r)) = (&opts.on_result, results.last()) {
+            f(r);
+        }
         if let Some(p) = &opts.progress {
             p(i + 1, total);
         }
@@ -253,6 +263,7 @@ pub fn run_suite(suite: &Suite, mut factory: impl TargetFactory, opts: &Options)
         results,
         coverage: report::coverage(&suite.catalog, &suite.cases),
         stale_expectations: state.map(|s| s.stale(&suite.cases)).unwrap_or_default(),
+        interrupted: None,
     }
 }
 
@@ -286,5 +297,6 @@ fn unavailable_report(suite: &Suite, why: String, start: Instant) -> Report {
         results,
         coverage: report::coverage(&suite.catalog, &suite.cases),
         stale_expectations: Vec::new(),
+        interrupted: None,
     }
 }

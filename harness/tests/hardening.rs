@@ -389,3 +389,232 @@ fn catalog_level_and_section_are_validated() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A specs folder with a quick passing case and a case that never ends on its own.
+fn slow_specs() -> tempfile::TempDir {
+    let d = specs_with(
+        "a.quick.jsonl",
+        "{\"case\": \"a.quick\", \"title\": \"quick\", \"requirements\": [\"RESET-DEV-01\"]}\n{\"op\": \"reset\"}\n",
+    );
+    std::fs::write(
+        d.path().join("sequences/b.endless.jsonl"),
+        "{\"case\": \"b.endless\", \"title\": \"endless\", \"requirements\": [\"VQ-DEV-21\"]}\n{\"op\": \"init\"}\n{\"op\": \"cycle\", \"count\": 4000000000, \"batch\": 8}\n",
+    )
+    .unwrap();
+    d
+}
+
+/// Starts `run -o FILE` on the slow specs, waits until the quick case is recorded, sends
+/// `sig`, and returns (exit code, stdout, the report file's text).
+fn interrupt_run(sig: nix::sys::signal::Signal, format: &str) -> (Option<i32>, String, String) {
+    let d = slow_specs();
+    let report = d.path().join("out.report");
+    let child = bin()
+        .arg("--specs")
+        .arg(d.path())
+        .args(["run", "-j", "1", "--format", format, "-o"])
+        .arg(&report)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = virtio_conform::records::partial_path(&report);
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = std::fs::read_to_string(&partial)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if n >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the quick case was never recorded"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The records file alone is already a usable partial report.
+    let recovered = virtio_conform::records::read_partial(&partial).unwrap();
+    assert_eq!(recovered.results.len(), 1);
+    assert_eq!(recovered.results[0].case, "a.quick");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !partial.exists(),
+        "records file left after a clean interruption"
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        std::fs::read_to_string(&report).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn sigint_and_sigterm_leave_a_partial_report_and_a_summary() {
+    use nix::sys::signal::Signal;
+    for (sig, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+        let (c, stdout, text) = interrupt_run(sig, "json");
+        assert_eq!(c, Some(code), "{stdout}");
+        let r: virtio_conform::report::Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(r.results.len(), 1, "{text}");
+        assert_eq!(r.results[0].case, "a.quick");
+        assert_eq!(r.results[0].outcome, Outcome::Pass);
+        assert!(
+            r.interrupted.as_deref().unwrap().contains(sig.as_str()),
+            "{text}"
+        );
+        // The printed summary says what ran.
+        assert!(
+            stdout.contains("1 cases") && stdout.contains("1 pass"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("interrupted"), "{stdout}");
+    }
+    let (c, _, text) = interrupt_run(Signal::SIGINT, "junit");
+    assert_eq!(c, Some(130));
+    assert!(
+        text.contains("a.quick") && !text.contains("b.endless"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unwritable_report_path_fails_before_the_run() {
+    let d = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["run", "-o"])
+        .arg(d.path().join("no/such/dir/r.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("r.json") && err.contains("cannot write"),
+        "{err}"
+    );
+    // Nothing ran: no summary on stdout.
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn parallel_workers_give_the_same_report_as_one() {
+    let run = |jobs: &str| {
+        let out = bin()
+            .args([
+                "run",
+                "--target",
+                "mutant:used-idx-saturates",
+                "--format",
+                "json",
+                "-j",
+                jobs,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let r: virtio_conform::report::Report = serde_json::from_slice(&out.stdout).unwrap();
+        r.results
+            .into_iter()
+            .map(|r| (r.case, r.outcome, r.failures))
+            .collect::<Vec<_>>()
+    };
+    let one = run("1");
+    assert!(one.len() > 50);
+    assert_eq!(one, run("3"));
+}
+
+#[test]
+fn matrix_checks_every_combination_before_running_any() {
+    for (args, words) in [
+        (
+            &["--target", "reference", "--target", "mutant:no-such-bug"][..],
+            &["mutant:no-such-bug", "unknown mutant"][..],
+        ),
+        (
+            &["--device", "entropy", "--device", "toaster"][..],
+            &["toaster"][..],
+        ),
+        (
+            &["--version", "2", "--version", "3"][..],
+            &["version 3"][..],
+        ),
+        (
+            &[
+                "--target",
+                "reference",
+                "--target",
+                "virtio-queue",
+                "--version",
+                "1",
+            ][..],
+            &["virtio-queue"][..],
+        ),
+        (
+            &["--expectations", "nosuch=specs/expectations/qemu-v2.json"][..],
+            &["`nosuch` names none"][..],
+        ),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let out_dir = d.path().join("m");
+        let out = bin()
+            .arg("matrix")
+            .args(args)
+            .arg("-o")
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for w in words {
+            assert!(err.contains(w), "{args:?}: missing `{w}` in {err}");
+        }
+        // Nothing ran.
+        assert!(!err.contains("matrix: reference"), "{err}");
+        assert!(!out_dir.exists());
+    }
+}
+
+#[test]
+fn a_failing_matrix_combination_keeps_the_others() {
+    let d = tempfile::tempdir().unwrap();
+    let fake = d.path().join("broken-qemu");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'QEMU emulator version 0.0.0'; exit 0; fi\necho 'cannot start' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out_dir = d.path().join("m");
+    let out = bin()
+        .args([
+            "matrix",
+            "--target",
+            "qemu",
+            "--target",
+            "reference",
+            "--qemu",
+        ])
+        .arg(&fake)
+        .arg("-o")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("matrix.json")).unwrap()).unwrap();
+    let cols = m["columns"].as_array().unwrap();
+    assert_eq!(cols.len(), 2, "{m}");
+    let row = &m["rows"]["init.spec-order"];
+    assert_eq!(row[0]["outcome"], "error", "{row}");
+    assert!(row[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("could not start"));
+    assert_eq!(row[1]["outcome"], "pass", "{row}");
+}

@@ -47,6 +47,10 @@ pub enum MalformedChainPolicy {
     NeedsReset,
     /// Return the chain's head with `len` 0 and go on with the next chain.
     SkipChain,
+    /// Stop using the queue (it ignores every later notification until a reset) without
+    /// setting DEVICE_NEEDS_RESET. What the legacy interface, which has no
+    /// DEVICE_NEEDS_RESET bit, always does whatever this knob says.
+    StopQueue,
 }
 
 /// Implementation-defined choices (where the spec leaves the behaviour open), each with the
@@ -356,8 +360,14 @@ impl MmioDevice {
         self.interrupts.push(irq);
     }
 
+    /// The device cannot go on without a reset (§2.1.2). A legacy device (no DEVICE_NEEDS_RESET
+    /// bit, §4.2.4) and the [`MalformedChainPolicy::StopQueue`] knob only record the error;
+    /// the queue concerned has been marked broken by the caller.
     fn enter_needs_reset(&mut self, why: QueueError) {
         self.last_error = Some(why);
+        if self.legacy() || self.cfg.knobs.malformed_chain == MalformedChainPolicy::StopQueue {
+            return;
+        }
         if self.status & DEVICE_NEEDS_RESET != 0 {
             return;
         }
@@ -657,7 +667,11 @@ impl MmioDevice {
                 self.budget_exhausted = true;
                 self.last_error = Some(QueueError::BudgetExhausted);
             }
-            Some(e) => self.enter_needs_reset(e),
+            Some(e) => {
+                // The queue is stopped; a modern device also announces DEVICE_NEEDS_RESET.
+                self.queues[i].broken = true;
+                self.enter_needs_reset(e)
+            }
             None => {}
         }
     }

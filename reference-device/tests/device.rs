@@ -676,7 +676,9 @@ fn s4_2_4_legacy_queue_align_zero_is_harmless() {
     r.w(QUEUE_PFN, 0x20);
     r.w(STATUS, 7);
     r.w(QUEUE_NOTIFY, 0);
-    assert_ne!(r.r(STATUS) as u8 & DEVICE_NEEDS_RESET, 0);
+    // The legacy interface has no DEVICE_NEEDS_RESET: the queue is stopped instead.
+    assert_eq!(r.r(STATUS) as u8 & DEVICE_NEEDS_RESET, 0);
+    assert!(r.dev.last_error().is_some(), "the queue was refused");
 }
 
 #[test]
@@ -747,6 +749,73 @@ fn s4_2_4_legacy_layout_overflow_is_a_ring_outside_memory() {
     r.w(QUEUE_PFN, u32::MAX);
     r.w(STATUS, 7);
     r.w(QUEUE_NOTIFY, 0);
-    assert_ne!(r.r(STATUS) as u8 & DEVICE_NEEDS_RESET, 0);
+    assert_eq!(
+        r.r(STATUS) as u8 & DEVICE_NEEDS_RESET,
+        0,
+        "legacy: no DEVICE_NEEDS_RESET"
+    );
+    assert!(r.dev.last_error().is_some(), "the queue was refused");
     assert_eq!(r.r(MAGIC), MAGIC_VALUE);
+}
+
+#[test]
+fn s4_2_4_legacy_broken_chain_stops_the_queue_without_needs_reset() {
+    // §4.2.4: the legacy interface has no DEVICE_NEEDS_RESET; the device stops using the queue.
+    let mut r = entropy(L);
+    r.w(STATUS, 3);
+    r.w(GUEST_PAGE_SIZE, 4096);
+    r.w(QUEUE_NUM, 8);
+    r.w(QUEUE_ALIGN, 64);
+    r.q = DriverQueue::legacy(0x20, 4096, 8, 64);
+    r.q.clear(&mut r.mem).unwrap();
+    r.w(QUEUE_PFN, 0x20);
+    r.w(STATUS, 7);
+    r.q.write_descriptor(
+        &mut r.mem,
+        0,
+        &d(BUF_BASE, 8, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 0),
+    )
+    .unwrap();
+    r.q.publish(&mut r.mem, &[0]).unwrap();
+    r.w(QUEUE_NOTIFY, 0);
+    assert_eq!(
+        r.r(STATUS),
+        7,
+        "no DEVICE_NEEDS_RESET bit on a legacy device"
+    );
+    assert_eq!(
+        r.r(INTERRUPT_STATUS),
+        0,
+        "no configuration-change interrupt"
+    );
+    assert_eq!(
+        r.q.used_idx(&mut r.mem).unwrap(),
+        0,
+        "the chain is not used"
+    );
+    // The queue stays stopped: a valid chain is not used either, until a reset.
+    r.q.write_descriptor(&mut r.mem, 1, &d(BUF_BASE, 8, VIRTQ_DESC_F_WRITE, 0))
+        .unwrap();
+    r.q.publish(&mut r.mem, &[1]).unwrap();
+    r.w(QUEUE_NOTIFY, 0);
+    assert_eq!(r.q.used_idx(&mut r.mem).unwrap(), 0);
+    assert!(!r.dev.budget_exhausted());
+    r.w(STATUS, 0);
+    assert_eq!(r.r(STATUS), 0);
+    assert_eq!(r.r(QUEUE_PFN), 0);
+}
+
+#[test]
+fn s2_1_2_stop_queue_knob_stops_without_needs_reset() {
+    let mut cfg = DeviceConfig::new(M);
+    cfg.knobs.malformed_chain = virtio_reference_device::MalformedChainPolicy::StopQueue;
+    let mut r = rig(cfg, Box::new(EntropyBackend::new(0)));
+    raw_chain(
+        &mut r,
+        &[(0, d(BUF_BASE, 8, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 0))],
+        0,
+    );
+    assert_eq!(r.r(STATUS) as u8 & DEVICE_NEEDS_RESET, 0);
+    assert_eq!(r.q.used_idx(&mut r.mem).unwrap(), 0);
+    assert!(r.dev.last_error().is_some());
 }

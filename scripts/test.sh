@@ -89,6 +89,9 @@ else
   echo "== suite: QEMU skipped: qemu-system-x86_64 unavailable (see install step above)"
 fi
 
+echo "== cargo package: both crates, the harness carrying its specs"
+bash scripts/package-check.sh
+
 echo "== gate: Dragonball (gates/dragonball, needs /dev/kvm)"
 bash scripts/gate-dragonball.sh
 

@@ -87,7 +87,10 @@ impl VirtioDevice<Mem, QueueSync, GuestRegionMmap> for Tap {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         self.inner.write_config(offset, data)
     }
-    fn activate(&mut self, config: VirtioDeviceConfig<Mem, QueueSync, GuestRegionMmap>) -> ActivateResult {
+    fn activate(
+        &mut self,
+        config: VirtioDeviceConfig<Mem, QueueSync, GuestRegionMmap>,
+    ) -> ActivateResult {
         let fds: Vec<_> = config.queues.iter().map(|q| q.eventfd.clone()).collect();
         let r = self.inner.activate(config);
         if let Ok(mut v) = self.eventfds.lock() {
@@ -104,8 +107,13 @@ impl VirtioDevice<Mem, QueueSync, GuestRegionMmap> for Tap {
     fn remove(&mut self) {
         self.inner.remove()
     }
-    fn get_resource_requirements(&self, requests: &mut Vec<ResourceConstraint>, use_generic_irq: bool) {
-        self.inner.get_resource_requirements(requests, use_generic_irq)
+    fn get_resource_requirements(
+        &self,
+        requests: &mut Vec<ResourceConstraint>,
+        use_generic_irq: bool,
+    ) {
+        self.inner
+            .get_resource_requirements(requests, use_generic_irq)
     }
     fn set_resource(
         &mut self,
@@ -182,7 +190,11 @@ impl DragonballTarget {
     }
 
     fn build(&self) -> Result<Instance, TargetError> {
-        let vm = Arc::new(self.kvm.create_vm().map_err(|e| unavailable("KVM_CREATE_VM", e))?);
+        let vm = Arc::new(
+            self.kvm
+                .create_vm()
+                .map_err(|e| unavailable("KVM_CREATE_VM", e))?,
+        );
         vm.create_irq_chip()
             .map_err(|e| unavailable("KVM_CREATE_IRQCHIP", e))?;
         let irq = Arc::new(KvmIrqManager::new(vm.clone()));

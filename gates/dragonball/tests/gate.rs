@@ -48,15 +48,16 @@ fn gate(device: Device) {
         ..Options::default()
     };
     let report = run_suite(&suite, || DragonballTarget::new(device), &opts);
-    let out: PathBuf = manifest_dir()
-        .join("target")
-        .join("virtio-conform");
+    let out: PathBuf = manifest_dir().join("target").join("virtio-conform");
     std::fs::create_dir_all(&out).expect("report directory");
     let stem = format!("dragonball-{}", device.name());
     let json = serde_json::to_string_pretty(&report).expect("report serializes");
     std::fs::write(out.join(format!("{stem}.json")), json).expect("JSON report written");
-    std::fs::write(out.join(format!("{stem}.junit.xml")), report::junit(&report))
-        .expect("JUnit report written");
+    std::fs::write(
+        out.join(format!("{stem}.junit.xml")),
+        report::junit(&report),
+    )
+    .expect("JUnit report written");
     let summary = report::text_summary(&report, &suite.catalog, false);
     println!("{summary}");
     assert!(report.results.len() > 1, "the suite ran: {summary}");

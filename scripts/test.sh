@@ -89,6 +89,9 @@ else
   echo "== suite: QEMU skipped: qemu-system-x86_64 unavailable (see install step above)"
 fi
 
+echo "== cargo install: the installed binary runs the suite outside the checkout"
+bash scripts/install-check.sh
+
 echo "== cargo package: both crates, the harness carrying its specs"
 bash scripts/package-check.sh
 

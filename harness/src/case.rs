@@ -397,6 +397,8 @@ pub enum Op {
         queue: u16,
         data: Option<Hex>,
         status: Option<u8>,
+        /// The status byte is one of these (where the spec allows several answers).
+        status_in: Option<Vec<u8>>,
         #[serde(flatten)]
         grade: Grade,
     },

@@ -11,7 +11,6 @@ pub mod expectations;
 pub mod fuzz;
 pub mod matrix;
 pub mod outcome;
-pub mod parallel;
 pub mod records;
 pub mod report;
 pub mod runner;

@@ -4,7 +4,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use virtio_conform::parallel::{run_parallel, ParallelOptions};
 use virtio_conform::records::{RecordSink, RecordsHeader};
 use virtio_conform::report::{self, Expectations, Report};
 use virtio_conform::suite::{run_suite, Options, Suite};
@@ -126,6 +125,10 @@ struct TargetArgs {
     /// QEMU binary for `--target qemu`.
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
+    /// For `--target qemu`: this `-device` argument instead of the one `--device` implies
+    /// (the run still expects `--device`; a different DeviceID fails the identity cases).
+    #[arg(long)]
+    qemu_device: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -329,6 +332,7 @@ fn make_target(t: &TargetArgs) -> Result<Box<dyn Target + Send>, String> {
             use virtio_conform::target::qemu::{QemuOptions, QemuTarget};
             let opts = QemuOptions {
                 qemu: t.qemu.clone(),
+                device_override: t.qemu_device.clone(),
                 ..QemuOptions::new(device, version)
             };
             Ok(Box::new(QemuTarget::new(opts).map_err(|e| e.to_string())?))
@@ -602,18 +606,18 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 }
                 st.results.push(r.clone());
             };
-            let t2 = t.clone();
-            let make = move || make_target(&t2);
-            let popts = ParallelOptions {
-                jobs: jobs.unwrap_or_else(virtio_conform::parallel::default_jobs),
+            let factory = first_then_new(target, &t);
+            let opts = Options {
                 only,
                 skip,
                 expectations,
-                replay_prefix: Some(prefix),
-                on_result: Some(&record),
-                progress: Some(&progress),
+                replay: Some(format!("{prefix} --only '{{case}}'")),
+                on_result: Some(Box::new(record)),
+                progress: Some(Box::new(progress)),
+                jobs: jobs.unwrap_or_else(virtio_conform::suite::default_jobs),
+                ..Options::default()
             };
-            let report = run_parallel(&suite, target, &make, &popts)?;
+            let report = run_suite(&suite, factory, &opts);
             bar.finish_and_clear();
             let sink = {
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -781,6 +785,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                             device: device.clone(),
                             version,
                             qemu: qemu.clone(),
+                            qemu_device: None,
                         };
                         let what =
                             format!("--target {target} --device {device} --version {version}");

@@ -15,10 +15,12 @@ use crate::case::{self, Case};
 use crate::catalog::Catalog;
 use crate::outcome::{Outcome, Severity};
 use crate::report::{self, CaseResult, ExpectationState, Expectations, Report};
-use crate::target::{TargetFactory, TargetInfo};
+use crate::target::{Target, TargetError, TargetFactory, TargetInfo};
 pub use crate::worker::Budget;
 use crate::worker::CaseWorker;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// The catalog and the cases.
@@ -103,13 +105,16 @@ pub struct Options {
     /// `VIRTIO_CONFORM_ONLY='{case}' cargo test --test gate`. A template without `{case}` gets
     /// ` --only '<case id>'` appended (the CLI's form). Default: [`CLI_REPLAY`].
     pub replay: Option<String>,
-    /// Called after each case with (done, total).
-    pub progress: Option<Box<dyn Fn(usize, usize)>>,
+    /// Called after each case with (done, total), from the worker that ran it.
+    pub progress: Option<Box<dyn Fn(usize, usize) + Send + Sync>>,
+    /// Called with each result as soon as its case ends (to stream results to a file, so an
+    /// interrupted run loses none), from the worker that ran it.
+    pub on_result: Option<Box<dyn Fn(&CaseResult) + Send + Sync>>,
     /// Wall-clock limits per case and per target call, enforced whatever the target.
     pub budget: Budget,
-    /// Called with each result as soon as its case ends (to stream results to a file, so an
-    /// interrupted run loses none).
-    pub on_result: Option<Box<dyn Fn(&CaseResult)>>,
+    /// Number of workers, each with its own target instance from the factory (`0` and `1`
+    /// both mean one). Results are reported in suite order whatever order they end in.
+    pub jobs: usize,
 }
 
 impl Default for Options {
@@ -120,10 +125,16 @@ impl Default for Options {
             expectations: None,
             replay: None,
             progress: None,
-            budget: Budget::default(),
             on_result: None,
+            budget: Budget::default(),
+            jobs: 1,
         }
     }
+}
+
+/// The number of workers the CLI uses by default: the machine's available parallelism.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The CLI's replay command, the default template of [`Options::replay`].
@@ -212,91 +223,139 @@ impl Report {
 /// instance, the report holds one `error` result (exit code 2) saying why.
 ///
 /// [`Target::fresh`]: crate::target::Target::fresh
-pub fn run_suite(suite: &Suite, mut factory: impl TargetFactory, opts: &Options) -> Report {
+pub fn run_suite(suite: &Suite, factory: impl TargetFactory + Send, opts: &Options) -> Report {
     let start = Instant::now();
-    let mut worker = match CaseWorker::start(&mut factory, &suite.catalog, opts.budget) {
+    let factory = Mutex::new(factory);
+    let mut first_factory = SharedFactory(&factory);
+    let first = match CaseWorker::start(&mut first_factory, &suite.catalog, opts.budget) {
         Ok(w) => w,
         Err(e) => return unavailable_report(suite, e.to_string(), start),
     };
-    let info = worker.info().clone();
+    let info = first.info().clone();
     // An invalid glob or an empty selection runs nothing, and a report without results
     // exits 2; the CLI checks `select` first to name the reason.
     let selected = select(suite, &info.device, info.version, opts).unwrap_or_default();
     let template = opts.replay.as_deref().unwrap_or(CLI_REPLAY);
-    let mut state = opts.expectations.as_ref().map(ExpectationState::new);
-    let mut results = Vec::new();
+    let state = Mutex::new(opts.expectations.as_ref().map(ExpectationState::new));
     let total = selected.len();
-    for (i, case) in selected.into_iter().enumerate() {
-        let cited = report::cite(&suite.catalog, &case.requirements);
-        let replay = replay_command(template, &info, &case.id);
-        if let Some(e) = state
-            .as_mut()
-            .and_then(|st| st.skip(&case.id, &info.device, info.version))
-        {
-            results.push(CaseResult {
-                case: case.id.clone(),
-                title: case.title.clone(),
-                outcome: Outcome::Skipped,
-                severity: Severity::None,
-                requirements: cited,
-                failures: vec![],
-                reason: Some(e.reason.clone()),
-                diagnostics: None,
-                replay,
-                duration_ms: 0.0,
-            });
-            if let (Some(f), Some(r)) = (&opts.on_result, results.last()) {
-                f(r);
-            }
-            if let Some(p) = &opts.progress {
-                p(i + 1, total);
-            }
-            continue;
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, CaseResult)>> = Mutex::new(Vec::with_capacity(total));
+    let work = |w: &mut CaseWorker<'_>| loop {
+        let i = next.fetch_add(1, Ordering::SeqCst);
+        let Some(case) = selected.get(i) else { break };
+        let r = run_one(suite, case, &info, template, w, &state);
+        if let Some(f) = &opts.on_result {
+            f(&r);
         }
-        let run = worker.run(case);
-        let mut failures = report::failures_out(&suite.catalog, &run.failures);
-        let (outcome, reason) = match state.as_mut() {
-            Some(st) => {
-                let applied = st.apply(&case.id, &info.device, info.version, &run);
-                for (f, why) in failures.iter_mut().zip(applied.excused) {
-                    f.xfail = why;
-                }
-                (applied.outcome, applied.reason)
-            }
-            None => (run.outcome, run.reason.clone()),
-        };
-        results.push(CaseResult {
-            case: case.id.clone(),
-            title: case.title.clone(),
-            outcome,
-            severity: run.severity,
-            requirements: cited,
-            failures,
-            reason,
-            diagnostics: run.diagnostics,
-            replay,
-            duration_ms: run.duration.as_secs_f64() * 1000.0,
-        });
-        if let (Some(f), Some(r)) = (&opts.on_result, results.last()) {
-            f(r);
-        }
+        locked(&results).push((i, r));
+        let n = done.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(p) = &opts.progress {
-            p(i + 1, total);
+            p(n, total);
         }
-    }
-    worker.finish();
-    let summary = report::summarize(&results);
+    };
+    let jobs = opts.jobs.clamp(1, total.max(1));
+    std::thread::scope(|s| {
+        for _ in 1..jobs {
+            s.spawn(|| {
+                let mut f = SharedFactory(&factory);
+                match CaseWorker::start(&mut f, &suite.catalog, opts.budget) {
+                    Ok(mut w) => {
+                        work(&mut w);
+                        w.finish();
+                    }
+                    // The other workers do its share.
+                    Err(e) => eprintln!("virtio-conform: a worker could not start its target: {e}"),
+                }
+            });
+        }
+        let mut first = first;
+        work(&mut first);
+        first.finish();
+    });
+    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    results.sort_by_key(|(i, _)| *i);
+    let results: Vec<CaseResult> = results.into_iter().map(|(_, r)| r).collect();
+    let state = state.into_inner().unwrap_or_else(|p| p.into_inner());
     Report {
         schema: report::REPORT_SCHEMA.into(),
         tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
         spec: suite.catalog.spec.clone(),
         target: info.into(),
-        summary,
+        summary: report::summarize(&results),
         duration_ms: start.elapsed().as_secs_f64() * 1000.0,
         results,
         coverage: report::coverage(&suite.catalog, &suite.cases),
         stale_expectations: state.map(|s| s.stale(&suite.cases)).unwrap_or_default(),
         interrupted: None,
+    }
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One factory shared by every worker of a run: instances are made one at a time.
+struct SharedFactory<'a, F>(&'a Mutex<F>);
+
+impl<F: TargetFactory> TargetFactory for SharedFactory<'_, F> {
+    fn make(&mut self) -> Result<Box<dyn Target + Send>, TargetError> {
+        locked(self.0).make()
+    }
+}
+
+/// Runs one case on `w` and grades it with the run's expectations.
+fn run_one(
+    suite: &Suite,
+    case: &Case,
+    info: &TargetInfo,
+    template: &str,
+    w: &mut CaseWorker<'_>,
+    state: &Mutex<Option<ExpectationState<'_>>>,
+) -> CaseResult {
+    let cited = report::cite(&suite.catalog, &case.requirements);
+    let replay = replay_command(template, info, &case.id);
+    let skip = locked(state)
+        .as_mut()
+        .and_then(|st| st.skip(&case.id, &info.device, info.version))
+        .map(|e| e.reason.clone());
+    if let Some(reason) = skip {
+        return CaseResult {
+            case: case.id.clone(),
+            title: case.title.clone(),
+            outcome: Outcome::Skipped,
+            severity: Severity::None,
+            requirements: cited,
+            failures: vec![],
+            reason: Some(reason),
+            diagnostics: None,
+            replay,
+            duration_ms: 0.0,
+        };
+    }
+    let run = w.run(case);
+    let mut failures = report::failures_out(&suite.catalog, &run.failures);
+    let (outcome, reason) = match locked(state).as_mut() {
+        Some(st) => {
+            let applied = st.apply(&case.id, &info.device, info.version, &run);
+            for (f, why) in failures.iter_mut().zip(applied.excused) {
+                f.xfail = why;
+            }
+            (applied.outcome, applied.reason)
+        }
+        None => (run.outcome, run.reason.clone()),
+    };
+    CaseResult {
+        case: case.id.clone(),
+        title: case.title.clone(),
+        outcome,
+        severity: run.severity,
+        requirements: cited,
+        failures,
+        reason,
+        diagnostics: run.diagnostics,
+        replay,
+        duration_ms: run.duration.as_secs_f64() * 1000.0,
     }
 }
 

@@ -6,7 +6,7 @@
 
 use crate::memory::{GuestRam, OutOfBounds};
 use crate::queue::Descriptor;
-use crate::regs::{bit, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH};
+use crate::regs::{bit, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -37,6 +37,8 @@ pub trait DeviceBackend: Send {
     fn name(&self) -> &'static str;
     /// Switches on the entropy mutant that writes into readable buffers (test only).
     fn set_writes_readable(&mut self, _on: bool) {}
+    /// Turns on the injected bug `m` where it lives in the backend (default: nowhere).
+    fn set_mutant(&mut self, _m: crate::Mutant) {}
 }
 
 /// Reads the device-readable part of a chain as one byte stream.
@@ -242,6 +244,7 @@ pub struct BlockBackend {
     disk: Vec<u8>,
     config: Vec<u8>,
     id: [u8; BLK_ID_LEN],
+    mutant: Option<crate::Mutant>,
 }
 
 impl BlockBackend {
@@ -261,6 +264,7 @@ impl BlockBackend {
             disk: vec![0; (sectors * SECTOR_SIZE) as usize],
             config,
             id,
+            mutant: None,
         }
     }
 
@@ -281,7 +285,13 @@ impl DeviceBackend for BlockBackend {
         2
     }
     fn features(&self) -> u64 {
+        if self.mutant == Some(crate::Mutant::WceWithoutFlush) {
+            return bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_CONFIG_WCE);
+        }
         bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_FLUSH)
+    }
+    fn set_mutant(&mut self, m: crate::Mutant) {
+        self.mutant = Some(m);
     }
     fn num_queues(&self) -> u16 {
         1
@@ -337,6 +347,7 @@ impl DeviceBackend for BlockBackend {
                 }
                 VIRTIO_BLK_S_OK
             }
+            _ if self.mutant == Some(crate::Mutant::BlockUnknownTypeOk) => VIRTIO_BLK_S_OK,
             _ => VIRTIO_BLK_S_UNSUPP,
         };
         // The status byte is the last writable byte, whatever was written before it.

@@ -230,6 +230,9 @@ impl MmioDevice {
         if cfg.mutant == Some(Mutant::WritesReadableBuffers) {
             backend.set_writes_readable(true);
         }
+        if let Some(m) = cfg.mutant {
+            backend.set_mutant(m);
+        }
         let queues = cfg
             .queue_num_max
             .iter()

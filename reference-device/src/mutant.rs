@@ -68,6 +68,12 @@ pub enum Mutant {
     InterruptAckIgnored,
     /// Config: ConfigGeneration never changes when the configuration space changes.
     ConfigGenerationStatic,
+    /// BLK-DEV-UNSUPP (§5.2.6): a block request of an unknown type completes with status
+    /// OK, as if it had been carried out.
+    BlockUnknownTypeOk,
+    /// FEAT-DEV-01 (§2.2.2, §5.2.3): a block device offers VIRTIO_BLK_F_CONFIG_WCE without
+    /// VIRTIO_BLK_F_FLUSH, which that feature depends on.
+    WceWithoutFlush,
 }
 
 impl Mutant {
@@ -104,6 +110,8 @@ impl Mutant {
         Mutant::ConsumesBeforeDriverOk,
         Mutant::InterruptAckIgnored,
         Mutant::ConfigGenerationStatic,
+        Mutant::BlockUnknownTypeOk,
+        Mutant::WceWithoutFlush,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -140,6 +148,8 @@ impl Mutant {
             Mutant::ConsumesBeforeDriverOk => "consumes-before-driver-ok",
             Mutant::InterruptAckIgnored => "interrupt-ack-ignored",
             Mutant::ConfigGenerationStatic => "config-generation-static",
+            Mutant::BlockUnknownTypeOk => "block-unknown-type-ok",
+            Mutant::WceWithoutFlush => "wce-without-flush",
         }
     }
 
@@ -177,6 +187,8 @@ impl Mutant {
             Mutant::ConsumesBeforeDriverOk => "C8",
             Mutant::InterruptAckIgnored => "C10",
             Mutant::ConfigGenerationStatic => "C10",
+            Mutant::BlockUnknownTypeOk => "BLK-status",
+            Mutant::WceWithoutFlush => "FEAT-deps",
         }
     }
 

@@ -126,6 +126,9 @@ pub const VIRTIO_F_RING_RESET: u32 = 40;
 pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
 /// Block feature bit 9: the device supports the flush command.
 pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+/// Block feature bit 11: the cache mode (`writeback`) is in the configuration space; it
+/// depends on VIRTIO_BLK_F_FLUSH (§5.2.5).
+pub const VIRTIO_BLK_F_CONFIG_WCE: u32 = 11;
 
 /// Mask with only `bit` set.
 pub const fn bit(bit: u32) -> u64 {

@@ -341,7 +341,7 @@ pub fn decode_mmio(data: &[u8]) -> MmioCase {
 fn reg_name(off: u64, legacy: bool) -> String {
     match register_name(off, legacy) {
         Some("Config") => format!("Config+{:#x}", off - CONFIG),
-        Some(n) if off % 4 == 0 => n.to_string(),
+        Some(n) if off.is_multiple_of(4) => n.to_string(),
         _ => format!("{off:#05x}"),
     }
 }

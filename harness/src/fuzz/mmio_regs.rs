@@ -197,7 +197,7 @@ impl Oracles {
 
     fn accesses(&self, fx: &Effects, what: &str) -> Result<(), Finding> {
         for a in &fx.accesses {
-            if a.gpa.checked_add(a.len).map_or(true, |e| e > SMALL_RAM) {
+            if a.gpa.checked_add(a.len).is_none_or(|e| e > SMALL_RAM) {
                 return Self::fail(
                     "access-outside-guest-memory",
                     &["SPLIT-DEV-MALFORMED-CHAIN"],
@@ -228,7 +228,7 @@ impl Hook<SmallTarget> for Oracles {
             }
             return Ok(());
         }
-        if data.len() != 4 || off % 4 != 0 {
+        if data.len() != 4 || !off.is_multiple_of(4) {
             return Ok(());
         }
         let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
@@ -394,7 +394,7 @@ impl Hook<SmallTarget> for Oracles {
         fx: &Effects,
     ) -> Result<(), Finding> {
         self.accesses(fx, "register write")?;
-        if off >= CONFIG || data.len() != 4 || off % 4 != 0 {
+        if off >= CONFIG || data.len() != 4 || !off.is_multiple_of(4) {
             return self.white_box(t);
         }
         let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);

@@ -1033,7 +1033,7 @@ impl<'m> Run<'m> {
             };
             match corr {
                 Some(Corruption::OddIndirectLen) => {
-                    ptr.len = if arg % 4 == 0 {
+                    ptr.len = if arg.is_multiple_of(4) {
                         0
                     } else {
                         16 * m as u32 + 1 + arg as u32 % 15
@@ -1592,7 +1592,7 @@ fn check_accesses(
     let size = cfg.size as u64;
     for a in acc {
         let range = (a.gpa, a.end());
-        if a.gpa.checked_add(a.len).map_or(true, |end| end > RAM_SIZE) {
+        if a.gpa.checked_add(a.len).is_none_or(|end| end > RAM_SIZE) {
             return Err(Finding::new(
                 TARGET,
                 "access-outside-guest-memory",

@@ -96,6 +96,11 @@ pub struct QemuOptions {
     /// oracle can sweep all of guest RAM in milliseconds ([`Target::bulk_read`]); without it
     /// the oracle samples RAM over qtest.
     pub shared_ram: bool,
+    /// A `-device` argument used instead of the one [`QemuOptions::device`] implies (no
+    /// backend is added), e.g. `virtio-rng-device` for a run that expects a block device:
+    /// the device is still found by MagicValue and Version, and the identity cases report
+    /// the DeviceID it shows.
+    pub device_override: Option<String>,
 }
 
 impl Default for QemuOptions {
@@ -107,6 +112,7 @@ impl Default for QemuOptions {
             ram_mib: 64,
             timeout: Duration::from_secs(5),
             shared_ram: true,
+            device_override: None,
         }
     }
 }
@@ -126,6 +132,9 @@ impl QemuOptions {
     /// reference block device), so written sectors read back.
     fn device_args(&self, disk: &Path) -> Vec<String> {
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        if let Some(d) = &self.device_override {
+            return vec!["-device".into(), d.clone()];
+        }
         match self.device {
             DeviceKind::Entropy => v(&["-device", "virtio-rng-device"]),
             DeviceKind::Block => vec![
@@ -141,6 +150,12 @@ impl QemuOptions {
                 "user,id=n0",
             ]),
         }
+    }
+
+    /// Whether the host can change the device's configuration space over QMP: a block
+    /// device on the harness's own drive (`block_resize` changes its capacity).
+    pub fn host_config_changes(&self) -> bool {
+        self.device == DeviceKind::Block && self.device_override.is_none()
     }
 
     /// The DeviceID the device presents (§5).
@@ -633,6 +648,8 @@ struct Instance {
     startup: Duration,
     /// Guest RAM shared through a file, when [`QemuOptions::shared_ram`] is set.
     ram: Option<super::qemu_ram::SharedRam>,
+    /// The QMP connection, opened at the first host-side change.
+    qmp: Option<super::qmp::Qmp>,
 }
 
 impl Instance {
@@ -687,7 +704,7 @@ impl Instance {
         let mut machine =
             "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=off,ioapic2=off"
                 .to_string();
-        let ram = shared_ram_args(opts, dir.path(), &mut machine)?;
+        let ram = shared_ram_args(opts, dir.path(), &mut machine);
         let mut args: Vec<std::ffi::OsString> = Vec::new();
         let mut push = |s: &dyn AsRef<std::ffi::OsStr>| args.push(s.as_ref().to_os_string());
         for a in ["-M", machine.as_str(), "-display", "none", "-nodefaults"] {
@@ -709,6 +726,11 @@ impl Instance {
         if opts.version == TransportVersion::Modern {
             push(&"-global");
             push(&"virtio-mmio.force-legacy=false");
+        }
+        if opts.host_config_changes() {
+            for a in super::qmp::qemu_args(&dir.path().join(super::qmp::SOCKET_NAME)) {
+                push(&a);
+            }
         }
         push(&"-qtest");
         push(&format!("unix:{}", sock.display()));
@@ -790,6 +812,7 @@ impl Instance {
             base: 0,
             startup: Duration::ZERO,
             ram: ram.map(|r| r.0),
+            qmp: None,
         };
         inst.setup(opts, spawned).map_err(|e| {
             let msg = match e {
@@ -828,19 +851,29 @@ impl Instance {
             cmds.push(format!("readl 0x{base:x}"));
             cmds.push(format!("readl 0x{:x}", base + 8));
         }
-        let replies = self.conn.query_many(&cmds)?;
-        let want = opts.device_id();
-        for i in 0..MICROVM_MMIO_COUNT as usize {
-            let magic = parse_u64(&replies[2 * i])?;
-            let id = parse_u64(&replies[2 * i + 1])?;
-            if magic == 0x7472_6976 && id == want as u64 {
-                self.base = MICROVM_MMIO_BASE + i as u64 * MICROVM_MMIO_STRIDE;
-                return Ok(());
-            }
+        for i in 0..MICROVM_MMIO_COUNT {
+            let base = MICROVM_MMIO_BASE + i * MICROVM_MMIO_STRIDE;
+            cmds.push(format!("readl 0x{:x}", base + 4));
         }
-        Err(LinkError::Reply(format!(
-            "no virtio-mmio transport with DeviceID {want} among the {MICROVM_MMIO_COUNT} at {MICROVM_MMIO_BASE:#x}"
-        )))
+        let replies = self.conn.query_many(&cmds)?;
+        let n = MICROVM_MMIO_COUNT as usize;
+        let mut slots = Vec::with_capacity(n);
+        for i in 0..n {
+            slots.push(TransportId {
+                magic: parse_u64(&replies[2 * i])? as u32,
+                device_id: parse_u64(&replies[2 * i + 1])? as u32,
+                version: parse_u64(&replies[2 * n + i])? as u32,
+            });
+        }
+        match discover(&slots, opts.device_id()) {
+            Some(i) => {
+                self.base = MICROVM_MMIO_BASE + i as u64 * MICROVM_MMIO_STRIDE;
+                Ok(())
+            }
+            None => Err(LinkError::Reply(format!(
+                "no virtio-mmio device (MagicValue 0x74726976, Version 1 or 2, DeviceID not 0) among the {MICROVM_MMIO_COUNT} transports at {MICROVM_MMIO_BASE:#x}"
+            ))),
+        }
     }
 }
 
@@ -850,18 +883,94 @@ fn shared_ram_args(
     opts: &QemuOptions,
     scratch: &Path,
     machine: &mut String,
-) -> Result<Option<(super::qemu_ram::SharedRam, String)>, TargetError> {
+) -> Option<(super::qemu_ram::SharedRam, String)> {
     if !opts.shared_ram {
-        return Ok(None);
+        return None;
     }
-    let size = opts.ram_mib << 20;
-    let ram = super::qemu_ram::SharedRam::create(size, scratch).map_err(|e| {
-        TargetError::Unavailable(format!("QEMU target: creating the shared RAM file: {e}"))
-    })?;
+    let size = opts.ram_mib.checked_mul(1 << 20)?;
+    // Without the file (no room, a size the harness cannot map) QEMU keeps its own RAM and
+    // the canary oracle samples it over qtest.
+    let ram = super::qemu_ram::SharedRam::create(size, scratch).ok()?;
     machine.push_str(",memory-backend=");
     machine.push_str(super::qemu_ram::BACKEND_ID);
     let object = ram.object_arg(size);
-    Ok(Some((ram, object)))
+    Some((ram, object))
+}
+
+impl QemuTarget {
+    /// A host-side configuration change over QMP. Block: 8 bytes at offset 0 are the new
+    /// `capacity` in 512-byte sectors (§5.2.4), made with `block_resize` on the drive, which
+    /// makes QEMU update the configuration space, bump ConfigGeneration and raise the
+    /// configuration-change interrupt. Anything else is [`TargetError::Unsupported`].
+    fn qmp_config_change(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
+        if !self.opts.host_config_changes() {
+            return Err(TargetError::Unsupported(
+                "host-side configuration change (QEMU: block capacity only)".into(),
+            ));
+        }
+        let capacity: [u8; 8] = match (offset, data.try_into()) {
+            (0, Ok(c)) => c,
+            _ => {
+                return Err(TargetError::Unsupported(format!(
+                    "host-side change of {} bytes at configuration offset {offset:#x} (QEMU block: only the 8-byte capacity at 0, through block_resize)",
+                    data.len()
+                )))
+            }
+        };
+        let size = u64::from_le_bytes(capacity)
+            .checked_mul(512)
+            .ok_or_else(|| TargetError::Unsupported("capacity beyond 2^64 bytes".into()))?;
+        // Everything the driver did before happens before the change.
+        self.sync()?;
+        let timeout = self.opts.timeout;
+        let inst = self
+            .inst
+            .as_mut()
+            .ok_or_else(|| TargetError::Unavailable("QEMU is not running".into()))?;
+        if inst.qmp.is_none() {
+            let path = inst.dir.path().join(super::qmp::SOCKET_NAME);
+            inst.qmp =
+                Some(super::qmp::Qmp::connect(&path, timeout).map_err(TargetError::Protocol)?);
+        }
+        let qmp = inst.qmp.as_mut().expect("connected above");
+        qmp.execute(
+            "block_resize",
+            serde_json::json!({ "device": "d0", "size": size }),
+        )
+        .map_err(TargetError::Protocol)?;
+        // QEMU signals the change from a bottom half of its main loop; one qtest round trip
+        // lets that run before the driver looks.
+        self.read32(0).map(|_| ())
+    }
+}
+
+/// What the identification registers of one transport read (§4.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportId {
+    /// MagicValue.
+    pub magic: u32,
+    /// DeviceID (0: an empty slot).
+    pub device_id: u32,
+    /// Version.
+    pub version: u32,
+}
+
+/// Picks the transport to test the way a driver finds devices (§4.2.3.1.1): MagicValue
+/// 0x74726976, Version 1 or 2, DeviceID not 0. Among those, the first with DeviceID `want`,
+/// else the first device found, so a device whose DeviceID is not the one the run asked for
+/// is still tested (and its identity cases fail) instead of being invisible.
+pub fn discover(slots: &[TransportId], want: u32) -> Option<usize> {
+    let present: Vec<usize> = (0..slots.len())
+        .filter(|&i| {
+            let s = slots[i];
+            s.magic == 0x7472_6976 && matches!(s.version, 1 | 2) && s.device_id != 0
+        })
+        .collect();
+    present
+        .iter()
+        .copied()
+        .find(|&i| slots[i].device_id == want)
+        .or_else(|| present.first().copied())
 }
 
 /// Kills the child's whole process group (it leads its own), then the child, and reaps it.
@@ -1046,7 +1155,7 @@ impl Target for QemuTarget {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            config_change: false,
+            config_change: self.opts.host_config_changes(),
             memory_log: false,
             interrupts: true,
         }
@@ -1115,6 +1224,10 @@ impl Target for QemuTarget {
         self.broken = None;
         self.inst = Some(Instance::start(&self.opts)?);
         Ok(())
+    }
+
+    fn config_change(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
+        self.qmp_config_change(offset, data)
     }
 
     fn bulk_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {

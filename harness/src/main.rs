@@ -448,8 +448,7 @@ fn replay_report(
 
 fn load_report(p: &PathBuf) -> Result<Report, String> {
     let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("{}:{}:{}: {e}", p.display(), e.line(), e.column()))
+    Report::parse(&text, &p.display().to_string()).map_err(|e| format!("{e:#}"))
 }
 
 fn main() -> ExitCode {
@@ -534,7 +533,8 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 let to_file = output.is_some();
                 move |results: Vec<report::CaseResult>,
                       sink: Option<RecordSink>,
-                      interrupted: Option<String>|
+                      interrupted: Option<String>,
+                      stale_expectations: Vec<report::StaleExpectation>|
                       -> Result<Report, String> {
                     let report = Report {
                         schema: report::REPORT_SCHEMA.into(),
@@ -546,7 +546,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                         results,
                         coverage: coverage.clone(),
                         interrupted,
-                        stale_expectations: Vec::new(),
+                        stale_expectations,
                     };
                     let body = match format {
                         Format::Text => report::text_summary(&report, &catalog, verbose),
@@ -578,7 +578,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                     let results = std::mem::take(&mut st.results);
                     let n = results.len();
                     let why = format!("interrupted by {sig} after {n} finished cases");
-                    if let Err(e) = emit(results, st.sink.take(), Some(why.clone())) {
+                    if let Err(e) = emit(results, st.sink.take(), Some(why.clone()), Vec::new()) {
                         eprintln!("virtio-conform: error: {e}");
                     }
                     eprintln!("virtio-conform: {why}");
@@ -632,7 +632,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 st.sink.take()
             };
             let code = report.exit_code(strict);
-            emit(report.results, sink, None)?;
+            emit(report.results, sink, None, report.stale_expectations)?;
             Ok(code)
         }
         Cmd::List {
@@ -740,13 +740,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
                 std::fs::write(&p, json).map_err(|e| format!("{}: {e}", p.display()))?;
             }
-            Ok(if report.reference_bugs > 0 {
-                2
-            } else if report.spec_violations > 0 {
-                1
-            } else {
-                0
-            })
+            Ok(report.exit_code())
         }
         Cmd::Matrix {
             targets,
@@ -889,6 +883,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 ("fixed", &c.fixed),
                 ("broken", &c.broken),
                 ("new errors", &c.new_errors),
+                ("worsened", &c.worsened),
                 ("added", &c.added),
                 ("removed", &c.removed),
             ] {
@@ -901,11 +896,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                     }
                 );
             }
-            Ok(if c.broken.is_empty() && c.new_errors.is_empty() {
-                0
-            } else {
-                1
-            })
+            Ok(if c.regressed() { 1 } else { 0 })
         }
     }
 }

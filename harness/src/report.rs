@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 /// Schema tag of the JSON report.
 pub const REPORT_SCHEMA: &str = "virtio-conform/report/1";
 pub use crate::expectations::{
-    Expectation, ExpectationState, Expectations, StaleExpectation, EXPECTATIONS_SCHEMA,
-    EXPECTATIONS_SCHEMA_WHOLE_CASE,
+    stale_in_results, Expectation, ExpectationState, Expectations, StaleExpectation,
+    EXPECTATIONS_SCHEMA, EXPECTATIONS_SCHEMA_WHOLE_CASE,
 };
 
 /// A requirement as cited in a result.
@@ -379,39 +379,90 @@ pub struct Comparison {
     pub broken: Vec<String>,
     /// Cases that are errors in NEW but were not in OLD.
     pub new_errors: Vec<String>,
+    /// Cases whose result got worse without being `broken` or a new error: severity rising,
+    /// a failure turned timeout or error, a pass turned unsupported or skipped, a new
+    /// critical failure. Each entry: `case: why`.
+    pub worsened: Vec<String>,
     /// Cases only in NEW.
     pub added: Vec<String>,
     /// Cases only in OLD.
     pub removed: Vec<String>,
 }
 
+impl Comparison {
+    /// Whether NEW is worse than OLD anywhere (broken, new errors, worsened).
+    pub fn regressed(&self) -> bool {
+        !(self.broken.is_empty() && self.new_errors.is_empty() && self.worsened.is_empty())
+    }
+}
+
+impl Report {
+    /// Parses a JSON report; `origin` names the file in errors. A report whose `schema` tag
+    /// is not [`REPORT_SCHEMA`] is refused: its fields may mean something else.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Report> {
+        #[derive(Deserialize)]
+        struct Tag {
+            schema: Option<String>,
+        }
+        let tag: Tag = serde_json::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{origin}:{}:{}: {e}", e.line(), e.column()))?;
+        match tag.schema.as_deref() {
+            Some(REPORT_SCHEMA) => {}
+            Some(other) => anyhow::bail!(
+                "{origin}: report schema `{other}` is not `{REPORT_SCHEMA}`, the one this version reads"
+            ),
+            None => anyhow::bail!("{origin}: no `schema` field: not a virtio-conform report"),
+        }
+        serde_json::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{origin}:{}:{}: {e}", e.line(), e.column()))
+    }
+}
+
 /// Compares two reports.
 pub fn compare(old: &Report, new: &Report) -> Comparison {
-    let o: BTreeMap<_, _> = old
-        .results
-        .iter()
-        .map(|r| (r.case.as_str(), r.outcome))
-        .collect();
-    let n: BTreeMap<_, _> = new
-        .results
-        .iter()
-        .map(|r| (r.case.as_str(), r.outcome))
-        .collect();
+    let o: BTreeMap<_, _> = old.results.iter().map(|r| (r.case.as_str(), r)).collect();
+    let n: BTreeMap<_, _> = new.results.iter().map(|r| (r.case.as_str(), r)).collect();
     let mut c = Comparison::default();
-    for (case, &no) in &n {
-        match o.get(case) {
-            None => c.added.push(case.to_string()),
-            Some(&oo) => {
-                if oo.is_failure() && no == Outcome::Pass {
-                    c.fixed.push(case.to_string());
-                }
-                if oo == Outcome::Pass && no.is_failure() {
-                    c.broken.push(case.to_string());
-                }
-                if no == Outcome::Error && oo != Outcome::Error {
-                    c.new_errors.push(case.to_string());
-                }
-            }
+    for (case, nr) in &n {
+        let Some(or) = o.get(case) else {
+            c.added.push(case.to_string());
+            continue;
+        };
+        let (oo, no) = (or.outcome, nr.outcome);
+        if oo.is_failure() && no == Outcome::Pass {
+            c.fixed.push(case.to_string());
+        }
+        let broken = oo == Outcome::Pass && no.is_failure();
+        if broken {
+            c.broken.push(case.to_string());
+        }
+        let new_error = no == Outcome::Error && oo != Outcome::Error;
+        if new_error {
+            c.new_errors.push(case.to_string());
+        }
+        if broken || new_error {
+            continue;
+        }
+        let mut why = Vec::new();
+        if oo.is_failure() && no.is_failure() && nr.severity > or.severity {
+            why.push(format!("severity {:?} -> {:?}", or.severity, nr.severity));
+        }
+        if oo == Outcome::Fail && no == Outcome::Timeout {
+            why.push("fail -> timeout".to_string());
+        }
+        if oo == Outcome::Pass && matches!(no, Outcome::Unsupported | Outcome::Skipped) {
+            why.push(format!("pass -> {}", no.name()));
+        }
+        if oo == Outcome::NonStrict && no == Outcome::Fail {
+            why.push("non_strict -> fail".to_string());
+        }
+        if nr.severity == Severity::Critical && or.severity != Severity::Critical {
+            why.push("new critical failure".to_string());
+        }
+        if !why.is_empty() {
+            why.dedup();
+            c.worsened
+                .push(format!("{case}: {}", why.join(", ").to_lowercase()));
         }
     }
     c.removed = o

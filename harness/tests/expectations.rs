@@ -281,3 +281,32 @@ fn qemu_xfailed_case_with_a_new_failing_check_exits_1() {
     assert_eq!(r.results[0].outcome, Outcome::Fail, "{:?}", r.results[0]);
     assert_eq!(r.exit_code(true), 1);
 }
+
+/// The CLI (whose cases run on parallel workers) reports stale entries the same way: a
+/// warning without `--strict`, exit 1 with it.
+#[test]
+fn cli_reports_stale_entries_across_workers() {
+    let d = tempfile::tempdir().unwrap();
+    let ex = d.path().join("ex.json");
+    std::fs::write(
+        &ex,
+        per_check(
+            r#"{"case": "reset.clears-interrupt-status", "requirements": ["MMIO-DEV-05"], "reason": "passes on the reference"},
+               {"case": "reset.clears-queue-ready", "requirements": ["MMIO-DEV-06"], "reason": "also passes"}"#,
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_virtio-conform");
+    for (strict, code) in [(false, 0), (true, 1)] {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["run", "--only", "reset.*", "-j", "2", "--expectations"])
+            .arg(&ex);
+        if strict {
+            cmd.arg("--strict");
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(code), "{text}");
+        assert_eq!(text.matches("stale expectation").count(), 2, "{text}");
+    }
+}

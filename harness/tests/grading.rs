@@ -9,7 +9,7 @@ use virtio_conform::suite::{run_suite, Options, Suite};
 use virtio_conform::target::reference::{backend, DeviceFactory};
 use virtio_conform::target::virtio_queue::VirtioQueueTarget;
 use virtio_conform::target::{
-    Capabilities, DeviceKind, IrqEvent, ReferenceTarget, Target, TargetError, TargetInfo,
+    once, Capabilities, DeviceKind, IrqEvent, ReferenceTarget, Target, TargetError, TargetInfo,
 };
 use virtio_reference_device::regs::*;
 use virtio_reference_device::{

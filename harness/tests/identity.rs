@@ -6,7 +6,7 @@ use std::process::Command;
 use virtio_conform::suite::{run_suite, Options, Suite};
 use virtio_conform::target::qemu::{discover, qemu_version, TransportId};
 use virtio_conform::target::{
-    Capabilities, DeviceKind, ReferenceTarget, Target, TargetError, TargetInfo,
+    once, Capabilities, DeviceKind, ReferenceTarget, Target, TargetError, TargetInfo,
 };
 use virtio_reference_device::TransportVersion;
 
@@ -83,7 +83,7 @@ fn wrong_device_id_is_a_failed_check_in_the_report() {
         only: vec!["identity.*".into()],
         ..Options::default()
     };
-    let report = run_suite(&s, virtio_conform::target::once(t), &opts);
+    let report = run_suite(&s, once(t), &opts);
     let r = report
         .results
         .iter()
@@ -96,10 +96,7 @@ fn wrong_device_id_is_a_failed_check_in_the_report() {
     assert_eq!(report.exit_code(false), 1);
     // The identity the run expects passes on the reference itself.
     let t = ReferenceTarget::new(DeviceKind::Block, TransportVersion::Modern, None).unwrap();
-    assert_eq!(
-        run_suite(&s, virtio_conform::target::once(t), &opts).exit_code(true),
-        0
-    );
+    assert_eq!(run_suite(&s, once(t), &opts).exit_code(true), 0);
 }
 
 /// QEMU started with an entropy device for a run that expects block: exit 1 and a JSON

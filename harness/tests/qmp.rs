@@ -3,7 +3,7 @@
 
 use virtio_conform::suite::{run_suite, Options, Suite};
 use virtio_conform::target::qemu::{qemu_version, QemuOptions, QemuTarget};
-use virtio_conform::target::{DeviceKind, Target, TargetError};
+use virtio_conform::target::{once, DeviceKind, Target, TargetError};
 use virtio_reference_device::regs::*;
 use virtio_reference_device::TransportVersion;
 
@@ -70,7 +70,7 @@ fn config_cases_run_on_qemu_block() {
         ],
         ..Options::default()
     };
-    let report = run_suite(&s, virtio_conform::target::once(t), &opts);
+    let report = run_suite(&s, once(t), &opts);
     assert_eq!(report.results.len(), 2);
     assert_eq!(report.summary["pass"], 2, "{}", s.summary(&report));
 }

@@ -105,9 +105,9 @@ fn serve(sock: &Path, b: Behaviour, log: Arc<Mutex<Vec<String>>>) {
             "OK".to_string()
         } else if let Some(a) = cmd.strip_prefix("readl 0x") {
             let addr = u64::from_str_radix(a.trim(), 16).unwrap_or(0);
-            // The set-up probes 8 transports (MagicValue and DeviceID of each, then the
-            // Version of each); its last read is the eighth Version, at 0xfeb00e04.
-            if addr == 0xfeb0_0e04 {
+            // The set-up probes 8 transports (MagicValue, Version, DeviceID); the last is
+            // 0xfeb00e08.
+            if addr == 0xfeb0_0e08 {
                 setup_done = true;
                 "OK 0x0".to_string()
             } else if !setup_done || matches!(b, Behaviour::Normal) {

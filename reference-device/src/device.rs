@@ -122,6 +122,10 @@ pub struct DeviceConfig {
     pub mutant: Option<Mutant>,
     /// Descriptors the device may read per notification before it stops (a hang guard).
     pub step_budget: u64,
+    /// Exactly the feature bits offered (transport and device type), replacing
+    /// `transport_features` plus the backend's bits; `None` offers those. Set by the
+    /// differential runner so the reference offers what the target offers and nothing more.
+    pub offered_features: Option<u64>,
 }
 
 impl DeviceConfig {
@@ -144,6 +148,7 @@ impl DeviceConfig {
             knobs: Knobs::default(),
             mutant: None,
             step_budget: 1 << 20,
+            offered_features: None,
         }
     }
 }
@@ -287,6 +292,9 @@ impl MmioDevice {
 
     /// All offered feature bits (transport and device type).
     pub fn device_features(&self) -> u64 {
+        if let Some(f) = self.cfg.offered_features {
+            return f;
+        }
         self.cfg.transport_features | self.backend.features()
     }
 

@@ -470,14 +470,18 @@ impl Exec<'_> {
             return Ok(());
         }
         let seed = c.seed();
+        let watched = match c.coverage() {
+            Coverage::Full => "all of guest RAM watched",
+            Coverage::Sampled => "sampled guest RAM watched",
+        };
         let found = c.verify(&mut *self.t)?;
         for k in found {
-            self.report_corruption(&k, seed);
+            self.report_corruption(&k, seed, watched);
         }
         Ok(())
     }
 
-    fn report_corruption(&mut self, k: &Corruption, seed: u64) {
+    fn report_corruption(&mut self, k: &Corruption, seed: u64, watched: &str) {
         let overlaps = |kind: Area| {
             self.areas
                 .iter()
@@ -523,7 +527,7 @@ impl Exec<'_> {
             requirements,
             level: Level::Must,
             severity: Severity::Critical,
-            expected: format!("{what} (canary pattern, seed {seed:#018x})"),
+            expected: format!("{what} (canary pattern, seed {seed:#018x}, {watched})"),
             observed: format!(
                 "guest memory corruption: {} bytes at {:#x}..{:#x} changed from {} to {}{unlogged}",
                 k.len(),

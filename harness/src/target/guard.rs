@@ -135,6 +135,18 @@ impl<T: Target> Target for Guarded<T> {
     fn synchronous(&self) -> bool {
         self.inner.synchronous()
     }
+    fn bulk_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {
+        self.call(|t| t.bulk_read(gpa, buf))
+    }
+    fn bulk_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), TargetError> {
+        self.call(|t| t.bulk_write(gpa, data))
+    }
+    fn bulk_cheap(&self) -> bool {
+        self.inner.bulk_cheap()
+    }
+    fn flush(&mut self) -> Result<(), TargetError> {
+        self.call(|t| t.flush())
+    }
     fn diagnostics(&mut self) -> Option<String> {
         match &self.panic {
             Some(_) => None,

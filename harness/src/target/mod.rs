@@ -265,6 +265,18 @@ impl<T: Target + ?Sized> Target for Box<T> {
     fn diagnostics(&mut self) -> Option<String> {
         (**self).diagnostics()
     }
+    fn bulk_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {
+        (**self).bulk_read(gpa, buf)
+    }
+    fn bulk_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), TargetError> {
+        (**self).bulk_write(gpa, data)
+    }
+    fn bulk_cheap(&self) -> bool {
+        (**self).bulk_cheap()
+    }
+    fn flush(&mut self) -> Result<(), TargetError> {
+        (**self).flush()
+    }
 }
 
 /// Builds target instances for [`run_suite`](crate::suite::run_suite): once at the start, and

@@ -88,7 +88,8 @@ pub struct QemuOptions {
     /// `Modern` adds `-global virtio-mmio.force-legacy=false` (Version 2); `Legacy` is QEMU's
     /// default (Version 1).
     pub version: TransportVersion,
-    /// Guest RAM in MiB (default 64), at guest physical address 0.
+    /// Guest RAM in MiB (default 16, the size of the reference device's RAM, so `diff` and the
+    /// canary oracle see the same layout and sweep little), at guest physical address 0.
     pub ram_mib: u64,
     /// How long to wait for one qtest reply before [`TargetError::Hung`] (default 5 s).
     pub timeout: Duration,
@@ -109,7 +110,7 @@ impl Default for QemuOptions {
             qemu: PathBuf::from("qemu-system-x86_64"),
             device: DeviceKind::Entropy,
             version: TransportVersion::Legacy,
-            ram_mib: 64,
+            ram_mib: 16,
             timeout: Duration::from_secs(5),
             shared_ram: true,
             device_override: None,
@@ -845,24 +846,22 @@ impl Instance {
             .first_reply
             .map(|t| t.duration_since(spawned))
             .unwrap_or_default();
+        // MagicValue, Version, DeviceID of every transport, in the order a driver reads them.
         let mut cmds = Vec::new();
         for i in 0..MICROVM_MMIO_COUNT {
             let base = MICROVM_MMIO_BASE + i * MICROVM_MMIO_STRIDE;
-            cmds.push(format!("readl 0x{base:x}"));
-            cmds.push(format!("readl 0x{:x}", base + 8));
-        }
-        for i in 0..MICROVM_MMIO_COUNT {
-            let base = MICROVM_MMIO_BASE + i * MICROVM_MMIO_STRIDE;
-            cmds.push(format!("readl 0x{:x}", base + 4));
+            for off in [0, 4, 8] {
+                cmds.push(format!("readl 0x{:x}", base + off));
+            }
         }
         let replies = self.conn.query_many(&cmds)?;
         let n = MICROVM_MMIO_COUNT as usize;
         let mut slots = Vec::with_capacity(n);
         for i in 0..n {
             slots.push(TransportId {
-                magic: parse_u64(&replies[2 * i])? as u32,
-                device_id: parse_u64(&replies[2 * i + 1])? as u32,
-                version: parse_u64(&replies[2 * n + i])? as u32,
+                magic: parse_u64(&replies[3 * i])? as u32,
+                version: parse_u64(&replies[3 * i + 1])? as u32,
+                device_id: parse_u64(&replies[3 * i + 2])? as u32,
             });
         }
         match discover(&slots, opts.device_id()) {

@@ -4,7 +4,8 @@
 #   2. every Rust test of the workspace (unit, integration, doc tests, corpus replay)
 #   3. the conformance suite against the reference (v1/v2, entropy/block) and, with the
 #      committed expectations, against QEMU
-#   4. cargo-fuzz: build every fuzz target with `-s none` and run each for a short time box
+#   4. the Dragonball gate (gates/dragonball) where /dev/kvm is usable, "skipped" elsewhere
+#   5. cargo-fuzz: build every fuzz target with `-s none` and run each for a short time box
 # QEMU and Chromium are installed from Debian's packages when missing; where that is not
 # possible the tests that need them say they skipped and why.
 set -euo pipefail
@@ -87,6 +88,15 @@ if command -v qemu-system-x86_64 >/dev/null 2>&1; then
 else
   echo "== suite: QEMU skipped: qemu-system-x86_64 unavailable (see install step above)"
 fi
+
+echo "== cargo install: the installed binary runs the suite outside the checkout"
+bash scripts/install-check.sh
+
+echo "== cargo package: both crates, the harness carrying its specs"
+bash scripts/package-check.sh
+
+echo "== gate: Dragonball (gates/dragonball, needs /dev/kvm)"
+bash scripts/gate-dragonball.sh
 
 if [ -f scripts/fuzz-smoke.sh ]; then
   echo "== fuzz smoke (cargo fuzz, stable, -s none)"

@@ -940,17 +940,34 @@ fn validate(op: &Op, catalog: &Catalog) -> anyhow::Result<()> {
 
 /// Loads every `*.jsonl` case under `dir`, sorted by id. Duplicate ids are an error.
 pub fn load_dir(dir: &Path, catalog: &Catalog) -> anyhow::Result<Vec<Case>> {
-    let mut cases = Vec::new();
     let rd = std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let mut paths: Vec<_> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
         .collect();
     paths.sort();
+    let mut files = Vec::new();
     for p in paths {
         let text =
             std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-        let case = Case::parse(&text, &p.display().to_string(), catalog)?;
+        files.push((p, text));
+    }
+    load_files(
+        files.iter().map(|(p, t)| (p.as_path(), t.as_str())),
+        catalog,
+    )
+}
+
+/// Parses case files given as (path, text), for example the copies embedded in the library;
+/// `path` names the file in messages and its stem must equal the case id. Sorted by id;
+/// duplicate ids are an error.
+pub fn load_files<'a>(
+    files: impl IntoIterator<Item = (&'a Path, &'a str)>,
+    catalog: &Catalog,
+) -> anyhow::Result<Vec<Case>> {
+    let mut cases = Vec::new();
+    for (p, text) in files {
+        let case = Case::parse(text, &p.display().to_string(), catalog)?;
         let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
         if stem != case.id {
             let header_line = text

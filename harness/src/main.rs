@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use virtio_conform::records::{RecordSink, RecordsHeader};
 use virtio_conform::report::{self, Expectations, Report};
-use virtio_conform::suite::{default_specs_dir, run_suite, Options, Suite};
+use virtio_conform::suite::{run_suite, Options, Suite};
 use virtio_conform::target::{
     parse_version, DeviceKind, ReferenceTarget, Target, TargetError, TargetKind,
 };
@@ -96,7 +96,8 @@ macro_rules! outln {
     about = "Conformance harness and fuzzer for virtio-mmio devices"
 )]
 struct Cli {
-    /// Directory holding requirements.json and sequences/ (default: the source tree's specs/).
+    /// Directory holding requirements.json and sequences/ (default: the specs embedded in
+    /// this binary when it was built).
     #[arg(long, global = true)]
     specs: Option<PathBuf>,
     #[command(subcommand)]
@@ -471,8 +472,13 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> Result<i32, String> {
-    let specs = cli.specs.clone().unwrap_or_else(default_specs_dir);
-    let load = || Suite::load(&specs).map_err(|e| format!("{e:#}"));
+    let load = || {
+        match &cli.specs {
+            Some(dir) => Suite::load(dir),
+            None => Suite::embedded(),
+        }
+        .map_err(|e| format!("{e:#}"))
+    };
     match cli.cmd {
         Cmd::Run {
             t,

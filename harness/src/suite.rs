@@ -32,7 +32,13 @@ pub struct Suite {
     pub cases: Vec<Case>,
 }
 
-/// The `specs/` directory of this source tree (where `cargo test` runs from).
+/// The specs this library was built with: `harness/specs` (a link to the repository's
+/// `specs/`), copied into the library at build time.
+static EMBEDDED_SPECS: include_dir::Dir<'static> =
+    include_dir::include_dir!("$CARGO_MANIFEST_DIR/specs");
+
+/// The `specs/` directory of this source tree (only useful inside a checkout: installed
+/// binaries and dependent crates use [`Suite::embedded`]).
 pub fn default_specs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
@@ -47,9 +53,36 @@ impl Suite {
         Ok(Suite { catalog, cases })
     }
 
-    /// Loads the suite shipped in this source tree.
+    /// The suite embedded in the library at build time (`specs/`: the catalog and every
+    /// case), so an installed binary or a crate depending on the library needs no source
+    /// tree. [`Suite::load`] reads another copy from disk instead.
+    pub fn embedded() -> anyhow::Result<Suite> {
+        let catalog_text = EMBEDDED_SPECS
+            .get_file("requirements.json")
+            .and_then(|f| f.contents_utf8())
+            .ok_or_else(|| anyhow::anyhow!("the embedded specs lack requirements.json"))?;
+        let catalog = Catalog::parse(catalog_text, "(embedded) specs/requirements.json")?;
+        let mut files: Vec<(PathBuf, &str)> = EMBEDDED_SPECS
+            .get_dir("sequences")
+            .map(|d| d.files())
+            .into_iter()
+            .flatten()
+            .filter(|f| f.path().extension().is_some_and(|x| x == "jsonl"))
+            .filter_map(|f| {
+                Some((
+                    Path::new("(embedded) specs").join(f.path()),
+                    f.contents_utf8()?,
+                ))
+            })
+            .collect();
+        files.sort();
+        let cases = case::load_files(files.iter().map(|(p, t)| (p.as_path(), *t)), &catalog)?;
+        Ok(Suite { catalog, cases })
+    }
+
+    /// The suite embedded in the library (see [`Suite::embedded`]).
     pub fn load_default() -> anyhow::Result<Suite> {
-        Self::load(&default_specs_dir())
+        Self::embedded()
     }
 
     /// The terminal summary of a report.

@@ -59,7 +59,7 @@ finish() {
 }
 
 echo "== cargo test (workspace)"
-cargo test --workspace --locked 2>&1 | tee "$log" || true
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || true
 count_cargo_tests
 if ! grep -q '^test result:' "$log" || grep -q '^error' "$log"; then
   failed=$((failed + 1))

@@ -17,7 +17,6 @@
 use crate::case::Case;
 use crate::catalog::Level;
 use crate::outcome::Outcome;
-use crate::report::CaseResult;
 use crate::runner::{grade_failures, CaseRun, Failure};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -347,39 +346,4 @@ impl<'a> ExpectationState<'a> {
         }
         out
     }
-}
-
-/// The stale entries of `ex` over a run assembled from separate results (parallel workers):
-/// the same rule as [`ExpectationState::stale`], worked out from the results' excused checks
-/// (`xfail` reasons), skipped cases and xpasses.
-pub fn stale_in_results(
-    ex: &(Expectations, Vec<globset::GlobMatcher>),
-    cases: &[Case],
-    results: &[CaseResult],
-    device: &str,
-    version: u32,
-) -> Vec<StaleExpectation> {
-    let mut st = ExpectationState::new(ex);
-    for (i, e) in ex.0.entries.iter().enumerate() {
-        for r in results
-            .iter()
-            .filter(|r| e.applies(&ex.1[i], &r.case, device, version))
-        {
-            st.ran[i] = true;
-            let used = match r.outcome {
-                Outcome::Skipped => e.is_skip() && r.reason.as_deref() == Some(e.reason.as_str()),
-                Outcome::Xpass => !ex.0.per_check(),
-                _ => r.failures.iter().any(|f| {
-                    f.xfail.as_deref() == Some(e.reason.as_str())
-                        && (e.requirements.is_empty()
-                            || f.requirements
-                                .iter()
-                                .any(|c| e.requirements.contains(&c.id)))
-                        && e.step.is_none_or(|s| f.step == Some(s))
-                }),
-            };
-            st.used[i] |= used;
-        }
-    }
-    st.stale(cases)
 }

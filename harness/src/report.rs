@@ -14,8 +14,8 @@ pub const REPORT_SCHEMA: &str = "virtio-conform/report/1";
 /// Schema tag of the JSON report of `replay` (one fuzz input).
 pub const REPLAY_SCHEMA: &str = "virtio-conform/replay/1";
 pub use crate::expectations::{
-    stale_in_results, Expectation, ExpectationState, Expectations, StaleExpectation,
-    EXPECTATIONS_SCHEMA, EXPECTATIONS_SCHEMA_WHOLE_CASE,
+    Expectation, ExpectationState, Expectations, StaleExpectation, EXPECTATIONS_SCHEMA,
+    EXPECTATIONS_SCHEMA_WHOLE_CASE,
 };
 
 /// A requirement as cited in a result.

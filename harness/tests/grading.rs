@@ -26,7 +26,7 @@ fn suite() -> Suite {
 fn run<T: Target + Send + 'static>(t: T, only: &[&str]) -> Report {
     run_suite(
         &suite(),
-        virtio_conform::target::once(t),
+        once(t),
         &Options {
             only: only.iter().map(|s| s.to_string()).collect(),
             ..Options::default()

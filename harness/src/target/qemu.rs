@@ -178,16 +178,18 @@ impl QemuOptions {
 /// The first line of `<qemu> --version`, or why QEMU cannot be run
 /// ([`TargetError::Unavailable`]). Tests use it to decide whether to skip.
 pub fn qemu_version(qemu: &Path) -> Result<String, TargetError> {
-    let out = Command::new(qemu)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| {
-            TargetError::Unavailable(format!(
-                "cannot run `{}`: {e} (install it with scripts/install-qemu.sh)",
-                qemu.display()
-            ))
-        })?;
+    let out = retry_if_busy(|| {
+        Command::new(qemu)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+    })
+    .map_err(|e| {
+        TargetError::Unavailable(format!(
+            "cannot run `{}`: {e} (install it with scripts/install-qemu.sh)",
+            qemu.display()
+        ))
+    })?;
     if !out.status.success() {
         return Err(TargetError::Unavailable(format!(
             "`{} --version` failed with {}: {}",
@@ -268,6 +270,23 @@ fn have_setpriv() -> bool {
     })
 }
 
+/// Runs `start` again (up to 50 times, 10 ms apart) while it fails with "text file busy"
+/// (ETXTBSY). A wrapper script that was just written can stay open for writing for a moment in
+/// a child another thread forked before the writer closed it; exec then fails although
+/// nothing is wrong with the file.
+fn retry_if_busy<T>(mut start: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let mut tries = 0;
+    loop {
+        match start() {
+            Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 type SpawnJob = (Command, mpsc::Sender<io::Result<Child>>);
 
 /// Spawns `cmd` from one thread that lives as long as the process: the parent-death signal
@@ -281,17 +300,19 @@ fn spawn_long_lived(cmd: Command) -> io::Result<Child> {
             .name("qemu-spawner".into())
             .spawn(move || {
                 for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
+                    let _ = reply.send(retry_if_busy(|| cmd.spawn()));
                 }
             })
             .ok()
             .map(|_| tx)
     });
     let mut cmd = cmd;
-    let Some(tx) = tx else { return cmd.spawn() };
+    let Some(tx) = tx else {
+        return retry_if_busy(|| cmd.spawn());
+    };
     let (rtx, rrx) = mpsc::channel();
     if let Err(mpsc::SendError((mut back, _))) = tx.send((cmd, rtx)) {
-        return back.spawn();
+        return retry_if_busy(|| back.spawn());
     }
     rrx.recv()
         .unwrap_or_else(|_| Err(io::Error::other("the QEMU spawner thread is gone")))

@@ -25,6 +25,7 @@
 
 pub mod backend;
 pub mod device;
+pub mod devices;
 pub mod driver;
 pub mod memory;
 pub mod mutant;

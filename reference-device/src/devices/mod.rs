@@ -1,0 +1,5 @@
+//! One file per device type (VIRTIO chapter 5), each implementing
+//! [`DeviceBackend`](crate::backend::DeviceBackend).
+
+pub mod block;
+pub mod entropy;

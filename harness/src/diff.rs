@@ -133,11 +133,7 @@ pub fn profile_violations(
     device: DeviceKind,
 ) -> Vec<(&'static str, String, String)> {
     let mut v = Vec::new();
-    let want_id = match device {
-        DeviceKind::Entropy => 4,
-        DeviceKind::Block => 2,
-        DeviceKind::Net => 1,
-    };
+    let want_id = device.device_id();
     if profile.device_id != want_id {
         v.push((
             "MMIO-DEV-14",

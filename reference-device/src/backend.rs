@@ -44,6 +44,26 @@ pub trait DeviceBackend: Send {
     fn set_writes_readable(&mut self, _on: bool) {}
     /// Turns on the injected bug `m` where it lives in the backend (default: nowhere).
     fn set_mutant(&mut self, _m: crate::Mutant) {}
+    /// Whether the backend can use a chain from `queue` now. A receive queue answers `false`
+    /// while the host has nothing to deliver, so the driver's buffers stay available until
+    /// input arrives (default: always ready).
+    fn ready_for(&self, _queue: u16) -> bool {
+        true
+    }
+    /// The host side delivers `data` toward the driver on `port` (net: one Ethernet frame;
+    /// console: input bytes for port `port`). Returns the queues the device should service
+    /// now, or why the backend has no host side for it.
+    fn host_send(&mut self, _port: u32, _data: &[u8]) -> Result<Vec<u16>, String> {
+        Err(format!("the {} device has no host-side input", self.name()))
+    }
+    /// What the device passed to the host on `port` since the last call, one entry per unit
+    /// (net: one frame; console: the bytes of one transmit chain).
+    fn host_take(&mut self, _port: u32) -> Result<Vec<Vec<u8>>, String> {
+        Err(format!(
+            "the {} device has no host-side output",
+            self.name()
+        ))
+    }
 }
 
 /// Reads the device-readable part of a chain as one byte stream.

@@ -588,6 +588,41 @@ impl MmioDevice {
                 self.activate(i);
             }
         }
+        self.service(i);
+    }
+
+    /// The host side delivers `data` on `port` (see [`DeviceBackend::host_send`]); the
+    /// device then uses available buffers of the queues the backend names, provided the
+    /// driver has set DRIVER_OK (§2.1.2) and the device is not in DEVICE_NEEDS_RESET or
+    /// FAILED. Input that finds no buffer stays pending in the backend.
+    ///
+    /// # Errors
+    /// The backend's reason when this device type has no host-side input.
+    pub fn host_send(&mut self, port: u32, data: &[u8]) -> Result<(), String> {
+        let queues = self.backend.host_send(port, data)?;
+        let live = self.status & (DEVICE_NEEDS_RESET | FAILED) == 0
+            && (self.status & DRIVER_OK != 0 || self.legacy());
+        if live {
+            for q in queues {
+                if usize::from(q) < self.queues.len() {
+                    self.service(usize::from(q));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the device passed to the host on `port` since the last call (see
+    /// [`DeviceBackend::host_take`]).
+    ///
+    /// # Errors
+    /// The backend's reason when this device type has no host-side output.
+    pub fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, String> {
+        self.backend.host_take(port)
+    }
+
+    /// Uses every available chain of queue `i` the backend is ready for.
+    fn service(&mut self, i: usize) {
         let slot = &self.queues[i];
         if !slot.ready || slot.broken {
             return;
@@ -605,6 +640,9 @@ impl MmioDevice {
             } = self;
             let q = &mut queues[i].q;
             loop {
+                if !backend.ready_for(i as u16) {
+                    break;
+                }
                 match q.pop(ram, &mut budget) {
                     Ok(None) => break,
                     Ok(Some(head)) => {

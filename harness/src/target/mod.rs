@@ -166,6 +166,20 @@ pub trait Target {
             "host-side configuration change".into(),
         ))
     }
+    /// The host side of a device with an external peer delivers `data` toward the driver on
+    /// `port`: one Ethernet frame for net (port = queue pair), input bytes for console port
+    /// `port`. The device fills available receive buffers with it (now or, for out-of-process
+    /// targets, soon: poll the used ring). Default: [`TargetError::Unsupported`].
+    fn host_send(&mut self, _port: u32, _data: &[u8]) -> Result<(), TargetError> {
+        Err(TargetError::Unsupported("host-side input".into()))
+    }
+    /// What the device transmitted to the host on `port` since the last call, one entry per
+    /// unit (a frame for net, the bytes of one transmit chain for console; an out-of-process
+    /// target may split or join console bytes differently). Default:
+    /// [`TargetError::Unsupported`].
+    fn host_take(&mut self, _port: u32) -> Result<Vec<Vec<u8>>, TargetError> {
+        Err(TargetError::Unsupported("host-side output".into()))
+    }
     /// Whether the device finishes all work inside the call that triggered it (in-process
     /// targets). The harness then never waits for completions that cannot come later.
     fn synchronous(&self) -> bool {
@@ -258,6 +272,12 @@ impl<T: Target + ?Sized> Target for Box<T> {
     }
     fn config_change(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
         (**self).config_change(offset, data)
+    }
+    fn host_send(&mut self, port: u32, data: &[u8]) -> Result<(), TargetError> {
+        (**self).host_send(port, data)
+    }
+    fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, TargetError> {
+        (**self).host_take(port)
     }
     fn synchronous(&self) -> bool {
         (**self).synchronous()
@@ -368,8 +388,10 @@ pub enum DeviceKind {
     Entropy,
     /// virtio-blk, DeviceID 2.
     Block,
-    /// virtio-net, DeviceID 1 (QEMU only).
+    /// virtio-net, DeviceID 1.
     Net,
+    /// virtio-console, DeviceID 3.
+    Console,
 }
 
 impl DeviceKind {
@@ -379,6 +401,17 @@ impl DeviceKind {
             DeviceKind::Entropy => "entropy",
             DeviceKind::Block => "block",
             DeviceKind::Net => "net",
+            DeviceKind::Console => "console",
+        }
+    }
+
+    /// The DeviceID this device type presents (VIRTIO chapter 5).
+    pub fn device_id(self) -> u32 {
+        match self {
+            DeviceKind::Net => 1,
+            DeviceKind::Block => 2,
+            DeviceKind::Console => 3,
+            DeviceKind::Entropy => 4,
         }
     }
 }
@@ -390,8 +423,9 @@ impl std::str::FromStr for DeviceKind {
             "entropy" | "rng" => Ok(DeviceKind::Entropy),
             "block" | "blk" => Ok(DeviceKind::Block),
             "net" => Ok(DeviceKind::Net),
+            "console" => Ok(DeviceKind::Console),
             _ => Err(format!(
-                "unknown device `{s}`: expected entropy, block or net"
+                "unknown device `{s}`: expected entropy, block, net or console"
             )),
         }
     }

@@ -156,6 +156,7 @@ impl QemuOptions {
                 "-netdev",
                 "user,id=n0",
             ]),
+            DeviceKind::Console => v(&["-device", "virtio-serial-device"]),
         }
     }
 
@@ -167,11 +168,7 @@ impl QemuOptions {
 
     /// The DeviceID the device presents (§5).
     fn device_id(&self) -> u32 {
-        match self.device {
-            DeviceKind::Entropy => 4,
-            DeviceKind::Block => 2,
-            DeviceKind::Net => 1,
-        }
+        self.device.device_id()
     }
 }
 

@@ -42,9 +42,10 @@ pub fn backend_with_disk(
     match device {
         DeviceKind::Entropy => Ok(Box::new(EntropyBackend::new(0x5eed))),
         DeviceKind::Block => Ok(Box::new(BlockBackend::new(sectors))),
-        DeviceKind::Net => Err(TargetError::Unavailable(
-            "the reference device has no net backend".into(),
-        )),
+        DeviceKind::Net | DeviceKind::Console => Err(TargetError::Unavailable(format!(
+            "the reference device has no {} backend",
+            device.name()
+        ))),
     }
 }
 
@@ -229,5 +230,13 @@ impl Target for ReferenceTarget {
     fn config_change(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
         let off = usize::try_from(offset).unwrap_or(usize::MAX);
         self.call(|d| d.update_config(off, data))
+    }
+    fn host_send(&mut self, port: u32, data: &[u8]) -> Result<(), TargetError> {
+        self.call(|d| d.host_send(port, data))?
+            .map_err(TargetError::Unsupported)
+    }
+    fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, TargetError> {
+        self.call(|d| d.host_take(port))?
+            .map_err(TargetError::Unsupported)
     }
 }

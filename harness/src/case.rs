@@ -465,6 +465,23 @@ pub enum Op {
         #[serde(flatten)]
         grade: Grade,
     },
+    /// The host side delivers `data` toward the driver on `port` (a received frame for net,
+    /// console input for port `port`); see `Target::host_send`.
+    HostSend {
+        #[serde(default)]
+        port: u32,
+        data: Hex,
+    },
+    /// What the device transmitted to the host on `port` since the last check equals `data`
+    /// (all units joined); with `units`, it also came as exactly that many frames/chunks.
+    ExpectHost {
+        #[serde(default)]
+        port: u32,
+        data: Hex,
+        units: Option<u32>,
+        #[serde(flatten)]
+        grade: Grade,
+    },
 }
 
 /// Block request type of a `blk` step.
@@ -933,6 +950,7 @@ fn validate(op: &Op, catalog: &Catalog) -> anyhow::Result<()> {
         | Op::ExpectInterrupt { grade, .. }
         | Op::Cycle { grade, .. }
         | Op::ExpectGraceful { grade, .. }
+        | Op::ExpectHost { grade, .. }
         | Op::MemExpect { grade, .. } => check_reqs(grade),
         _ => Ok(()),
     }

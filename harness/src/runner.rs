@@ -202,6 +202,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::MemWrite { .. } => "mem_write",
         Op::MemExpect { .. } => "mem_expect",
         Op::Observe { .. } => "observe",
+        Op::HostSend { .. } => "host_send",
+        Op::ExpectHost { .. } => "expect_host",
     }
 }
 
@@ -227,6 +229,7 @@ fn lets_device_run(op: &Op) -> bool {
             | Op::SetAvailIdx { .. }
             | Op::SetAvailFlags { .. }
             | Op::SetUsedEvent { .. }
+            | Op::ExpectHost { .. }
     )
 }
 
@@ -1078,6 +1081,13 @@ impl Exec<'_> {
                 self.r32o(STATUS)?;
                 self.r32o(INTERRUPT_STATUS)?;
             }
+            Op::HostSend { port, data } => self.t.host_send(*port, &data.0)?,
+            Op::ExpectHost {
+                port,
+                data,
+                units,
+                grade,
+            } => self.expect_host(*port, &data.0, *units, grade)?,
             Op::MemExpect { addr, data, grade } => {
                 let mut b = vec![0u8; data.0.len()];
                 self.t.mem_read(addr.0, &mut b)?;
@@ -1417,6 +1427,40 @@ impl Exec<'_> {
             self.check_deadline()?;
             std::thread::sleep(POLL_INTERVAL);
         }
+    }
+
+    /// Collects what the device transmitted on `port` until `want` bytes (and `units` units,
+    /// when given) arrived or [`USED_WAIT`] passed, then compares it with `want`.
+    fn expect_host(&mut self, port: u32, want: &[u8], units: Option<u32>, g: &Grade) -> R {
+        let start = Instant::now();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        loop {
+            self.t.settle()?;
+            got.extend(self.t.host_take(port)?);
+            let bytes: usize = got.iter().map(Vec::len).sum();
+            let enough =
+                bytes >= want.len() && units.is_none_or(|u| got.len() as u64 >= u64::from(u));
+            if enough || start.elapsed() >= USED_WAIT || self.t.synchronous() {
+                break;
+            }
+            self.check_deadline()?;
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        let joined = got.concat();
+        self.observe(format!("host port {port}"), hex(&joined));
+        let units_ok = units.is_none_or(|u| got.len() as u64 == u64::from(u));
+        self.check(
+            Some(g),
+            &[],
+            joined == want && units_ok,
+            Severity::Low,
+            || match units {
+                Some(u) => format!("{u} unit(s) on host port {port}: {}", hex(want)),
+                None => format!("host port {port}: {}", hex(want)),
+            },
+            || format!("{} unit(s): {}", got.len(), hex(&joined)),
+        );
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -167,18 +167,69 @@ pub struct Reg {
     pub queue: Option<u32>,
 }
 
-/// Initialization order variants (`init` step).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+/// Initialization order variants (`init` step): the spec's order or a real driver's
+/// personality (see `harness/src/runner/personality.rs` for what each one does and where in
+/// the driver's source it comes from). `--driver` sets the order of every `init` step that
+/// does not name one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Order {
-    /// §3.1.1 order, one status bit per write.
+    /// §3.1.1 order, one status bit per write, each read back.
     #[default]
     Spec,
-    /// Linux `virtio_mmio.c` order (reset, ACK, DRIVER, features, FEATURES_OK, queues read
-    /// QueueReady first, DRIVER_OK).
+    /// Linux `drivers/virtio/virtio_mmio.c` + `virtio.c` (version 2 path).
     Linux,
-    /// ACKNOWLEDGE|DRIVER in a single write (as rcore's virtio-drivers does).
+    /// ACKNOWLEDGE|DRIVER in a single write right after a reset (rcore's habit, in isolation).
     Combined,
+    /// NetBSD `sys/dev/virtio/virtio_mmio.c` + the MI `virtio.c`.
+    Netbsd,
+    /// FreeBSD `sys/dev/virtio/mmio/virtio_mmio.c` + `virtio.c`.
+    Freebsd,
+    /// rcore-os `virtio-drivers` (`src/transport/mmio.rs`, `src/queue.rs`).
+    Rcore,
+    /// Linux `virtio_mmio.c` on a version 1 (legacy) device; on a version 2 device the same
+    /// as `linux`.
+    Legacy,
+}
+
+impl Order {
+    /// The driver personalities `--driver` accepts, in report order.
+    pub const DRIVERS: [Order; 6] = [
+        Order::Spec,
+        Order::Linux,
+        Order::Netbsd,
+        Order::Freebsd,
+        Order::Rcore,
+        Order::Legacy,
+    ];
+
+    /// Lower-case name (`spec`, `linux`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Order::Spec => "spec",
+            Order::Linux => "linux",
+            Order::Combined => "combined",
+            Order::Netbsd => "netbsd",
+            Order::Freebsd => "freebsd",
+            Order::Rcore => "rcore",
+            Order::Legacy => "legacy",
+        }
+    }
+}
+
+impl std::str::FromStr for Order {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Order::DRIVERS
+            .iter()
+            .copied()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown driver `{s}`: expected spec, linux, netbsd, freebsd, rcore or legacy"
+                )
+            })
+    }
 }
 
 /// How far `init` goes.
@@ -340,8 +391,8 @@ pub enum Op {
     },
     Init {
         features: Option<Vec<Feature>>,
-        #[serde(default)]
-        order: Order,
+        /// Pinned order; `None` follows the run's `--driver` (default `spec`).
+        order: Option<Order>,
         #[serde(default)]
         upto: Upto,
         queues: Option<Vec<QueueSpec>>,

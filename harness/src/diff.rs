@@ -650,7 +650,7 @@ pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
     }
     let init = Op::Init {
         features: Some(features),
-        order: Default::default(),
+        order: None,
         upto: Upto::DriverOk,
         queues: Some(vec![QueueSpec {
             index: 0,

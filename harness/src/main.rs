@@ -166,6 +166,10 @@ enum Cmd {
         /// number of cores).
         #[arg(short = 'j', long)]
         jobs: Option<usize>,
+        /// Driver personality of every `init` step that pins no order: spec, linux, netbsd,
+        /// freebsd, rcore or legacy (what each does: harness/src/runner/personality.rs).
+        #[arg(long, default_value = "spec")]
+        driver: virtio_conform::case::Order,
     },
     /// List cases, requirements or mutants.
     List {
@@ -298,6 +302,7 @@ fn error_report(suite: &Suite, t: &TargetArgs, why: &str) -> Report {
             device: t.device.clone(),
             version: t.version,
             implementation: "unavailable".into(),
+            driver: None,
         },
         summary: report::summarize(&results),
         duration_ms: 0.0,
@@ -443,6 +448,7 @@ fn replay_report(
             device: target.to_string(),
             version: 0,
             implementation: format!("virtio-reference-device {}", env!("CARGO_PKG_VERSION")),
+            driver: None,
         },
         summary: report::summarize(&results),
         duration_ms: 0.0,
@@ -490,6 +496,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             strict,
             verbose,
             jobs,
+            driver,
         } => {
             let suite = load()?;
             let expectations = match &expectations {
@@ -510,11 +517,17 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 "virtio-conform run --target {} --device {} --version {}",
                 t.target, t.device, t.version
             );
+            if driver != virtio_conform::case::Order::Spec {
+                prefix.push_str(&format!(" --driver {}", driver.name()));
+            }
             if let Some(p) = &cli.specs {
                 prefix.push_str(&format!(" --specs {}", p.display()));
             }
             let target = make_target(&t)?;
-            let info: report::TargetInfoOut = target.info().into();
+            let info = report::TargetInfoOut {
+                driver: Some(driver.name().into()),
+                ..target.info().into()
+            };
             let started_at = report::now_rfc3339();
             // The report file is checked (and its records file started) before any case runs.
             let sink = match &output {
@@ -626,6 +639,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 on_result: Some(Box::new(record)),
                 progress: Some(Box::new(progress)),
                 jobs: jobs.unwrap_or_else(virtio_conform::suite::default_jobs),
+                driver,
                 ..Options::default()
             };
             let report = run_suite(&suite, factory, &opts);

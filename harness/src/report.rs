@@ -168,6 +168,10 @@ pub struct TargetInfoOut {
     pub version: u32,
     /// Implementation version string.
     pub implementation: String,
+    /// The driver personality of the run's `init` steps (`--driver`), when the report comes
+    /// from a suite run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
 }
 
 impl From<TargetInfo> for TargetInfoOut {
@@ -177,6 +181,7 @@ impl From<TargetInfo> for TargetInfoOut {
             device: t.device,
             version: t.version,
             implementation: t.implementation,
+            driver: None,
         }
     }
 }

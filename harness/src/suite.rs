@@ -115,6 +115,8 @@ pub struct Options {
     /// Number of workers, each with its own target instance from the factory (`0` and `1`
     /// both mean one). Results are reported in suite order whatever order they end in.
     pub jobs: usize,
+    /// The driver personality of every `init` step that pins no order (`--driver`).
+    pub driver: crate::case::Order,
 }
 
 impl Default for Options {
@@ -128,6 +130,7 @@ impl Default for Options {
             on_result: None,
             budget: Budget::default(),
             jobs: 1,
+            driver: crate::case::Order::Spec,
         }
     }
 }
@@ -228,10 +231,11 @@ pub fn run_suite(suite: &Suite, factory: impl TargetFactory + Send, opts: &Optio
     let started = report::now_rfc3339();
     let factory = Mutex::new(factory);
     let mut first_factory = SharedFactory(&factory);
-    let first = match CaseWorker::start(&mut first_factory, &suite.catalog, opts.budget) {
-        Ok(w) => w,
-        Err(e) => return unavailable_report(suite, e.to_string(), start),
-    };
+    let first =
+        match CaseWorker::start(&mut first_factory, &suite.catalog, opts.budget, opts.driver) {
+            Ok(w) => w,
+            Err(e) => return unavailable_report(suite, e.to_string(), start),
+        };
     let info = first.info().clone();
     // An invalid glob or an empty selection runs nothing, and a report without results
     // exits 2; the CLI checks `select` first to name the reason.
@@ -260,7 +264,7 @@ pub fn run_suite(suite: &Suite, factory: impl TargetFactory + Send, opts: &Optio
         for _ in 1..jobs {
             s.spawn(|| {
                 let mut f = SharedFactory(&factory);
-                match CaseWorker::start(&mut f, &suite.catalog, opts.budget) {
+                match CaseWorker::start(&mut f, &suite.catalog, opts.budget, opts.driver) {
                     Ok(mut w) => {
                         work(&mut w);
                         w.finish();
@@ -282,7 +286,10 @@ pub fn run_suite(suite: &Suite, factory: impl TargetFactory + Send, opts: &Optio
         schema: report::REPORT_SCHEMA.into(),
         tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
         spec: suite.catalog.spec.clone(),
-        target: info.into(),
+        target: report::TargetInfoOut {
+            driver: Some(opts.driver.name().into()),
+            ..info.into()
+        },
         summary: report::summarize(&results),
         duration_ms: start.elapsed().as_secs_f64() * 1000.0,
         results,

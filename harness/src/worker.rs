@@ -9,9 +9,10 @@
 //! panicked is replaced the same way, after the runner graded the panic.
 
 use crate::case::Case;
+use crate::case::Order;
 use crate::catalog::{Catalog, Level};
 use crate::outcome::{Outcome, Severity};
-use crate::runner::{run_case_within, CaseRun, Failure};
+use crate::runner::{run_case_as, CaseRun, Failure};
 use crate::target::guard::{guarded, panic_message, Guarded};
 use crate::target::{Target, TargetError, TargetFactory, TargetInfo};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -64,6 +65,7 @@ fn spawn(
     target: Box<dyn Target + Send>,
     catalog: Arc<Catalog>,
     budget: Budget,
+    driver: Order,
 ) -> Result<Worker, TargetError> {
     let (jobs, job_rx) = mpsc::channel::<Case>();
     let (done_tx, done) = mpsc::channel();
@@ -75,7 +77,7 @@ fn spawn(
             let mut t = guarded_target;
             for case in job_rx {
                 let r = catch_unwind(AssertUnwindSafe(|| match t.fresh() {
-                    Ok(()) => run_case_within(&mut t, &case, &catalog, budget.case),
+                    Ok(()) => run_case_as(&mut t, &case, &catalog, budget.case, driver),
                     Err(e) => CaseRun {
                         outcome: Outcome::Error,
                         severity: Severity::None,
@@ -113,6 +115,7 @@ pub(crate) struct CaseWorker<'f> {
     factory: &'f mut dyn TargetFactory,
     catalog: Arc<Catalog>,
     budget: Budget,
+    driver: Order,
     worker: Option<Worker>,
     info: TargetInfo,
 }
@@ -139,15 +142,17 @@ impl<'f> CaseWorker<'f> {
         factory: &'f mut dyn TargetFactory,
         catalog: &Catalog,
         budget: Budget,
+        driver: Order,
     ) -> Result<Self, TargetError> {
         let target = make(factory)?;
         let info = guarded(|| target.info())?;
         let catalog = Arc::new(catalog.clone());
-        let worker = spawn(target, catalog.clone(), budget)?;
+        let worker = spawn(target, catalog.clone(), budget, driver)?;
         Ok(CaseWorker {
             factory,
             catalog,
             budget,
+            driver,
             worker: Some(worker),
             info,
         })
@@ -161,7 +166,9 @@ impl<'f> CaseWorker<'f> {
     /// Runs one case on the current instance (a new one if the last was abandoned).
     pub(crate) fn run(&mut self, case: &Case) -> CaseRun {
         if self.worker.is_none() {
-            match make(self.factory).and_then(|t| spawn(t, self.catalog.clone(), self.budget)) {
+            match make(self.factory)
+                .and_then(|t| spawn(t, self.catalog.clone(), self.budget, self.driver))
+            {
                 Ok(w) => self.worker = Some(w),
                 Err(e) => {
                     return error_run(format!(

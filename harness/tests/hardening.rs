@@ -95,7 +95,7 @@ fn size_zero_queue_then_post_or_cycle_is_a_case_error_not_a_panic() {
             line: 2,
             op: Op::Init {
                 features: None,
-                order: Default::default(),
+                order: None,
                 upto: Upto::DriverOk,
                 queues: Some(vec![QueueSpec {
                     index: 0,

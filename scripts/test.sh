@@ -75,6 +75,15 @@ for dev in entropy block; do
   done
 done
 
+echo "== suite: reference target under each driver personality"
+for drv in linux netbsd freebsd rcore legacy; do
+  for dev in entropy block; do
+    for ver in 2 1; do
+      suite_run "$bin" run --target reference --device "$dev" --version "$ver" --driver "$drv" --strict
+    done
+  done
+done
+
 if command -v qemu-system-x86_64 >/dev/null 2>&1; then
   echo "== suite: QEMU with the committed expectations"
   for dev in entropy block; do
@@ -84,6 +93,13 @@ if command -v qemu-system-x86_64 >/dev/null 2>&1; then
       [ -f "$ex" ] && args=(--expectations "$ex")
       suite_run "$bin" run --target qemu --device "$dev" --version "$ver" --strict "${args[@]}"
     done
+  done
+  echo "== suite: QEMU under each driver personality (block v2, entropy v1)"
+  for drv in linux netbsd freebsd rcore legacy; do
+    suite_run "$bin" run --target qemu --device block --version 2 --driver "$drv" --strict \
+      --expectations specs/expectations/qemu-v2.json
+    suite_run "$bin" run --target qemu --device entropy --version 1 --driver "$drv" --strict \
+      --expectations specs/expectations/qemu-v1.json
   done
 else
   echo "== suite: QEMU skipped: qemu-system-x86_64 unavailable (see install step above)"

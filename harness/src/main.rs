@@ -227,6 +227,10 @@ enum Cmd {
         /// Output directory for matrix.json and matrix.html.
         #[arg(short = 'o', long, default_value = "matrix")]
         output: PathBuf,
+        /// Driver personalities (repeatable; `all` = every one): one column per target,
+        /// device, version and personality.
+        #[arg(long = "driver", default_value = "spec")]
+        drivers: Vec<String>,
     },
     /// Replay one fuzz input: print the decoded operation stream and report what the
     /// target's oracles find (the same JSON report as `run`).
@@ -774,8 +778,21 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             qemu,
             expectations,
             output,
+            drivers,
         } => {
             let suite = load()?;
+            let mut personalities = Vec::new();
+            for d in &drivers {
+                if d == "all" {
+                    personalities.extend(virtio_conform::case::Order::DRIVERS);
+                } else {
+                    personalities.push(
+                        d.parse::<virtio_conform::case::Order>()
+                            .map_err(|e| format!("--driver: {e}"))?,
+                    );
+                }
+            }
+            personalities.dedup();
             let mut ex_files = std::collections::HashMap::new();
             for e in &expectations {
                 let (t, f) = e
@@ -826,21 +843,30 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             let mut reports = Vec::new();
             let mut failed = false;
             for (args, ex) in combos {
-                eprintln!("matrix: {} {} v{}", args.target, args.device, args.version);
-                match make_target(&args) {
-                    Ok(t) => {
-                        let opts = Options {
-                            expectations: ex,
-                            ..Options::default()
-                        };
-                        let factory = first_then_new(t, &args);
-                        reports.push(run_suite(&suite, factory, &opts));
-                    }
-                    Err(e) => {
-                        // This column becomes errors; the other columns are kept.
-                        eprintln!("matrix: {} could not start: {e}", args.target);
-                        failed = true;
-                        reports.push(error_report(&suite, &args, &e));
+                for &driver in &personalities {
+                    eprintln!(
+                        "matrix: {} {} v{} driver {}",
+                        args.target,
+                        args.device,
+                        args.version,
+                        driver.name()
+                    );
+                    match make_target(&args) {
+                        Ok(t) => {
+                            let opts = Options {
+                                expectations: ex.clone(),
+                                driver,
+                                ..Options::default()
+                            };
+                            let factory = first_then_new(t, &args);
+                            reports.push(run_suite(&suite, factory, &opts));
+                        }
+                        Err(e) => {
+                            // This column becomes errors; the other columns are kept.
+                            eprintln!("matrix: {} could not start: {e}", args.target);
+                            failed = true;
+                            reports.push(error_report(&suite, &args, &e));
+                        }
                     }
                 }
             }

@@ -17,8 +17,22 @@ pub struct Column {
     pub version: u32,
     /// Implementation version string (crate version, QEMU version).
     pub implementation: String,
+    /// Driver personality of the column's run (`--driver`), when not the spec's order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
     /// Count per outcome in this column.
     pub totals: BTreeMap<String, usize>,
+}
+
+impl Column {
+    /// `target device vN`, plus `(driver)` for a personality other than the spec's.
+    pub fn label(&self) -> String {
+        let mut l = format!("{} {} v{}", self.target, self.device, self.version);
+        if let Some(d) = &self.driver {
+            l.push_str(&format!(" ({d})"));
+        }
+        l
+    }
 }
 
 /// One cell.
@@ -56,6 +70,7 @@ pub fn build(reports: &[Report]) -> Matrix {
             device: r.target.device.clone(),
             version: r.target.version,
             implementation: r.target.implementation.clone(),
+            driver: r.target.driver.clone().filter(|d| d != "spec"),
             totals: r.summary.clone(),
         })
         .collect();
@@ -185,10 +200,8 @@ pub fn html(m: &Matrix) -> String {
     out.push_str("<ul id=\"targets\">");
     for c in &m.columns {
         out.push_str(&format!(
-            "<li>{} {} v{}: {}</li>",
-            esc(&c.target),
-            esc(&c.device),
-            c.version,
+            "<li>{}: {}</li>",
+            esc(&c.label()),
             esc(&c.implementation)
         ));
     }
@@ -210,10 +223,8 @@ pub fn html(m: &Matrix) -> String {
     out.push_str("<table id=\"grid\"><thead><tr><th>case</th>");
     for (i, c) in m.columns.iter().enumerate() {
         out.push_str(&format!(
-            "<th class=\"col\" data-col=\"{i}\">{} {} v{}</th>",
-            esc(&c.target),
-            esc(&c.device),
-            c.version
+            "<th class=\"col\" data-col=\"{i}\">{}</th>",
+            esc(&c.label())
         ));
     }
     out.push_str("</tr></thead><tbody>\n");
@@ -265,10 +276,7 @@ pub fn html(m: &Matrix) -> String {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(
-            &serde_json::to_string(&format!("{} {} v{}", c.target, c.device, c.version))
-                .unwrap_or_default(),
-        );
+        out.push_str(&serde_json::to_string(&c.label()).unwrap_or_default());
     }
     out.push_str("];\n");
     out.push_str("var panel=document.getElementById('detail');\n");

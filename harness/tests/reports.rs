@@ -206,6 +206,10 @@ fn diff_and_matrix_reports_fit_their_schema() {
             "2",
             "--version",
             "1",
+            "--driver",
+            "spec",
+            "--driver",
+            "rcore",
             "-o",
         ])
         .arg(&m)
@@ -220,7 +224,14 @@ fn diff_and_matrix_reports_fit_their_schema() {
     assert_fits(
         "matrix",
         &v,
-        "matrix of two targets, two devices, two versions",
+        "matrix of two targets, two devices, two versions, two driver personalities",
+    );
+    let cols = v["columns"].as_array().unwrap();
+    assert_eq!(cols.len(), 16);
+    assert_eq!(
+        cols.iter().filter(|c| c["driver"] == "rcore").count(),
+        8,
+        "one rcore column per target, device and version"
     );
 }
 

@@ -132,6 +132,16 @@ pub const LIVENESS: &str = "LIVE-DEV-01";
 const BLK_S_IOERR: u8 = 1;
 const BLK_S_UNSUPP: u8 = 2;
 
+/// What the driver concluded from reading FEATURES_OK back.
+enum FeaturesOkReadBack {
+    /// Clear after the driver accepted unoffered bits: the device refused, as it must.
+    Refused,
+    /// Clear although every accepted bit was offered.
+    Lost,
+    /// Set.
+    Kept,
+}
+
 struct QState {
     dq: DriverQueue,
     next_desc: u16,
@@ -1186,34 +1196,10 @@ impl Exec<'_> {
         self.w32(DRIVER_FEATURES, (feats >> 32) as u32)?;
         if !self.legacy {
             self.w32(STATUS, (ACKNOWLEDGE | DRIVER | FEATURES_OK) as u32)?;
-            let st = self.r32o(STATUS)? as u8;
-            if feats & !offered != 0 {
-                // The driver accepted something not offered, a subset the device cannot honour:
-                // FEATURES_OK must read back clear (§2.2.2).
-                self.check(
-                    None,
-                    &["FEAT-DEV-02b"],
-                    st & FEATURES_OK == 0,
-                    Severity::Low,
-                    || {
-                        format!(
-                            "FEATURES_OK clear after accepting unoffered bits {:#x}",
-                            feats & !offered
-                        )
-                    },
-                    || format!("Status = {st:#x}"),
-                );
-                return Ok(());
-            }
-            if !self.check(
-                Some(g),
-                &["FEAT-DEV-01"],
-                st & FEATURES_OK != 0,
-                Severity::Low,
-                || format!("FEATURES_OK kept for offered features {feats:#x}"),
-                || format!("Status = {st:#x}"),
-            ) {
-                return Err(Stop::Abort);
+            match self.features_ok_read_back(feats, offered, g)? {
+                FeaturesOkReadBack::Refused => return Ok(()),
+                FeaturesOkReadBack::Lost => return Err(Stop::Abort),
+                FeaturesOkReadBack::Kept => {}
             }
         }
         if upto == Upto::FeaturesOk {
@@ -1244,6 +1230,49 @@ impl Exec<'_> {
             || format!("Status = {st:#x}"),
         );
         Ok(())
+    }
+
+    /// Reads Status after the driver set FEATURES_OK and grades it (§2.2.2): clear when the
+    /// driver accepted bits that were not offered (FEAT-DEV-02b), kept otherwise
+    /// (FEAT-DEV-01, graded with the step's `g`).
+    fn features_ok_read_back(
+        &mut self,
+        feats: u64,
+        offered: u64,
+        g: &Grade,
+    ) -> R<FeaturesOkReadBack> {
+        let st = self.r32o(STATUS)? as u8;
+        if feats & !offered != 0 {
+            // The driver accepted something not offered, a subset the device cannot honour:
+            // FEATURES_OK must read back clear (§2.2.2).
+            self.check(
+                None,
+                &["FEAT-DEV-02b"],
+                st & FEATURES_OK == 0,
+                Severity::Low,
+                || {
+                    format!(
+                        "FEATURES_OK clear after accepting unoffered bits {:#x}",
+                        feats & !offered
+                    )
+                },
+                || format!("Status = {st:#x}"),
+            );
+            return Ok(FeaturesOkReadBack::Refused);
+        }
+        let kept = self.check(
+            Some(g),
+            &["FEAT-DEV-01"],
+            st & FEATURES_OK != 0,
+            Severity::Low,
+            || format!("FEATURES_OK kept for offered features {feats:#x}"),
+            || format!("Status = {st:#x}"),
+        );
+        Ok(if kept {
+            FeaturesOkReadBack::Kept
+        } else {
+            FeaturesOkReadBack::Lost
+        })
     }
 
     fn setup_queue(&mut self, index: u16, size: u16, align: Option<u32>) -> R {

@@ -230,36 +230,16 @@ impl Exec<'_> {
         if write_features_ok {
             if p.read_modify_write {
                 self.add_status(&mut status, FEATURES_OK)?;
-                let st = self.r32o(STATUS)? as u8;
-                if feats & !offered != 0 {
-                    // The case accepted something not offered: FEATURES_OK must read back
-                    // clear (§2.2.2); the driver then gives up.
-                    self.check(
-                        None,
-                        &["FEAT-DEV-02b"],
-                        st & FEATURES_OK == 0,
-                        Severity::Low,
-                        || {
-                            format!(
-                                "FEATURES_OK clear after accepting unoffered bits {:#x}",
-                                feats & !offered
-                            )
-                        },
-                        || format!("Status = {st:#x}"),
-                    );
-                    return Ok(());
-                }
-                if !self.check(
-                    Some(g),
-                    &["FEAT-DEV-01"],
-                    st & FEATURES_OK != 0,
-                    Severity::Low,
-                    || format!("FEATURES_OK kept for offered features {feats:#x}"),
-                    || format!("Status = {st:#x}"),
-                ) {
-                    // Linux, NetBSD and FreeBSD then set FAILED.
-                    self.add_status(&mut status, FAILED)?;
-                    return Err(Stop::Abort);
+                match self.features_ok_read_back(feats, offered, g)? {
+                    FeaturesOkReadBack::Refused => return Ok(()),
+                    FeaturesOkReadBack::Lost => {
+                        // Linux, NetBSD and FreeBSD then set FAILED (read-modify-write; the
+                        // read-back that showed the loss was already graded).
+                        let st = self.r32o(STATUS)?;
+                        self.w32(STATUS, st | FAILED as u32)?;
+                        return Err(Stop::Abort);
+                    }
+                    FeaturesOkReadBack::Kept => {}
                 }
             } else {
                 status |= FEATURES_OK;

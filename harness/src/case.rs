@@ -597,7 +597,7 @@ pub struct Case {
 }
 
 /// Device types a case header may name.
-pub const DEVICE_NAMES: [&str; 4] = ["any", "entropy", "block", "net"];
+pub const DEVICE_NAMES: [&str; 5] = ["any", "entropy", "block", "net", "console"];
 /// Transport versions a case header may name.
 pub const TRANSPORT_VERSIONS: [u32; 2] = [1, 2];
 /// Largest register offset plus width a step may address: one 4 KiB page, the size of every

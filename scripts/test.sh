@@ -69,7 +69,7 @@ fi
 echo "== suite: reference target"
 cargo build --release --locked -p virtio-conform
 bin=target/release/virtio-conform
-for dev in entropy block; do
+for dev in entropy block console; do
   for ver in 2 1; do
     suite_run "$bin" run --target reference --device "$dev" --version "$ver" --strict
   done
@@ -77,7 +77,7 @@ done
 
 echo "== suite: reference target under each driver personality"
 for drv in linux netbsd freebsd rcore legacy; do
-  for dev in entropy block; do
+  for dev in entropy block console; do
     for ver in 2 1; do
       suite_run "$bin" run --target reference --device "$dev" --version "$ver" --driver "$drv" --strict
     done
@@ -100,6 +100,11 @@ if command -v qemu-system-x86_64 >/dev/null 2>&1; then
       --expectations specs/expectations/qemu-v2.json
     suite_run "$bin" run --target qemu --device entropy --version 1 --driver "$drv" --strict \
       --expectations specs/expectations/qemu-v1.json
+  done
+  # The console's port 0 is a virtconsole on a chardev socket the harness connects to.
+  for ver in 2 1; do
+    suite_run "$bin" run --target qemu --device console --version "$ver" --strict \
+      --expectations "specs/expectations/qemu-console-v$ver.json"
   done
 else
   echo "== suite: QEMU skipped: qemu-system-x86_64 unavailable (see install step above)"

@@ -322,6 +322,9 @@ pub fn feature_bit(name: &str) -> Option<u32> {
         "RING_RESET" => regs::VIRTIO_F_RING_RESET,
         "BLK_F_FLUSH" | "VIRTIO_BLK_F_FLUSH" => regs::VIRTIO_BLK_F_FLUSH,
         "BLK_F_BLK_SIZE" | "VIRTIO_BLK_F_BLK_SIZE" => regs::VIRTIO_BLK_F_BLK_SIZE,
+        "CONSOLE_F_SIZE" | "VIRTIO_CONSOLE_F_SIZE" => 0,
+        "CONSOLE_F_MULTIPORT" | "VIRTIO_CONSOLE_F_MULTIPORT" => 1,
+        "CONSOLE_F_EMERG_WRITE" | "VIRTIO_CONSOLE_F_EMERG_WRITE" => 2,
         _ => return None,
     })
 }
@@ -533,6 +536,33 @@ pub enum Op {
         #[serde(flatten)]
         grade: Grade,
     },
+    /// Waits until the chains the device used on receive queue `queue` since the last such
+    /// step carry `data`: the first used-`len` bytes of each used chain's writable buffers,
+    /// joined in used-ring order (console input, §5.3.6). Also checks each used len fits the
+    /// chain (VQ-DEV-15).
+    ExpectReceived {
+        queue: u16,
+        data: Hex,
+        #[serde(flatten)]
+        grade: Grade,
+    },
+    /// Waits until a console control message (`struct virtio_console_control`, §5.3.6.2) with
+    /// `event` (and `id` / `value` when given) arrives on control receiveq `queue` (default
+    /// 2), taking every used chain meanwhile. Every message taken is also checked against
+    /// the device rules of §5.3.6.2 (CON-DEV-14/15/16) whatever the step looks for.
+    ExpectControl {
+        #[serde(default = "control_receiveq")]
+        queue: u16,
+        event: u16,
+        id: Option<u32>,
+        value: Option<u16>,
+        #[serde(flatten)]
+        grade: Grade,
+    },
+}
+
+fn control_receiveq() -> u16 {
+    2
 }
 
 /// Block request type of a `blk` step.
@@ -648,7 +678,7 @@ pub struct Case {
 }
 
 /// Device types a case header may name.
-pub const DEVICE_NAMES: [&str; 4] = ["any", "entropy", "block", "net"];
+pub const DEVICE_NAMES: [&str; 5] = ["any", "entropy", "block", "net", "console"];
 /// Transport versions a case header may name.
 pub const TRANSPORT_VERSIONS: [u32; 2] = [1, 2];
 /// Largest register offset plus width a step may address: one 4 KiB page, the size of every
@@ -1002,6 +1032,8 @@ fn validate(op: &Op, catalog: &Catalog) -> anyhow::Result<()> {
         | Op::Cycle { grade, .. }
         | Op::ExpectGraceful { grade, .. }
         | Op::ExpectHost { grade, .. }
+        | Op::ExpectReceived { grade, .. }
+        | Op::ExpectControl { grade, .. }
         | Op::MemExpect { grade, .. } => check_reqs(grade),
         _ => Ok(()),
     }

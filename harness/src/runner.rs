@@ -2,6 +2,7 @@
 //! grading every check against the spec catalog.
 
 pub mod canary;
+mod console;
 mod personality;
 
 use crate::case::{Buf, Case, Grade, Op, Order, QueueSpec, Reg, Upto};
@@ -190,6 +191,8 @@ struct Exec<'a> {
     memory_log: bool,
     /// The run's driver personality, used by `init` steps that pin no order.
     driver: Order,
+    /// Console ports announced so far (§5.3.6.2).
+    console: console::ConsoleState,
 }
 
 fn op_name(op: &Op) -> &'static str {
@@ -217,6 +220,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::Observe { .. } => "observe",
         Op::HostSend { .. } => "host_send",
         Op::ExpectHost { .. } => "expect_host",
+        Op::ExpectReceived { .. } => "expect_received",
+        Op::ExpectControl { .. } => "expect_control",
     }
 }
 
@@ -243,6 +248,8 @@ fn lets_device_run(op: &Op) -> bool {
             | Op::SetAvailFlags { .. }
             | Op::SetUsedEvent { .. }
             | Op::ExpectHost { .. }
+            | Op::ExpectReceived { .. }
+            | Op::ExpectControl { .. }
     )
 }
 
@@ -305,6 +312,7 @@ pub fn run_case_as(
         logged_writes: Vec::new(),
         memory_log: caps.memory_log,
         driver,
+        console: Default::default(),
     };
     let mut reason = None;
     let result = (|| -> R {
@@ -728,6 +736,10 @@ impl Exec<'_> {
     }
 
     fn exec(&mut self, op: &Op) -> R {
+        if matches!(op, Op::Init { .. } | Op::Reset { .. }) {
+            // A device reset forgets the console ports announced (§5.3.6.2).
+            self.console = Default::default();
+        }
         match op {
             Op::Read {
                 at,
@@ -1118,6 +1130,16 @@ impl Exec<'_> {
                 units,
                 grade,
             } => self.expect_host(*port, &data.0, *units, grade)?,
+            Op::ExpectReceived { queue, data, grade } => {
+                self.expect_received(*queue, &data.0, grade)?
+            }
+            Op::ExpectControl {
+                queue,
+                event,
+                id,
+                value,
+                grade,
+            } => self.expect_control(*queue, *event, *id, *value, grade)?,
             Op::MemExpect { addr, data, grade } => {
                 let mut b = vec![0u8; data.0.len()];
                 self.t.mem_read(addr.0, &mut b)?;

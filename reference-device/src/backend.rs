@@ -13,6 +13,7 @@ pub use crate::devices::block::{
     VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT,
 };
+pub use crate::devices::console::ConsoleBackend;
 pub use crate::devices::entropy::EntropyBackend;
 
 /// What a backend reports for one chain.
@@ -56,6 +57,18 @@ pub trait DeviceBackend: Send {
     fn host_send(&mut self, _port: u32, _data: &[u8]) -> Result<Vec<u16>, String> {
         Err(format!("the {} device has no host-side input", self.name()))
     }
+    /// The driver wrote `data` at byte `offset` of the device configuration space (for
+    /// example the console's `emerg_wr`, §5.3.5.1). Default: the write is ignored.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Queues the backend wants serviced after a chain it just handled (for example the
+    /// console's control receiveq once the driver's DEVICE_READY queued port announcements).
+    /// Default: none.
+    fn take_wakeups(&mut self) -> Vec<u16> {
+        Vec::new()
+    }
+    /// Device reset (§2.4): forget what the driver set up through the queues (default:
+    /// nothing to forget).
+    fn reset(&mut self) {}
     /// What the device passed to the host on `port` since the last call, one entry per unit
     /// (net: one frame; console: the bytes of one transmit chain).
     fn host_take(&mut self, _port: u32) -> Result<Vec<Vec<u8>>, String> {

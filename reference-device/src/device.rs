@@ -399,6 +399,7 @@ impl MmioDevice {
             return;
         }
         self.status = 0;
+        self.backend.reset();
         self.device_features_sel = 0;
         self.driver_features_sel = 0;
         self.driver_features = 0;
@@ -601,11 +602,21 @@ impl MmioDevice {
     pub fn host_send(&mut self, port: u32, data: &[u8]) -> Result<(), String> {
         let queues = self.backend.host_send(port, data)?;
         let live = self.status & (DEVICE_NEEDS_RESET | FAILED) == 0
-            && (self.status & DRIVER_OK != 0 || self.legacy());
+            && (self.status & DRIVER_OK != 0
+                || self.legacy()
+                || self.is(Mutant::HostInputBeforeDriverOk));
         if live {
             for q in queues {
-                if usize::from(q) < self.queues.len() {
-                    self.service(usize::from(q));
+                let q = usize::from(q);
+                if q < self.queues.len() {
+                    if self.status & DRIVER_OK == 0
+                        && self.queues[q].ready
+                        && !self.queues[q].active
+                    {
+                        // Only the legacy device and the mutant get here before DRIVER_OK.
+                        self.activate(q);
+                    }
+                    self.service(q);
                 }
             }
         }
@@ -621,8 +632,28 @@ impl MmioDevice {
         self.backend.host_take(port)
     }
 
-    /// Uses every available chain of queue `i` the backend is ready for.
+    /// Uses every available chain of queue `i` the backend is ready for, then the queues the
+    /// backend asked for meanwhile ([`DeviceBackend::take_wakeups`]), a bounded number of
+    /// rounds.
     fn service(&mut self, i: usize) {
+        let mut work = vec![i];
+        let mut rounds = 0;
+        while let Some(q) = work.pop() {
+            self.service_one(q);
+            rounds += 1;
+            if rounds >= 64 {
+                break;
+            }
+            for w in self.backend.take_wakeups() {
+                if usize::from(w) < self.queues.len() && !work.contains(&usize::from(w)) {
+                    work.push(usize::from(w));
+                }
+            }
+        }
+    }
+
+    /// Uses every available chain of queue `i` the backend is ready for.
+    fn service_one(&mut self, i: usize) {
         let slot = &self.queues[i];
         if !slot.ready || slot.broken {
             return;
@@ -817,10 +848,15 @@ impl MmioDevice {
     /// Writes `data` (1, 2, 4 or 8 bytes) at `offset` of the transport window.
     ///
     /// Control registers take 32-bit aligned writes only; anything else is ignored. Writes to
-    /// the configuration space are ignored (neither backend has a driver-writable field).
+    /// the configuration space go to the backend ([`DeviceBackend::write_config`]).
     /// Never panics (the mutants excepted).
     pub fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset >= CONFIG || data.len() != 4 || !offset.is_multiple_of(4) {
+        if offset >= CONFIG {
+            // Driver-writable fields (the console's emerg_wr) belong to the device type.
+            self.backend.write_config(offset - CONFIG, data);
+            return;
+        }
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             return;
         }
         let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);

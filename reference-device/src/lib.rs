@@ -33,7 +33,8 @@ pub mod queue;
 pub mod regs;
 
 pub use backend::{
-    BlockBackend, ChainReader, ChainWriter, Completion, DeviceBackend, EntropyBackend,
+    BlockBackend, ChainReader, ChainWriter, Completion, ConsoleBackend, DeviceBackend,
+    EntropyBackend,
 };
 pub use device::{
     DeviceConfig, Interrupt, Knobs, MalformedChainPolicy, MmioDevice, OpenRead, ShmRegion,

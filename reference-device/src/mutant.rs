@@ -74,6 +74,18 @@ pub enum Mutant {
     /// FEAT-DEV-01 (§2.2.2, §5.2.3): a block device offers VIRTIO_BLK_F_CONFIG_WCE without
     /// VIRTIO_BLK_F_FLUSH, which that feature depends on.
     WceWithoutFlush,
+    /// STATUS-DEV-01 (§2.1.2), console: host input is delivered into receive buffers before DRIVER_OK.
+    HostInputBeforeDriverOk,
+    /// CON-DEV-TX (§5.3.6, §2.7.4): the console transmits only the first descriptor of a chain, assuming the whole message sits in one buffer.
+    ConsoleTxFirstDescriptorOnly,
+    /// VQ-DEV-15 (§2.7.8.2), console: a receive buffer is returned with the whole writable length as `len`, not the bytes written.
+    ConsoleRxLenOverstated,
+    /// CON-DEV-06 (§5.3.5, §5.3.6.2): port announcements are sent on the control receiveq before the driver's DEVICE_READY.
+    ConsoleControlBeforeDeviceReady,
+    /// CON-DEV-03 (§5.3.6.2.1): DEVICE_ADD is sent again for a port that already exists.
+    ConsolePortAddTwice,
+    /// CON-DEV-02 (§5.3.5.1): a byte written to `emerg_wr` is dropped.
+    ConsoleEmergWriteIgnored,
 }
 
 impl Mutant {
@@ -112,6 +124,12 @@ impl Mutant {
         Mutant::ConfigGenerationStatic,
         Mutant::BlockUnknownTypeOk,
         Mutant::WceWithoutFlush,
+        Mutant::HostInputBeforeDriverOk,
+        Mutant::ConsoleTxFirstDescriptorOnly,
+        Mutant::ConsoleRxLenOverstated,
+        Mutant::ConsoleControlBeforeDeviceReady,
+        Mutant::ConsolePortAddTwice,
+        Mutant::ConsoleEmergWriteIgnored,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -150,6 +168,12 @@ impl Mutant {
             Mutant::ConfigGenerationStatic => "config-generation-static",
             Mutant::BlockUnknownTypeOk => "block-unknown-type-ok",
             Mutant::WceWithoutFlush => "wce-without-flush",
+            Mutant::HostInputBeforeDriverOk => "host-input-before-driver-ok",
+            Mutant::ConsoleTxFirstDescriptorOnly => "console-tx-first-descriptor-only",
+            Mutant::ConsoleRxLenOverstated => "console-rx-len-overstated",
+            Mutant::ConsoleControlBeforeDeviceReady => "console-control-before-device-ready",
+            Mutant::ConsolePortAddTwice => "console-port-add-twice",
+            Mutant::ConsoleEmergWriteIgnored => "console-emerg-write-ignored",
         }
     }
 
@@ -189,6 +213,12 @@ impl Mutant {
             Mutant::ConfigGenerationStatic => "C10",
             Mutant::BlockUnknownTypeOk => "BLK-status",
             Mutant::WceWithoutFlush => "FEAT-deps",
+            Mutant::HostInputBeforeDriverOk => "C8",
+            Mutant::ConsoleTxFirstDescriptorOnly => "B-layout",
+            Mutant::ConsoleRxLenOverstated => "C2",
+            Mutant::ConsoleControlBeforeDeviceReady => "CON-ctrl",
+            Mutant::ConsolePortAddTwice => "CON-ctrl",
+            Mutant::ConsoleEmergWriteIgnored => "CON-emerg",
         }
     }
 

@@ -136,7 +136,9 @@ impl QemuOptions {
 
     /// The `-device` (and backend) arguments for [`QemuOptions::device`]. A block device
     /// gets a zero-filled raw image `disk` of [`BLOCK_IMAGE_BYTES`] (the same size as the
-    /// reference block device), so written sectors read back.
+    /// reference block device), so written sectors read back. A console gets a `virtconsole`
+    /// on a chardev socket next to `disk` in the scratch folder (see
+    /// [`super::qemu_console`]).
     fn device_args(&self, disk: &Path) -> Vec<String> {
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         if let Some(d) = &self.device_override {
@@ -156,7 +158,9 @@ impl QemuOptions {
                 "-netdev",
                 "user,id=n0",
             ]),
-            DeviceKind::Console => v(&["-device", "virtio-serial-device"]),
+            DeviceKind::Console => super::qemu_console::qemu_args(
+                &disk.with_file_name(super::qemu_console::SOCKET_NAME),
+            ),
         }
     }
 
@@ -675,6 +679,8 @@ struct Instance {
     ram: Option<super::qemu_ram::SharedRam>,
     /// The QMP connection, opened at the first host-side change.
     qmp: Option<super::qmp::Qmp>,
+    /// The console's chardev socket (console device only), connected at startup.
+    console: Option<super::qemu_console::ConsoleSocket>,
 }
 
 impl Instance {
@@ -866,6 +872,7 @@ impl Instance {
             startup: Duration::ZERO,
             ram: ram.map(|r| r.0),
             qmp: None,
+            console: None,
         };
         inst.setup(opts, spawned).map_err(|e| {
             let msg = match e {
@@ -879,6 +886,13 @@ impl Instance {
                 &inst.stderr_path(),
             ))
         })?;
+        if opts.device == DeviceKind::Console && opts.device_override.is_none() {
+            let path = inst.dir.path().join(super::qemu_console::SOCKET_NAME);
+            inst.console = Some(super::qemu_console::ConsoleSocket::connect(
+                &path,
+                opts.timeout.max(MIN_STARTUP),
+            )?);
+        }
         // Back to the per-reply timeout for normal operation.
         inst.conn.timeout = opts.timeout.max(Duration::from_millis(1));
         let t = Some(inst.conn.timeout);
@@ -949,6 +963,23 @@ fn shared_ram_args(
 }
 
 impl QemuTarget {
+    /// The console chardev of port `port` (only port 0, the `virtconsole`, has one).
+    fn console_socket(
+        &mut self,
+        port: u32,
+    ) -> Result<&mut super::qemu_console::ConsoleSocket, TargetError> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        match self.inst.as_mut().and_then(|i| i.console.as_mut()) {
+            Some(c) if port == 0 => Ok(c),
+            Some(_) => Err(TargetError::Unsupported(format!(
+                "host side of console port {port} (QEMU target: port 0 only)"
+            ))),
+            None => Err(TargetError::Unsupported("host-side input/output".into())),
+        }
+    }
+
     /// A host-side configuration change over QMP. Block: 8 bytes at offset 0 are the new
     /// `capacity` in 512-byte sectors (§5.2.4), made with `block_resize` on the drive, which
     /// makes QEMU update the configuration space, bump ConfigGeneration and raise the
@@ -1271,7 +1302,9 @@ impl Target for QemuTarget {
     }
 
     fn fresh(&mut self) -> Result<(), TargetError> {
-        if self.opts.reuse && self.broken.is_none() {
+        // A console is always restarted: input QEMU has not read yet stays in its chardev and
+        // would reach the next case.
+        if self.opts.reuse && self.broken.is_none() && self.opts.device != DeviceKind::Console {
             if let Some(inst) = self.inst.as_mut() {
                 if inst.reset_in_place(&self.opts).is_ok() {
                     return Ok(());
@@ -1286,6 +1319,16 @@ impl Target for QemuTarget {
 
     fn config_change(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
         self.qmp_config_change(offset, data)
+    }
+
+    fn host_send(&mut self, port: u32, data: &[u8]) -> Result<(), TargetError> {
+        self.console_socket(port)?.send(data)
+    }
+
+    fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, TargetError> {
+        // Every pipelined command (a notification among them) is processed first.
+        self.sync()?;
+        self.console_socket(port)?.take()
     }
 
     fn bulk_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {

@@ -3,8 +3,8 @@
 use super::{Capabilities, DeviceKind, IrqEvent, Target, TargetError, TargetInfo};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use virtio_reference_device::{
-    BlockBackend, DeviceBackend, DeviceConfig, EntropyBackend, GuestRam, MemoryAccess, MmioDevice,
-    Mutant, TransportVersion,
+    BlockBackend, ConsoleBackend, DeviceBackend, DeviceConfig, EntropyBackend, GuestRam,
+    MemoryAccess, MmioDevice, Mutant, TransportVersion,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -42,7 +42,8 @@ pub fn backend_with_disk(
     match device {
         DeviceKind::Entropy => Ok(Box::new(EntropyBackend::new(0x5eed))),
         DeviceKind::Block => Ok(Box::new(BlockBackend::new(sectors))),
-        DeviceKind::Net | DeviceKind::Console => Err(TargetError::Unavailable(format!(
+        DeviceKind::Console => Ok(Box::new(ConsoleBackend::default())),
+        DeviceKind::Net => Err(TargetError::Unavailable(format!(
             "the reference device has no {} backend",
             device.name()
         ))),
@@ -79,6 +80,12 @@ impl ReferenceTarget {
             cfg.step_budget = step_budget;
             let b = backend_with_disk(device, disk_sectors)
                 .unwrap_or_else(|_| Box::new(EntropyBackend::new(0)));
+            // One QueueNumMax entry per queue of the device type (console: 2 per port + 2).
+            let queues = usize::from(b.num_queues());
+            if cfg.queue_num_max.len() < queues {
+                let max = cfg.queue_num_max.first().copied().unwrap_or(256);
+                cfg.queue_num_max.resize(queues, max);
+            }
             MmioDevice::new(cfg, b, ram)
         });
         Self::with_factory(name, device, version, factory)

@@ -2,4 +2,5 @@
 //! [`DeviceBackend`](crate::backend::DeviceBackend).
 
 pub mod block;
+pub mod console;
 pub mod entropy;

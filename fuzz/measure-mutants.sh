@@ -18,14 +18,16 @@
 #
 # Environment: RUNS (default 3), MAX_SECONDS (default 60), MUTANTS (default: every mutant of
 # reference-device/src/mutant.rs), TARGETS (default: queue_chain mmio_regs diff_mmio),
-# KEEP (a folder: keep the first attributable crash of each pair as <target>/<mutant>).
+# KEEP (a folder: keep the first attributable crash of each pair as <target>/<mutant>),
+# BIN_DIR (folder of the fuzz binaries; default target/<host>/release, e.g. another
+# `cargo fuzz build --target-dir` such as a `--no-trace-compares` build).
 # Build first: cargo fuzz build -s none
 set -euo pipefail
 cd "$(dirname "$0")"
 
 runs="${RUNS:-3}"
 max="${MAX_SECONDS:-60}"
-bin=target/x86_64-unknown-linux-gnu/release
+bin="${BIN_DIR:-target/x86_64-unknown-linux-gnu/release}"
 read -r -a targets <<<"${TARGETS:-queue_chain mmio_regs diff_mmio}"
 if [ -n "${MUTANTS:-}" ]; then
   read -r -a mutants <<<"$MUTANTS"

@@ -540,5 +540,32 @@ fn mmio_seeds() -> Vec<(String, MmioCase)> {
             ),
         ));
     }
+    // Block requests of every kind one after the other, the unknown type (0x99) and FLUSH
+    // included, each checked by its status byte (diff_mmio compares the bytes the device
+    // writes). Appended last so no earlier seed changes its diff_mmio selector byte.
+    v.push((
+        "block-request-kinds".to_string(),
+        io(
+            false,
+            true,
+            vec![
+                MmioOp::Init {
+                    features: 15,
+                    size: 4,
+                },
+                mmio_chain([W | 3, 0, 0, 0], 0, 0, 4),
+                notify,
+                mmio_chain([W | 63, 0, 0, 0], 0, 0, 2),
+                notify,
+                mmio_chain([W | 19, 0, 0, 0], 0, 0, 3),
+                notify,
+                mmio_chain([63, 0, 0, 0], 0, 0, 6),
+                notify,
+                mmio_chain([W | 63, 0, 0, 0], 0, 0, 10),
+                notify,
+                ack,
+            ],
+        ),
+    ));
     v
 }

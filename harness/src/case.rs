@@ -271,6 +271,36 @@ pub fn feature_bit(name: &str) -> Option<u32> {
         "RING_RESET" => regs::VIRTIO_F_RING_RESET,
         "BLK_F_FLUSH" | "VIRTIO_BLK_F_FLUSH" => regs::VIRTIO_BLK_F_FLUSH,
         "BLK_F_BLK_SIZE" | "VIRTIO_BLK_F_BLK_SIZE" => regs::VIRTIO_BLK_F_BLK_SIZE,
+        "ANY_LAYOUT" => 27,
+        _ => return net_feature_bit(n.strip_prefix("VIRTIO_").unwrap_or(n)),
+    })
+}
+
+/// Bit number of a virtio-net feature name (`NET_F_MRG_RXBUF`, §5.1.3).
+fn net_feature_bit(name: &str) -> Option<u32> {
+    use virtio_reference_device::devices::net as n;
+    Some(match name.strip_prefix("NET_F_")? {
+        "CSUM" => n::VIRTIO_NET_F_CSUM,
+        "GUEST_CSUM" => n::VIRTIO_NET_F_GUEST_CSUM,
+        "MTU" => n::VIRTIO_NET_F_MTU,
+        "MAC" => n::VIRTIO_NET_F_MAC,
+        "GUEST_TSO4" => n::VIRTIO_NET_F_GUEST_TSO4,
+        "GUEST_TSO6" => n::VIRTIO_NET_F_GUEST_TSO6,
+        "GUEST_ECN" => n::VIRTIO_NET_F_GUEST_ECN,
+        "GUEST_UFO" => n::VIRTIO_NET_F_GUEST_UFO,
+        "HOST_TSO4" => n::VIRTIO_NET_F_HOST_TSO4,
+        "HOST_TSO6" => n::VIRTIO_NET_F_HOST_TSO6,
+        "HOST_ECN" => n::VIRTIO_NET_F_HOST_ECN,
+        "HOST_UFO" => n::VIRTIO_NET_F_HOST_UFO,
+        "MRG_RXBUF" => n::VIRTIO_NET_F_MRG_RXBUF,
+        "STATUS" => n::VIRTIO_NET_F_STATUS,
+        "CTRL_VQ" => n::VIRTIO_NET_F_CTRL_VQ,
+        "CTRL_RX" => n::VIRTIO_NET_F_CTRL_RX,
+        "CTRL_VLAN" => n::VIRTIO_NET_F_CTRL_VLAN,
+        "CTRL_RX_EXTRA" => n::VIRTIO_NET_F_CTRL_RX_EXTRA,
+        "GUEST_ANNOUNCE" => n::VIRTIO_NET_F_GUEST_ANNOUNCE,
+        "MQ" => n::VIRTIO_NET_F_MQ,
+        "CTRL_MAC_ADDR" => n::VIRTIO_NET_F_CTRL_MAC_ADDR,
         _ => return None,
     })
 }

@@ -14,6 +14,7 @@ pub use crate::devices::block::{
     VIRTIO_BLK_T_OUT,
 };
 pub use crate::devices::entropy::EntropyBackend;
+pub use crate::devices::net::{NetBackend, NetOptions};
 
 /// What a backend reports for one chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,11 @@ pub enum Completion {
     /// The request could not even be parsed (for example a block request without a status
     /// byte). The reference still returns the head with `len` 0.
     Malformed,
+    /// The chain holds part of a unit that continues in the next chain of the same queue
+    /// (a received frame spread over mergeable buffers, §5.1.6.4): `len` bytes were written.
+    /// The device holds the used element back and publishes it together with the elements
+    /// of the chains that complete the unit, so the driver sees them used together.
+    Partial(u32),
 }
 
 /// A device type behind the virtio-mmio transport.
@@ -55,6 +61,17 @@ pub trait DeviceBackend: Send {
     /// now, or why the backend has no host side for it.
     fn host_send(&mut self, _port: u32, _data: &[u8]) -> Result<Vec<u16>, String> {
         Err(format!("the {} device has no host-side input", self.name()))
+    }
+    /// The features the driver accepted: called when a version-2 device accepts FEATURES_OK
+    /// and whenever a legacy driver writes DriverFeatures (default: ignored).
+    fn negotiated(&mut self, _features: u64) {}
+    /// The device was reset (§2.4): forget negotiated features and per-session state.
+    fn reset(&mut self) {}
+    /// A change the backend made to its own configuration space since the last call (byte
+    /// offset and new bytes), for example a MAC set through a control command. The device
+    /// copies it into the configuration space and changes ConfigGeneration.
+    fn take_config_update(&mut self) -> Option<(usize, Vec<u8>)> {
+        None
     }
     /// What the device passed to the host on `port` since the last call, one entry per unit
     /// (net: one frame; console: the bytes of one transmit chain).

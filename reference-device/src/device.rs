@@ -177,6 +177,9 @@ struct QueueSlot {
     pfn: u32,
     align: u32,
     q: SplitQueue,
+    /// Used elements of chains holding part of a unit ([`Completion::Partial`]), published
+    /// together with the chain that completes it.
+    held: Vec<(u16, u32)>,
 }
 
 impl QueueSlot {
@@ -198,6 +201,7 @@ impl QueueSlot {
             pfn: 0,
             align: 4096,
             q,
+            held: Vec::new(),
         }
     }
 }
@@ -416,6 +420,7 @@ impl MmioDevice {
         }
         self.budget_exhausted = false;
         self.last_error = None;
+        self.backend.reset();
     }
 
     fn selected(&self) -> Option<usize> {
@@ -463,6 +468,8 @@ impl MmioDevice {
             }
             if !self.features_acceptable() {
                 new &= !FEATURES_OK;
+            } else {
+                self.backend.negotiated(self.driver_features);
             }
         }
         if self.is(Mutant::FeaturesOkLevelTriggered)
@@ -601,7 +608,9 @@ impl MmioDevice {
     pub fn host_send(&mut self, port: u32, data: &[u8]) -> Result<(), String> {
         let queues = self.backend.host_send(port, data)?;
         let live = self.status & (DEVICE_NEEDS_RESET | FAILED) == 0
-            && (self.status & DRIVER_OK != 0 || self.legacy());
+            && (self.status & DRIVER_OK != 0
+                || self.legacy()
+                || self.is(Mutant::NetRxBeforeDriverOk));
         if live {
             for q in queues {
                 if usize::from(q) < self.queues.len() {
@@ -636,9 +645,13 @@ impl MmioDevice {
                 backend,
                 queues,
                 cfg,
+                config,
+                config_generation,
                 ..
             } = self;
-            let q = &mut queues[i].q;
+            let slot = &mut queues[i];
+            let q = &mut slot.q;
+            let held = &mut slot.held;
             loop {
                 if !backend.ready_for(i as u16) {
                     break;
@@ -648,6 +661,10 @@ impl MmioDevice {
                     Ok(Some(head)) => {
                         let len = match backend.process(i as u16, q.chain(), ram) {
                             Completion::Written(n) => n,
+                            Completion::Partial(n) => {
+                                held.push((head, n));
+                                continue;
+                            }
                             Completion::Malformed
                                 if cfg.mutant == Some(Mutant::MalformedRequestNotReturned) =>
                             {
@@ -655,7 +672,19 @@ impl MmioDevice {
                             }
                             Completion::Malformed => 0,
                         };
-                        if let Err(e) = q.add_used(ram, head, len) {
+                        // A change the request made to the configuration space is visible
+                        // before the request is used (e.g. §5.1.6.5.2).
+                        if let Some((off, data)) = backend.take_config_update() {
+                            let start = off.min(config.len());
+                            let end = off.saturating_add(data.len()).min(config.len());
+                            config[start..end].copy_from_slice(&data[..end - start]);
+                            *config_generation = config_generation.wrapping_add(1);
+                        }
+                        let mut result = Ok(());
+                        for (h, l) in held.drain(..).chain(std::iter::once((head, len))) {
+                            result = result.and_then(|()| q.add_used(ram, h, l));
+                        }
+                        if let Err(e) = result {
                             failure = Some(e);
                             break;
                         }
@@ -855,6 +884,9 @@ impl MmioDevice {
                             (self.driver_features & 0xffff_ffff) | ((v as u64) << 32)
                     }
                     _ => self.driver_features_beyond |= v != 0,
+                }
+                if legacy {
+                    self.backend.negotiated(self.driver_features);
                 }
             }
             GUEST_PAGE_SIZE if legacy => self.guest_page_size = v,

@@ -34,6 +34,7 @@ pub mod regs;
 
 pub use backend::{
     BlockBackend, ChainReader, ChainWriter, Completion, DeviceBackend, EntropyBackend,
+    NetBackend, NetOptions,
 };
 pub use device::{
     DeviceConfig, Interrupt, Knobs, MalformedChainPolicy, MmioDevice, OpenRead, ShmRegion,

@@ -74,6 +74,24 @@ pub enum Mutant {
     /// FEAT-DEV-01 (§2.2.2, §5.2.3): a block device offers VIRTIO_BLK_F_CONFIG_WCE without
     /// VIRTIO_BLK_F_FLUSH, which that feature depends on.
     WceWithoutFlush,
+    /// NET-DEV-TX (§2.7.4, §5.1.6.2): the transmit path takes the whole first descriptor as the `virtio_net_hdr` (the layout legacy drivers used), so a header and frame in one descriptor, or a header split across several, loses or corrupts frame bytes.
+    NetTxHeaderOwnDescriptor,
+    /// NET-DEV (§5.1.6.4): a frame spread over several mergeable receive buffers reports `num_buffers` 1.
+    NetNumBuffersAlwaysOne,
+    /// VQ-DEV-15 (§2.7.8.2): a receive buffer's used `len` is the buffer's size, not the bytes written.
+    NetRxLenIncludesWholeBuffer,
+    /// NET-DEV (§5.1.6.1): a legacy device uses the 10-byte header even when VIRTIO_NET_F_MRG_RXBUF was negotiated.
+    NetHeaderLenIgnoresMrgRxbuf,
+    /// NET-DEV (§5.1.4.1): received frames longer than `mtu` plus the Ethernet header reach the driver although VIRTIO_NET_F_MTU was negotiated.
+    NetRxIgnoresMtu,
+    /// NET-DEV (§5.1.6.5.2): VIRTIO_NET_CTRL_MAC_ADDR_SET is acknowledged but `mac` in the configuration space does not change.
+    NetMacAddrSetIgnored,
+    /// NET-DEV (§5.1.6.5.6): VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET with 0 or more than `max_virtqueue_pairs` is acknowledged OK.
+    NetMqPairsUnchecked,
+    /// NET-DEV (§5.1.3.1, §2.2.2): the device offers VIRTIO_NET_F_MQ, CTRL_RX and others without VIRTIO_NET_F_CTRL_VQ, which they require.
+    NetOffersMqWithoutCtrlVq,
+    /// STATUS-DEV-01 (§2.1.2): a frame arriving from the host is written into receive buffers posted before DRIVER_OK.
+    NetRxBeforeDriverOk,
 }
 
 impl Mutant {
@@ -112,6 +130,15 @@ impl Mutant {
         Mutant::ConfigGenerationStatic,
         Mutant::BlockUnknownTypeOk,
         Mutant::WceWithoutFlush,
+        Mutant::NetTxHeaderOwnDescriptor,
+        Mutant::NetNumBuffersAlwaysOne,
+        Mutant::NetRxLenIncludesWholeBuffer,
+        Mutant::NetHeaderLenIgnoresMrgRxbuf,
+        Mutant::NetRxIgnoresMtu,
+        Mutant::NetMacAddrSetIgnored,
+        Mutant::NetMqPairsUnchecked,
+        Mutant::NetOffersMqWithoutCtrlVq,
+        Mutant::NetRxBeforeDriverOk,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -150,6 +177,15 @@ impl Mutant {
             Mutant::ConfigGenerationStatic => "config-generation-static",
             Mutant::BlockUnknownTypeOk => "block-unknown-type-ok",
             Mutant::WceWithoutFlush => "wce-without-flush",
+            Mutant::NetTxHeaderOwnDescriptor => "net-tx-header-own-descriptor",
+            Mutant::NetNumBuffersAlwaysOne => "net-num-buffers-always-one",
+            Mutant::NetRxLenIncludesWholeBuffer => "net-rx-len-whole-buffer",
+            Mutant::NetHeaderLenIgnoresMrgRxbuf => "net-header-len-ignores-mrg-rxbuf",
+            Mutant::NetRxIgnoresMtu => "net-rx-ignores-mtu",
+            Mutant::NetMacAddrSetIgnored => "net-mac-addr-set-ignored",
+            Mutant::NetMqPairsUnchecked => "net-mq-pairs-unchecked",
+            Mutant::NetOffersMqWithoutCtrlVq => "net-offers-mq-without-ctrl-vq",
+            Mutant::NetRxBeforeDriverOk => "net-rx-before-driver-ok",
         }
     }
 
@@ -189,6 +225,15 @@ impl Mutant {
             Mutant::ConfigGenerationStatic => "C10",
             Mutant::BlockUnknownTypeOk => "BLK-status",
             Mutant::WceWithoutFlush => "FEAT-deps",
+            Mutant::NetTxHeaderOwnDescriptor => "NET-layout",
+            Mutant::NetNumBuffersAlwaysOne => "NET-mrg",
+            Mutant::NetRxLenIncludesWholeBuffer => "NET-len",
+            Mutant::NetHeaderLenIgnoresMrgRxbuf => "NET-hdr",
+            Mutant::NetRxIgnoresMtu => "NET-mtu",
+            Mutant::NetMacAddrSetIgnored => "NET-ctrl",
+            Mutant::NetMqPairsUnchecked => "NET-ctrl",
+            Mutant::NetOffersMqWithoutCtrlVq => "FEAT-deps",
+            Mutant::NetRxBeforeDriverOk => "C8",
         }
     }
 

@@ -4,7 +4,7 @@ use super::{Capabilities, DeviceKind, IrqEvent, Target, TargetError, TargetInfo}
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use virtio_reference_device::{
     BlockBackend, DeviceBackend, DeviceConfig, EntropyBackend, GuestRam, MemoryAccess, MmioDevice,
-    Mutant, TransportVersion,
+    Mutant, NetBackend, NetOptions, TransportVersion,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -42,7 +42,8 @@ pub fn backend_with_disk(
     match device {
         DeviceKind::Entropy => Ok(Box::new(EntropyBackend::new(0x5eed))),
         DeviceKind::Block => Ok(Box::new(BlockBackend::new(sectors))),
-        DeviceKind::Net | DeviceKind::Console => Err(TargetError::Unavailable(format!(
+        DeviceKind::Net => Ok(Box::new(NetBackend::new(NetOptions::default()))),
+        DeviceKind::Console => Err(TargetError::Unavailable(format!(
             "the reference device has no {} backend",
             device.name()
         ))),
@@ -79,6 +80,7 @@ impl ReferenceTarget {
             cfg.step_budget = step_budget;
             let b = backend_with_disk(device, disk_sectors)
                 .unwrap_or_else(|_| Box::new(EntropyBackend::new(0)));
+            cfg.queue_num_max = vec![256; usize::from(b.num_queues().max(1))];
             MmioDevice::new(cfg, b, ram)
         });
         Self::with_factory(name, device, version, factory)

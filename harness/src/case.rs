@@ -271,7 +271,7 @@ pub fn feature_bit(name: &str) -> Option<u32> {
         "RING_RESET" => regs::VIRTIO_F_RING_RESET,
         "BLK_F_FLUSH" | "VIRTIO_BLK_F_FLUSH" => regs::VIRTIO_BLK_F_FLUSH,
         "BLK_F_BLK_SIZE" | "VIRTIO_BLK_F_BLK_SIZE" => regs::VIRTIO_BLK_F_BLK_SIZE,
-        "ANY_LAYOUT" => 27,
+        "ANY_LAYOUT" => regs::VIRTIO_F_ANY_LAYOUT,
         _ => return net_feature_bit(n.strip_prefix("VIRTIO_").unwrap_or(n)),
     })
 }
@@ -509,6 +509,17 @@ pub enum Op {
         port: u32,
         data: Hex,
         units: Option<u32>,
+        #[serde(flatten)]
+        grade: Grade,
+    },
+    /// One register or configuration read (as `read`) whose value, after `mask`, must lie in
+    /// `min..=max` (e.g. a configuration field with a range, §5.1.4.1).
+    ReadRange {
+        #[serde(flatten)]
+        at: Reg,
+        mask: Option<Num>,
+        min: Num,
+        max: Num,
         #[serde(flatten)]
         grade: Grade,
     },
@@ -981,6 +992,7 @@ fn validate(op: &Op, catalog: &Catalog) -> anyhow::Result<()> {
         | Op::Cycle { grade, .. }
         | Op::ExpectGraceful { grade, .. }
         | Op::ExpectHost { grade, .. }
+        | Op::ReadRange { grade, .. }
         | Op::MemExpect { grade, .. } => check_reqs(grade),
         _ => Ok(()),
     }

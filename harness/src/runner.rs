@@ -204,6 +204,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::Observe { .. } => "observe",
         Op::HostSend { .. } => "host_send",
         Op::ExpectHost { .. } => "expect_host",
+        Op::ReadRange { .. } => "read_range",
     }
 }
 
@@ -230,6 +231,7 @@ fn lets_device_run(op: &Op) -> bool {
             | Op::SetAvailFlags { .. }
             | Op::SetUsedEvent { .. }
             | Op::ExpectHost { .. }
+            | Op::ReadRange { .. }
     )
 }
 
@@ -1088,6 +1090,35 @@ impl Exec<'_> {
                 units,
                 grade,
             } => self.expect_host(*port, &data.0, *units, grade)?,
+            Op::ReadRange {
+                at,
+                mask,
+                min,
+                max,
+                grade,
+            } => {
+                if let Some(q) = at.queue {
+                    self.w32(QUEUE_SEL, q)?;
+                }
+                let off = Self::offset(at);
+                let width = at.width.unwrap_or(4) as usize;
+                let mut buf = [SENTINEL; 8];
+                self.t.read(off, &mut buf[..width])?;
+                let mut full = [0u8; 8];
+                full[..width].copy_from_slice(&buf[..width]);
+                let raw = u64::from_le_bytes(full);
+                let v = raw & mask.map_or(u64::MAX, |m| m.0);
+                let name = at.reg.clone().unwrap_or_else(|| format!("{off:#x}"));
+                self.observe(format!("read {name}@{off:#x}/{width}"), format!("{raw:#x}"));
+                self.check(
+                    Some(grade),
+                    &[],
+                    (min.0..=max.0).contains(&v),
+                    Severity::Low,
+                    || format!("{name} in {:#x}..={:#x}", min.0, max.0),
+                    || format!("{name} = {raw:#x}"),
+                );
+            }
             Op::MemExpect { addr, data, grade } => {
                 let mut b = vec![0u8; data.0.len()];
                 self.t.mem_read(addr.0, &mut b)?;

@@ -73,6 +73,9 @@ pub trait DeviceBackend: Send {
     fn take_config_update(&mut self) -> Option<(usize, Vec<u8>)> {
         None
     }
+    /// The host side changed the configuration space (`data` at byte `offset`, already
+    /// clipped to the space), e.g. the link went down; the backend keeps its copy in step.
+    fn host_config_changed(&mut self, _offset: usize, _data: &[u8]) {}
     /// What the device passed to the host on `port` since the last call, one entry per unit
     /// (net: one frame; console: the bytes of one transmit chain).
     fn host_take(&mut self, _port: u32) -> Result<Vec<Vec<u8>>, String> {

@@ -131,11 +131,15 @@ pub struct DeviceConfig {
 impl DeviceConfig {
     /// The defaults for `version`: VendorID "VCFM", 1 queue of up to 256 entries, no shared
     /// memory, and offered transport features INDIRECT_DESC, EVENT_IDX, plus VERSION_1 and
-    /// RING_RESET for version 2.
+    /// RING_RESET for version 2 and ANY_LAYOUT for version 1.
     pub fn new(version: TransportVersion) -> Self {
         let mut transport_features = bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_F_EVENT_IDX);
         if version == TransportVersion::Modern {
             transport_features |= bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_RESET);
+        } else {
+            // §6.3: the device accepts any descriptor layout (the reference never assumes
+            // one), which a legacy driver learns from VIRTIO_F_ANY_LAYOUT.
+            transport_features |= bit(VIRTIO_F_ANY_LAYOUT);
         }
         DeviceConfig {
             version,
@@ -359,6 +363,8 @@ impl MmioDevice {
         let start = offset.min(self.config.len());
         let end = offset.saturating_add(data.len()).min(self.config.len());
         self.config[start..end].copy_from_slice(&data[..end - start]);
+        self.backend
+            .host_config_changed(start, &data[..end - start]);
         if !self.is(Mutant::ConfigGenerationStatic) {
             self.config_generation = self.config_generation.wrapping_add(1);
         }
@@ -613,8 +619,13 @@ impl MmioDevice {
                 || self.is(Mutant::NetRxBeforeDriverOk));
         if live {
             for q in queues {
-                if usize::from(q) < self.queues.len() {
-                    self.service(usize::from(q));
+                let i = usize::from(q);
+                if i < self.queues.len() {
+                    if self.queues[i].ready && !self.queues[i].active {
+                        // Only reachable before DRIVER_OK (legacy, or the mutant).
+                        self.activate(i);
+                    }
+                    self.service(i);
                 }
             }
         }

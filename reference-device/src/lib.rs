@@ -33,8 +33,8 @@ pub mod queue;
 pub mod regs;
 
 pub use backend::{
-    BlockBackend, ChainReader, ChainWriter, Completion, DeviceBackend, EntropyBackend,
-    NetBackend, NetOptions,
+    BlockBackend, ChainReader, ChainWriter, Completion, DeviceBackend, EntropyBackend, NetBackend,
+    NetOptions,
 };
 pub use device::{
     DeviceConfig, Interrupt, Knobs, MalformedChainPolicy, MmioDevice, OpenRead, ShmRegion,

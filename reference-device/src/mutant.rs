@@ -86,8 +86,10 @@ pub enum Mutant {
     NetRxIgnoresMtu,
     /// NET-DEV (§5.1.6.5.2): VIRTIO_NET_CTRL_MAC_ADDR_SET is acknowledged but `mac` in the configuration space does not change.
     NetMacAddrSetIgnored,
-    /// NET-DEV (§5.1.6.5.6): VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET with 0 or more than `max_virtqueue_pairs` is acknowledged OK.
-    NetMqPairsUnchecked,
+    /// NET-DEV-35 (§5.1.6.5.3): 802.1Q-tagged frames are dropped although VIRTIO_NET_F_CTRL_VLAN was not negotiated.
+    NetDropsTaggedWithoutCtrlVlan,
+    /// NET-DEV-38 (§5.1.6.5.6): frames are steered to receive queues beyond receiveq1 before the driver enabled multiqueue.
+    NetMqSteersBeforePairsSet,
     /// NET-DEV (§5.1.3.1, §2.2.2): the device offers VIRTIO_NET_F_MQ, CTRL_RX and others without VIRTIO_NET_F_CTRL_VQ, which they require.
     NetOffersMqWithoutCtrlVq,
     /// STATUS-DEV-01 (§2.1.2): a frame arriving from the host is written into receive buffers posted before DRIVER_OK.
@@ -136,7 +138,8 @@ impl Mutant {
         Mutant::NetHeaderLenIgnoresMrgRxbuf,
         Mutant::NetRxIgnoresMtu,
         Mutant::NetMacAddrSetIgnored,
-        Mutant::NetMqPairsUnchecked,
+        Mutant::NetDropsTaggedWithoutCtrlVlan,
+        Mutant::NetMqSteersBeforePairsSet,
         Mutant::NetOffersMqWithoutCtrlVq,
         Mutant::NetRxBeforeDriverOk,
     ];
@@ -183,7 +186,8 @@ impl Mutant {
             Mutant::NetHeaderLenIgnoresMrgRxbuf => "net-header-len-ignores-mrg-rxbuf",
             Mutant::NetRxIgnoresMtu => "net-rx-ignores-mtu",
             Mutant::NetMacAddrSetIgnored => "net-mac-addr-set-ignored",
-            Mutant::NetMqPairsUnchecked => "net-mq-pairs-unchecked",
+            Mutant::NetDropsTaggedWithoutCtrlVlan => "net-drops-tagged-without-ctrl-vlan",
+            Mutant::NetMqSteersBeforePairsSet => "net-mq-steers-before-pairs-set",
             Mutant::NetOffersMqWithoutCtrlVq => "net-offers-mq-without-ctrl-vq",
             Mutant::NetRxBeforeDriverOk => "net-rx-before-driver-ok",
         }
@@ -231,7 +235,8 @@ impl Mutant {
             Mutant::NetHeaderLenIgnoresMrgRxbuf => "NET-hdr",
             Mutant::NetRxIgnoresMtu => "NET-mtu",
             Mutant::NetMacAddrSetIgnored => "NET-ctrl",
-            Mutant::NetMqPairsUnchecked => "NET-ctrl",
+            Mutant::NetDropsTaggedWithoutCtrlVlan => "NET-vlan",
+            Mutant::NetMqSteersBeforePairsSet => "NET-mq",
             Mutant::NetOffersMqWithoutCtrlVq => "FEAT-deps",
             Mutant::NetRxBeforeDriverOk => "C8",
         }

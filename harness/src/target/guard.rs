@@ -132,6 +132,12 @@ impl<T: Target> Target for Guarded<T> {
     fn config_change(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
         self.call(|t| t.config_change(offset, data))
     }
+    fn host_send(&mut self, port: u32, data: &[u8]) -> Result<(), TargetError> {
+        self.call(|t| t.host_send(port, data))
+    }
+    fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, TargetError> {
+        self.call(|t| t.host_take(port))
+    }
     fn synchronous(&self) -> bool {
         self.inner.synchronous()
     }

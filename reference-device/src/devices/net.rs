@@ -216,7 +216,7 @@ impl NetBackend {
             rx_pending: vec![VecDeque::new(); n],
             partial: vec![None; n],
             tx_out: vec![Vec::new(); n],
-            promisc: false,
+            promisc: true,
             allmulti: false,
             mac_table: Vec::new(),
             vlans: BTreeSet::new(),
@@ -280,7 +280,7 @@ impl NetBackend {
         &self.vlans
     }
 
-    /// Whether promiscuous mode is on.
+    /// Whether promiscuous mode is on (it is after reset).
     pub fn promiscuous(&self) -> bool {
         self.promisc
     }
@@ -475,12 +475,44 @@ impl NetBackend {
                 }
                 let n = u16::from_le_bytes([data[0], data[1]]);
                 let valid = (1..=self.opts.max_pairs).contains(&n);
-                if valid || self.is(crate::Mutant::NetMqPairsUnchecked) {
-                    self.pairs = n.clamp(1, self.opts.max_pairs.max(1));
+                if valid {
+                    self.pairs = n;
                 }
-                ok(valid || self.is(crate::Mutant::NetMqPairsUnchecked))
+                ok(valid)
             }
             _ => VIRTIO_NET_ERR,
+        }
+    }
+
+    /// The receive filter (§5.1.6.5.1 to §5.1.6.5.3), as QEMU orders it: promiscuous mode
+    /// (on after reset) takes everything; otherwise a tagged frame needs its VLAN in the
+    /// table (with CTRL_VLAN), broadcast passes, multicast needs ALLMULTI or a table entry,
+    /// unicast needs `mac` or a table entry. Frames too short for an Ethernet header pass.
+    fn accepts(&self, frame: &[u8]) -> bool {
+        if self.is(crate::Mutant::NetDropsTaggedWithoutCtrlVlan)
+            && frame.get(12..14) == Some(&[0x81, 0x00][..])
+        {
+            return false;
+        }
+        if self.promisc || frame.len() < ETH_HLEN {
+            return true;
+        }
+        if self.has(VIRTIO_NET_F_CTRL_VLAN) && frame[12..14] == [0x81, 0x00] {
+            let vid = frame
+                .get(14..16)
+                .map_or(0, |t| u16::from_be_bytes([t[0], t[1]]) & 0x0fff);
+            if !self.vlans.contains(&vid) {
+                return false;
+            }
+        }
+        let dst = &frame[..6];
+        let listed = self.mac_table.iter().any(|m| m[..] == *dst);
+        if dst == [0xff; 6] {
+            true
+        } else if dst[0] & 1 != 0 {
+            self.allmulti || listed
+        } else {
+            dst == &self.config[NET_CONFIG_MAC..NET_CONFIG_MAC + 6] || listed
         }
     }
 
@@ -583,13 +615,18 @@ impl DeviceBackend for NetBackend {
         for p in &mut self.partial {
             *p = None;
         }
-        self.promisc = false;
+        self.promisc = true;
         self.allmulti = false;
         self.mac_table.clear();
         self.vlans.clear();
     }
     fn take_config_update(&mut self) -> Option<(usize, Vec<u8>)> {
         self.config_update.take()
+    }
+    fn host_config_changed(&mut self, offset: usize, data: &[u8]) {
+        if let Some(dst) = self.config.get_mut(offset..offset + data.len()) {
+            dst.copy_from_slice(data);
+        }
     }
 
     fn ready_for(&self, queue: u16) -> bool {
@@ -611,9 +648,17 @@ impl DeviceBackend for NetBackend {
             // negotiated. The frame is dropped on the link.
             return Ok(Vec::new());
         }
+        if !self.accepts(data) {
+            return Ok(Vec::new());
+        }
         // Before VQ_PAIRS_SET only receiveq1 is used (§5.1.6.5.6); a frame for a pair that
         // is not enabled is steered there.
-        let pair = if port < self.pairs as u32 && (port as u16) < self.layout_pairs() {
+        let enabled = if self.is(crate::Mutant::NetMqSteersBeforePairsSet) {
+            self.opts.max_pairs
+        } else {
+            self.pairs
+        };
+        let pair = if port < enabled as u32 && (port as u16) < self.layout_pairs() {
             port as usize
         } else {
             0
@@ -687,7 +732,9 @@ mod tests {
             bit(VIRTIO_NET_F_GUEST_ECN) | bit(VIRTIO_NET_F_GUEST_CSUM)
         ));
         assert!(dependencies_met(
-            bit(VIRTIO_NET_F_GUEST_ECN) | bit(VIRTIO_NET_F_GUEST_TSO6) | bit(VIRTIO_NET_F_GUEST_CSUM)
+            bit(VIRTIO_NET_F_GUEST_ECN)
+                | bit(VIRTIO_NET_F_GUEST_TSO6)
+                | bit(VIRTIO_NET_F_GUEST_CSUM)
         ));
         assert_eq!(b.num_queues(), 5);
     }
@@ -721,7 +768,11 @@ mod tests {
             let mut b = modern(0);
             let chain = [rdesc(0x1000, cut), rdesc(0x1000 + cut as u64, 52 - cut)];
             assert_eq!(b.process(1, &chain, &mut m), Completion::Written(0));
-            assert_eq!(b.host_take(0).unwrap(), vec![pkt[12..].to_vec()], "cut {cut}");
+            assert_eq!(
+                b.host_take(0).unwrap(),
+                vec![pkt[12..].to_vec()],
+                "cut {cut}"
+            );
         }
     }
 
@@ -817,10 +868,16 @@ mod tests {
         let all = NetOptions::default().features | bit(VIRTIO_F_VERSION_1);
         let mut b = NetBackend::new(NetOptions::default());
         b.negotiated(all);
+        assert_eq!(b.command(0, 0, &[0]), VIRTIO_NET_OK);
+        assert!(!b.promiscuous());
         assert_eq!(b.command(0, 0, &[1]), VIRTIO_NET_OK);
         assert!(b.promiscuous());
         assert_eq!(b.command(0, 0, &[2]), VIRTIO_NET_ERR);
-        assert_eq!(b.command(0, 2, &[1]), VIRTIO_NET_ERR, "RX_EXTRA not offered");
+        assert_eq!(
+            b.command(0, 2, &[1]),
+            VIRTIO_NET_ERR,
+            "RX_EXTRA not offered"
+        );
         let mut t = 1u32.to_le_bytes().to_vec();
         t.extend([2, 0, 0, 0, 0, 1]);
         t.extend(0u32.to_le_bytes());
@@ -829,10 +886,7 @@ mod tests {
         assert_eq!(b.command(1, 0, &t[..9]), VIRTIO_NET_ERR);
         assert_eq!(b.command(1, 1, &[2, 1, 1, 1, 1, 1]), VIRTIO_NET_OK);
         assert_eq!(&b.config()[..6], &[2, 1, 1, 1, 1, 1]);
-        assert_eq!(
-            b.take_config_update(),
-            Some((0, vec![2, 1, 1, 1, 1, 1]))
-        );
+        assert_eq!(b.take_config_update(), Some((0, vec![2, 1, 1, 1, 1, 1])));
         assert_eq!(b.command(2, 0, &5u16.to_le_bytes()), VIRTIO_NET_OK);
         assert!(b.vlans().contains(&5));
         assert_eq!(b.command(2, 1, &5u16.to_le_bytes()), VIRTIO_NET_OK);
@@ -850,6 +904,37 @@ mod tests {
         b.reset();
         assert_eq!(b.active_pairs(), 1);
         assert!(b.mac_table().is_empty());
+    }
+
+    #[test]
+    fn receive_filter() {
+        let all = NetOptions::default().features | bit(VIRTIO_F_VERSION_1);
+        let mut b = NetBackend::new(NetOptions::default());
+        b.negotiated(all);
+        let frame = |dst: [u8; 6], tag: Option<u16>| {
+            let mut f = dst.to_vec();
+            f.extend([2, 0, 0, 0, 0, 9]);
+            if let Some(v) = tag {
+                f.extend([0x81, 0x00]);
+                f.extend(v.to_be_bytes());
+            }
+            f.extend([0x08, 0x00, 1, 2, 3]);
+            f
+        };
+        let other = [2, 0, 0, 0, 0, 0x99];
+        let mine = NetOptions::default().mac;
+        assert!(b.accepts(&frame(other, None)), "promiscuous after reset");
+        b.command(0, 0, &[0]);
+        assert!(!b.accepts(&frame(other, None)));
+        assert!(b.accepts(&frame(mine, None)));
+        assert!(b.accepts(&frame([0xff; 6], None)));
+        assert!(!b.accepts(&frame([1, 0, 0x5e, 0, 0, 1], None)));
+        b.command(0, 1, &[1]);
+        assert!(b.accepts(&frame([1, 0, 0x5e, 0, 0, 1], None)));
+        assert!(!b.accepts(&frame(mine, Some(5))));
+        b.command(2, 0, &5u16.to_le_bytes());
+        assert!(b.accepts(&frame(mine, Some(5))));
+        assert!(!b.accepts(&frame(mine, Some(6))));
     }
 
     #[test]

@@ -523,6 +523,15 @@ pub enum Op {
         #[serde(flatten)]
         grade: Grade,
     },
+    /// A precondition, not a check: one read whose value (after `mask`) must be `expect`,
+    /// else the case is `unsupported` on this target (e.g. a case written for a device with
+    /// `max_virtqueue_pairs` 2, which another permitted value cannot run).
+    Require {
+        #[serde(flatten)]
+        at: Reg,
+        mask: Option<Num>,
+        expect: Num,
+    },
 }
 
 /// Block request type of a `blk` step.

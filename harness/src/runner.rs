@@ -205,6 +205,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::HostSend { .. } => "host_send",
         Op::ExpectHost { .. } => "expect_host",
         Op::ReadRange { .. } => "read_range",
+        Op::Require { .. } => "require",
     }
 }
 
@@ -232,6 +233,7 @@ fn lets_device_run(op: &Op) -> bool {
             | Op::SetUsedEvent { .. }
             | Op::ExpectHost { .. }
             | Op::ReadRange { .. }
+            | Op::Require { .. }
     )
 }
 
@@ -1090,6 +1092,27 @@ impl Exec<'_> {
                 units,
                 grade,
             } => self.expect_host(*port, &data.0, *units, grade)?,
+            Op::Require { at, mask, expect } => {
+                if let Some(q) = at.queue {
+                    self.w32(QUEUE_SEL, q)?;
+                }
+                let off = Self::offset(at);
+                let width = at.width.unwrap_or(4) as usize;
+                let mut buf = [SENTINEL; 8];
+                self.t.read(off, &mut buf[..width])?;
+                let mut full = [0u8; 8];
+                full[..width].copy_from_slice(&buf[..width]);
+                let raw = u64::from_le_bytes(full);
+                let v = raw & mask.map_or(u64::MAX, |m| m.0);
+                let name = at.reg.clone().unwrap_or_else(|| format!("{off:#x}"));
+                self.observe(format!("read {name}@{off:#x}/{width}"), format!("{raw:#x}"));
+                if v != expect.0 {
+                    return Err(Stop::Unsupported(format!(
+                        "the case is written for {name}@{off:#x} = {:#x}; this device reads {v:#x}",
+                        expect.0
+                    )));
+                }
+            }
             Op::ReadRange {
                 at,
                 mask,

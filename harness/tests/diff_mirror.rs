@@ -173,6 +173,8 @@ fn every_mutant_is_still_found() {
         (DeviceKind::Block, TransportVersion::Modern),
         (DeviceKind::Entropy, TransportVersion::Legacy),
         (DeviceKind::Block, TransportVersion::Legacy),
+        (DeviceKind::Net, TransportVersion::Modern),
+        (DeviceKind::Net, TransportVersion::Legacy),
     ];
     let mut missed = Vec::new();
     for &m in Mutant::ALL {

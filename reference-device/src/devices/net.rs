@@ -140,6 +140,13 @@ pub struct NetOptions {
     pub max_pairs: u16,
     /// `mtu` (68..=65535; with VIRTIO_NET_F_MTU).
     pub mtu: u16,
+    /// Receive header `hdr_len` value. Without receive offloads the spec constrains only
+    /// `flags`, `gso_type` and `num_buffers` (§5.1.6.4.1), so any value is allowed; the
+    /// reference writes 0, QEMU-like devices copy whatever their backend gave.
+    pub rx_hdr_len: u16,
+    /// Promiscuous mode after reset (the spec names no initial receive mode; QEMU starts
+    /// promiscuous).
+    pub promiscuous_after_reset: bool,
 }
 
 impl Default for NetOptions {
@@ -164,6 +171,8 @@ impl Default for NetOptions {
             mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
             max_pairs: 2,
             mtu: 1500,
+            rx_hdr_len: 0,
+            promiscuous_after_reset: true,
         }
     }
 }
@@ -208,6 +217,7 @@ impl NetBackend {
             .copy_from_slice(&opts.max_pairs.to_le_bytes());
         config[NET_CONFIG_MTU..NET_CONFIG_MTU + 2].copy_from_slice(&opts.mtu.to_le_bytes());
         let n = opts.max_pairs.max(1) as usize;
+        let promisc = opts.promiscuous_after_reset;
         NetBackend {
             opts,
             config,
@@ -216,7 +226,7 @@ impl NetBackend {
             rx_pending: vec![VecDeque::new(); n],
             partial: vec![None; n],
             tx_out: vec![Vec::new(); n],
-            promisc: true,
+            promisc,
             allmulti: false,
             mac_table: Vec::new(),
             vlans: BTreeSet::new(),
@@ -306,6 +316,7 @@ impl NetBackend {
                     return Completion::Written(0);
                 };
                 let mut d = vec![0u8; hlen];
+                d[2..4].copy_from_slice(&self.opts.rx_hdr_len.to_le_bytes());
                 if hlen == 12 {
                     d[10..12].copy_from_slice(&1u16.to_le_bytes());
                 }
@@ -615,7 +626,7 @@ impl DeviceBackend for NetBackend {
         for p in &mut self.partial {
             *p = None;
         }
-        self.promisc = true;
+        self.promisc = self.opts.promiscuous_after_reset;
         self.allmulti = false;
         self.mac_table.clear();
         self.vlans.clear();

@@ -543,7 +543,7 @@ impl NetBackend {
         if queue >= 2 * self.layout_pairs() {
             return Role::None;
         }
-        if queue % 2 == 0 {
+        if queue.is_multiple_of(2) {
             Role::Rx(pair)
         } else {
             Role::Tx(pair)

@@ -325,6 +325,36 @@ pub fn feature_bit(name: &str) -> Option<u32> {
         "CONSOLE_F_SIZE" | "VIRTIO_CONSOLE_F_SIZE" => 0,
         "CONSOLE_F_MULTIPORT" | "VIRTIO_CONSOLE_F_MULTIPORT" => 1,
         "CONSOLE_F_EMERG_WRITE" | "VIRTIO_CONSOLE_F_EMERG_WRITE" => 2,
+        "ANY_LAYOUT" => regs::VIRTIO_F_ANY_LAYOUT,
+        _ => return net_feature_bit(n.strip_prefix("VIRTIO_").unwrap_or(n)),
+    })
+}
+
+/// Bit number of a virtio-net feature name (`NET_F_MRG_RXBUF`, §5.1.3).
+fn net_feature_bit(name: &str) -> Option<u32> {
+    use virtio_reference_device::devices::net as n;
+    Some(match name.strip_prefix("NET_F_")? {
+        "CSUM" => n::VIRTIO_NET_F_CSUM,
+        "GUEST_CSUM" => n::VIRTIO_NET_F_GUEST_CSUM,
+        "MTU" => n::VIRTIO_NET_F_MTU,
+        "MAC" => n::VIRTIO_NET_F_MAC,
+        "GUEST_TSO4" => n::VIRTIO_NET_F_GUEST_TSO4,
+        "GUEST_TSO6" => n::VIRTIO_NET_F_GUEST_TSO6,
+        "GUEST_ECN" => n::VIRTIO_NET_F_GUEST_ECN,
+        "GUEST_UFO" => n::VIRTIO_NET_F_GUEST_UFO,
+        "HOST_TSO4" => n::VIRTIO_NET_F_HOST_TSO4,
+        "HOST_TSO6" => n::VIRTIO_NET_F_HOST_TSO6,
+        "HOST_ECN" => n::VIRTIO_NET_F_HOST_ECN,
+        "HOST_UFO" => n::VIRTIO_NET_F_HOST_UFO,
+        "MRG_RXBUF" => n::VIRTIO_NET_F_MRG_RXBUF,
+        "STATUS" => n::VIRTIO_NET_F_STATUS,
+        "CTRL_VQ" => n::VIRTIO_NET_F_CTRL_VQ,
+        "CTRL_RX" => n::VIRTIO_NET_F_CTRL_RX,
+        "CTRL_VLAN" => n::VIRTIO_NET_F_CTRL_VLAN,
+        "CTRL_RX_EXTRA" => n::VIRTIO_NET_F_CTRL_RX_EXTRA,
+        "GUEST_ANNOUNCE" => n::VIRTIO_NET_F_GUEST_ANNOUNCE,
+        "MQ" => n::VIRTIO_NET_F_MQ,
+        "CTRL_MAC_ADDR" => n::VIRTIO_NET_F_CTRL_MAC_ADDR,
         _ => return None,
     })
 }
@@ -535,6 +565,26 @@ pub enum Op {
         units: Option<u32>,
         #[serde(flatten)]
         grade: Grade,
+    },
+    /// One register or configuration read (as `read`) whose value, after `mask`, must lie in
+    /// `min..=max` (e.g. a configuration field with a range, §5.1.4.1).
+    ReadRange {
+        #[serde(flatten)]
+        at: Reg,
+        mask: Option<Num>,
+        min: Num,
+        max: Num,
+        #[serde(flatten)]
+        grade: Grade,
+    },
+    /// A precondition, not a check: one read whose value (after `mask`) must be `expect`,
+    /// else the case is `unsupported` on this target (e.g. a case written for a device with
+    /// `max_virtqueue_pairs` 2, which another permitted value cannot run).
+    Require {
+        #[serde(flatten)]
+        at: Reg,
+        mask: Option<Num>,
+        expect: Num,
     },
     /// Waits until the chains the device used on receive queue `queue` since the last such
     /// step carry `data`: the first used-`len` bytes of each used chain's writable buffers,
@@ -1034,6 +1084,7 @@ fn validate(op: &Op, catalog: &Catalog) -> anyhow::Result<()> {
         | Op::ExpectHost { grade, .. }
         | Op::ExpectReceived { grade, .. }
         | Op::ExpectControl { grade, .. }
+        | Op::ReadRange { grade, .. }
         | Op::MemExpect { grade, .. } => check_reqs(grade),
         _ => Ok(()),
     }

@@ -222,6 +222,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::ExpectHost { .. } => "expect_host",
         Op::ExpectReceived { .. } => "expect_received",
         Op::ExpectControl { .. } => "expect_control",
+        Op::ReadRange { .. } => "read_range",
+        Op::Require { .. } => "require",
     }
 }
 
@@ -250,6 +252,8 @@ fn lets_device_run(op: &Op) -> bool {
             | Op::ExpectHost { .. }
             | Op::ExpectReceived { .. }
             | Op::ExpectControl { .. }
+            | Op::ReadRange { .. }
+            | Op::Require { .. }
     )
 }
 
@@ -581,6 +585,24 @@ impl Exec<'_> {
         });
     }
 
+    /// One read of `at` (after selecting its queue) of its width (default 4 bytes, at most 8),
+    /// recorded as an observation: (register name, value).
+    fn read_field(&mut self, at: &Reg) -> R<(String, u64)> {
+        if let Some(q) = at.queue {
+            self.w32(QUEUE_SEL, q)?;
+        }
+        let off = Self::offset(at);
+        let width = usize::from(at.width.unwrap_or(4)).clamp(1, 8);
+        let mut buf = [SENTINEL; 8];
+        self.t.read(off, &mut buf[..width])?;
+        let mut full = [0u8; 8];
+        full[..width].copy_from_slice(&buf[..width]);
+        let raw = u64::from_le_bytes(full);
+        let name = at.reg.clone().unwrap_or_else(|| format!("{off:#x}"));
+        self.observe(format!("read {name}@{off:#x}/{width}"), format!("{raw:#x}"));
+        Ok((name, raw))
+    }
+
     /// A 32-bit read whose value is recorded as an observation.
     fn r32o(&mut self, off: u64) -> R<u32> {
         let v = self.r32(off)?;
@@ -754,19 +776,8 @@ impl Exec<'_> {
                 expect_ne_var,
                 grade,
             } => {
-                if let Some(q) = at.queue {
-                    self.w32(QUEUE_SEL, q)?;
-                }
-                let off = Self::offset(at);
-                let width = at.width.unwrap_or(4) as usize;
-                let mut buf = [SENTINEL; 8];
-                self.t.read(off, &mut buf[..width])?;
-                let mut full = [0u8; 8];
-                full[..width].copy_from_slice(&buf[..width]);
-                let raw = u64::from_le_bytes(full);
+                let (name, raw) = self.read_field(at)?;
                 let v = raw & mask.map_or(u64::MAX, |m| m.0);
-                let name = at.reg.clone().unwrap_or_else(|| format!("{off:#x}"));
-                self.observe(format!("read {name}@{off:#x}/{width}"), format!("{raw:#x}"));
                 let obs = || format!("{name} = {raw:#x}");
                 let g = Some(grade);
                 if let Some(e) = expect {
@@ -1140,6 +1151,34 @@ impl Exec<'_> {
                 value,
                 grade,
             } => self.expect_control(*queue, *event, *id, *value, grade)?,
+            Op::Require { at, mask, expect } => {
+                let (name, raw) = self.read_field(at)?;
+                let v = raw & mask.map_or(u64::MAX, |m| m.0);
+                if v != expect.0 {
+                    return Err(Stop::Unsupported(format!(
+                        "the case is written for {name} = {:#x}; this device reads {v:#x}",
+                        expect.0
+                    )));
+                }
+            }
+            Op::ReadRange {
+                at,
+                mask,
+                min,
+                max,
+                grade,
+            } => {
+                let (name, raw) = self.read_field(at)?;
+                let v = raw & mask.map_or(u64::MAX, |m| m.0);
+                self.check(
+                    Some(grade),
+                    &[],
+                    (min.0..=max.0).contains(&v),
+                    Severity::Low,
+                    || format!("{name} in {:#x}..={:#x}", min.0, max.0),
+                    || format!("{name} = {raw:#x}"),
+                );
+            }
             Op::MemExpect { addr, data, grade } => {
                 let mut b = vec![0u8; data.0.len()];
                 self.t.mem_read(addr.0, &mut b)?;

@@ -175,6 +175,8 @@ fn every_mutant_is_still_found() {
         (DeviceKind::Block, TransportVersion::Legacy),
         (DeviceKind::Console, TransportVersion::Modern),
         (DeviceKind::Console, TransportVersion::Legacy),
+        (DeviceKind::Net, TransportVersion::Modern),
+        (DeviceKind::Net, TransportVersion::Legacy),
     ];
     let mut missed = Vec::new();
     for &m in Mutant::ALL {

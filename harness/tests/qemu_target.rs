@@ -107,10 +107,11 @@ fn identity_registers_rng_v1_v2_block_v2_net_v2() {
         );
         let caps = t.capabilities();
         assert!(caps.interrupts && !caps.memory_log);
-        // Host-side configuration changes go through QMP (block_resize): block only.
+        // Host-side configuration changes go through QMP: block_resize for block,
+        // set_link / announce-self for net.
         assert_eq!(
             caps.config_change,
-            device == DeviceKind::Block,
+            matches!(device, DeviceKind::Block | DeviceKind::Net),
             "{device:?}"
         );
         assert_eq!(t.ram_size(), 16 << 20);

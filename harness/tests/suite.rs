@@ -6,13 +6,15 @@ use virtio_conform::suite::{run_suite, Options, Suite};
 use virtio_conform::target::{DeviceKind, ReferenceTarget};
 use virtio_reference_device::{Mutant, TransportVersion};
 
-const COMBOS: [(DeviceKind, TransportVersion); 6] = [
+const COMBOS: [(DeviceKind, TransportVersion); 8] = [
     (DeviceKind::Entropy, TransportVersion::Modern),
     (DeviceKind::Block, TransportVersion::Modern),
     (DeviceKind::Entropy, TransportVersion::Legacy),
     (DeviceKind::Block, TransportVersion::Legacy),
     (DeviceKind::Console, TransportVersion::Modern),
     (DeviceKind::Console, TransportVersion::Legacy),
+    (DeviceKind::Net, TransportVersion::Modern),
+    (DeviceKind::Net, TransportVersion::Legacy),
 ];
 
 fn suite() -> Suite {

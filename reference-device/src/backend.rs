@@ -15,6 +15,7 @@ pub use crate::devices::block::{
 };
 pub use crate::devices::console::ConsoleBackend;
 pub use crate::devices::entropy::EntropyBackend;
+pub use crate::devices::net::{NetBackend, NetOptions};
 
 /// What a backend reports for one chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +26,11 @@ pub enum Completion {
     /// The request could not even be parsed (for example a block request without a status
     /// byte). The reference still returns the head with `len` 0.
     Malformed,
+    /// The chain holds part of a unit that continues in the next chain of the same queue
+    /// (a received frame spread over mergeable buffers, §5.1.6.4): `len` bytes were written.
+    /// The device holds the used element back and publishes it together with the elements
+    /// of the chains that complete the unit, so the driver sees them used together.
+    Partial(u32),
 }
 
 /// A device type behind the virtio-mmio transport.
@@ -66,9 +72,21 @@ pub trait DeviceBackend: Send {
     fn take_wakeups(&mut self) -> Vec<u16> {
         Vec::new()
     }
-    /// Device reset (§2.4): forget what the driver set up through the queues (default:
-    /// nothing to forget).
+    /// Device reset (§2.4): forget negotiated features and what the driver set up through
+    /// the queues (default: nothing to forget).
     fn reset(&mut self) {}
+    /// The features the driver accepted: called when a version-2 device accepts FEATURES_OK
+    /// and whenever a legacy driver writes DriverFeatures (default: ignored).
+    fn negotiated(&mut self, _features: u64) {}
+    /// A change the backend made to its own configuration space since the last call (byte
+    /// offset and new bytes), for example a MAC set through a control command. The device
+    /// copies it into the configuration space and changes ConfigGeneration.
+    fn take_config_update(&mut self) -> Option<(usize, Vec<u8>)> {
+        None
+    }
+    /// The host side changed the configuration space (`data` at byte `offset`, already
+    /// clipped to the space), e.g. the link went down; the backend keeps its copy in step.
+    fn host_config_changed(&mut self, _offset: usize, _data: &[u8]) {}
     /// What the device passed to the host on `port` since the last call, one entry per unit
     /// (net: one frame; console: the bytes of one transmit chain).
     fn host_take(&mut self, _port: u32) -> Result<Vec<Vec<u8>>, String> {

@@ -131,11 +131,15 @@ pub struct DeviceConfig {
 impl DeviceConfig {
     /// The defaults for `version`: VendorID "VCFM", 1 queue of up to 256 entries, no shared
     /// memory, and offered transport features INDIRECT_DESC, EVENT_IDX, plus VERSION_1 and
-    /// RING_RESET for version 2.
+    /// RING_RESET for version 2 and ANY_LAYOUT for version 1.
     pub fn new(version: TransportVersion) -> Self {
         let mut transport_features = bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_F_EVENT_IDX);
         if version == TransportVersion::Modern {
             transport_features |= bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_RESET);
+        } else {
+            // §6.3: the device accepts any descriptor layout (the reference never assumes
+            // one), which a legacy driver learns from VIRTIO_F_ANY_LAYOUT.
+            transport_features |= bit(VIRTIO_F_ANY_LAYOUT);
         }
         DeviceConfig {
             version,
@@ -177,6 +181,9 @@ struct QueueSlot {
     pfn: u32,
     align: u32,
     q: SplitQueue,
+    /// Used elements of chains holding part of a unit ([`Completion::Partial`]), published
+    /// together with the chain that completes it.
+    held: Vec<(u16, u32)>,
 }
 
 impl QueueSlot {
@@ -198,6 +205,7 @@ impl QueueSlot {
             pfn: 0,
             align: 4096,
             q,
+            held: Vec::new(),
         }
     }
 }
@@ -355,6 +363,8 @@ impl MmioDevice {
         let start = offset.min(self.config.len());
         let end = offset.saturating_add(data.len()).min(self.config.len());
         self.config[start..end].copy_from_slice(&data[..end - start]);
+        self.backend
+            .host_config_changed(start, &data[..end - start]);
         if !self.is(Mutant::ConfigGenerationStatic) {
             self.config_generation = self.config_generation.wrapping_add(1);
         }
@@ -417,6 +427,7 @@ impl MmioDevice {
         }
         self.budget_exhausted = false;
         self.last_error = None;
+        self.backend.reset();
     }
 
     fn selected(&self) -> Option<usize> {
@@ -464,6 +475,8 @@ impl MmioDevice {
             }
             if !self.features_acceptable() {
                 new &= !FEATURES_OK;
+            } else {
+                self.backend.negotiated(self.driver_features);
             }
         }
         if self.is(Mutant::FeaturesOkLevelTriggered)
@@ -604,19 +617,20 @@ impl MmioDevice {
         let live = self.status & (DEVICE_NEEDS_RESET | FAILED) == 0
             && (self.status & DRIVER_OK != 0
                 || self.legacy()
-                || self.is(Mutant::HostInputBeforeDriverOk));
+                || self.is(Mutant::HostInputBeforeDriverOk)
+                || self.is(Mutant::NetRxBeforeDriverOk));
         if live {
             for q in queues {
-                let q = usize::from(q);
-                if q < self.queues.len() {
+                let i = usize::from(q);
+                if i < self.queues.len() {
                     if self.status & DRIVER_OK == 0
-                        && self.queues[q].ready
-                        && !self.queues[q].active
+                        && self.queues[i].ready
+                        && !self.queues[i].active
                     {
-                        // Only the legacy device and the mutant get here before DRIVER_OK.
-                        self.activate(q);
+                        // Only the legacy device and the mutants get here before DRIVER_OK.
+                        self.activate(i);
                     }
-                    self.service(q);
+                    self.service(i);
                 }
             }
         }
@@ -667,9 +681,13 @@ impl MmioDevice {
                 backend,
                 queues,
                 cfg,
+                config,
+                config_generation,
                 ..
             } = self;
-            let q = &mut queues[i].q;
+            let slot = &mut queues[i];
+            let q = &mut slot.q;
+            let held = &mut slot.held;
             loop {
                 if !backend.ready_for(i as u16) {
                     break;
@@ -679,6 +697,10 @@ impl MmioDevice {
                     Ok(Some(head)) => {
                         let len = match backend.process(i as u16, q.chain(), ram) {
                             Completion::Written(n) => n,
+                            Completion::Partial(n) => {
+                                held.push((head, n));
+                                continue;
+                            }
                             Completion::Malformed
                                 if cfg.mutant == Some(Mutant::MalformedRequestNotReturned) =>
                             {
@@ -686,7 +708,19 @@ impl MmioDevice {
                             }
                             Completion::Malformed => 0,
                         };
-                        if let Err(e) = q.add_used(ram, head, len) {
+                        // A change the request made to the configuration space is visible
+                        // before the request is used (e.g. §5.1.6.5.2).
+                        if let Some((off, data)) = backend.take_config_update() {
+                            let start = off.min(config.len());
+                            let end = off.saturating_add(data.len()).min(config.len());
+                            config[start..end].copy_from_slice(&data[..end - start]);
+                            *config_generation = config_generation.wrapping_add(1);
+                        }
+                        let mut result = Ok(());
+                        for (h, l) in held.drain(..).chain(std::iter::once((head, len))) {
+                            result = result.and_then(|()| q.add_used(ram, h, l));
+                        }
+                        if let Err(e) = result {
                             failure = Some(e);
                             break;
                         }
@@ -891,6 +925,9 @@ impl MmioDevice {
                             (self.driver_features & 0xffff_ffff) | ((v as u64) << 32)
                     }
                     _ => self.driver_features_beyond |= v != 0,
+                }
+                if legacy {
+                    self.backend.negotiated(self.driver_features);
                 }
             }
             GUEST_PAGE_SIZE if legacy => self.guest_page_size = v,

@@ -34,7 +34,7 @@ pub mod regs;
 
 pub use backend::{
     BlockBackend, ChainReader, ChainWriter, Completion, ConsoleBackend, DeviceBackend,
-    EntropyBackend,
+    EntropyBackend, NetBackend, NetOptions,
 };
 pub use device::{
     DeviceConfig, Interrupt, Knobs, MalformedChainPolicy, MmioDevice, OpenRead, ShmRegion,

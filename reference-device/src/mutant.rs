@@ -86,6 +86,26 @@ pub enum Mutant {
     ConsolePortAddTwice,
     /// CON-DEV-02 (§5.3.5.1): a byte written to `emerg_wr` is dropped.
     ConsoleEmergWriteIgnored,
+    /// NET-DEV-TX (§2.7.4, §5.1.6.2): the transmit path takes the whole first descriptor as the `virtio_net_hdr` (the layout legacy drivers used), so a header and frame in one descriptor, or a header split across several, loses or corrupts frame bytes.
+    NetTxHeaderOwnDescriptor,
+    /// NET-DEV (§5.1.6.4): a frame spread over several mergeable receive buffers reports `num_buffers` 1.
+    NetNumBuffersAlwaysOne,
+    /// VQ-DEV-15 (§2.7.8.2): a receive buffer's used `len` is the buffer's size, not the bytes written.
+    NetRxLenIncludesWholeBuffer,
+    /// NET-DEV (§5.1.6.1): a legacy device uses the 10-byte header even when VIRTIO_NET_F_MRG_RXBUF was negotiated.
+    NetHeaderLenIgnoresMrgRxbuf,
+    /// NET-DEV (§5.1.4.1): received frames longer than `mtu` plus the Ethernet header reach the driver although VIRTIO_NET_F_MTU was negotiated.
+    NetRxIgnoresMtu,
+    /// NET-DEV (§5.1.6.5.2): VIRTIO_NET_CTRL_MAC_ADDR_SET is acknowledged but `mac` in the configuration space does not change.
+    NetMacAddrSetIgnored,
+    /// NET-DEV-35 (§5.1.6.5.3): 802.1Q-tagged frames are dropped although VIRTIO_NET_F_CTRL_VLAN was not negotiated.
+    NetDropsTaggedWithoutCtrlVlan,
+    /// NET-DEV-38 (§5.1.6.5.6): frames are steered to receive queues beyond receiveq1 before the driver enabled multiqueue.
+    NetMqSteersBeforePairsSet,
+    /// NET-DEV (§5.1.3.1, §2.2.2): the device offers VIRTIO_NET_F_MQ, CTRL_RX and others without VIRTIO_NET_F_CTRL_VQ, which they require.
+    NetOffersMqWithoutCtrlVq,
+    /// STATUS-DEV-01 (§2.1.2): a frame arriving from the host is written into receive buffers posted before DRIVER_OK.
+    NetRxBeforeDriverOk,
 }
 
 impl Mutant {
@@ -130,6 +150,16 @@ impl Mutant {
         Mutant::ConsoleControlBeforeDeviceReady,
         Mutant::ConsolePortAddTwice,
         Mutant::ConsoleEmergWriteIgnored,
+        Mutant::NetTxHeaderOwnDescriptor,
+        Mutant::NetNumBuffersAlwaysOne,
+        Mutant::NetRxLenIncludesWholeBuffer,
+        Mutant::NetHeaderLenIgnoresMrgRxbuf,
+        Mutant::NetRxIgnoresMtu,
+        Mutant::NetMacAddrSetIgnored,
+        Mutant::NetDropsTaggedWithoutCtrlVlan,
+        Mutant::NetMqSteersBeforePairsSet,
+        Mutant::NetOffersMqWithoutCtrlVq,
+        Mutant::NetRxBeforeDriverOk,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -174,6 +204,16 @@ impl Mutant {
             Mutant::ConsoleControlBeforeDeviceReady => "console-control-before-device-ready",
             Mutant::ConsolePortAddTwice => "console-port-add-twice",
             Mutant::ConsoleEmergWriteIgnored => "console-emerg-write-ignored",
+            Mutant::NetTxHeaderOwnDescriptor => "net-tx-header-own-descriptor",
+            Mutant::NetNumBuffersAlwaysOne => "net-num-buffers-always-one",
+            Mutant::NetRxLenIncludesWholeBuffer => "net-rx-len-whole-buffer",
+            Mutant::NetHeaderLenIgnoresMrgRxbuf => "net-header-len-ignores-mrg-rxbuf",
+            Mutant::NetRxIgnoresMtu => "net-rx-ignores-mtu",
+            Mutant::NetMacAddrSetIgnored => "net-mac-addr-set-ignored",
+            Mutant::NetDropsTaggedWithoutCtrlVlan => "net-drops-tagged-without-ctrl-vlan",
+            Mutant::NetMqSteersBeforePairsSet => "net-mq-steers-before-pairs-set",
+            Mutant::NetOffersMqWithoutCtrlVq => "net-offers-mq-without-ctrl-vq",
+            Mutant::NetRxBeforeDriverOk => "net-rx-before-driver-ok",
         }
     }
 
@@ -219,6 +259,16 @@ impl Mutant {
             Mutant::ConsoleControlBeforeDeviceReady => "CON-ctrl",
             Mutant::ConsolePortAddTwice => "CON-ctrl",
             Mutant::ConsoleEmergWriteIgnored => "CON-emerg",
+            Mutant::NetTxHeaderOwnDescriptor => "NET-layout",
+            Mutant::NetNumBuffersAlwaysOne => "NET-mrg",
+            Mutant::NetRxLenIncludesWholeBuffer => "NET-len",
+            Mutant::NetHeaderLenIgnoresMrgRxbuf => "NET-hdr",
+            Mutant::NetRxIgnoresMtu => "NET-mtu",
+            Mutant::NetMacAddrSetIgnored => "NET-ctrl",
+            Mutant::NetDropsTaggedWithoutCtrlVlan => "NET-vlan",
+            Mutant::NetMqSteersBeforePairsSet => "NET-mq",
+            Mutant::NetOffersMqWithoutCtrlVq => "FEAT-deps",
+            Mutant::NetRxBeforeDriverOk => "C8",
         }
     }
 

@@ -105,6 +105,8 @@ pub const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// Used ring flag: the device asks for no available-buffer notification (§2.7.10).
 pub const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
 
+/// Feature bit 27 (legacy): the device accepts any descriptor layout (§6.3).
+pub const VIRTIO_F_ANY_LAYOUT: u32 = 27;
 /// Feature bit 28: indirect descriptors.
 pub const VIRTIO_F_INDIRECT_DESC: u32 = 28;
 /// Feature bit 29: `used_event` / `avail_event` notification suppression.

@@ -1215,7 +1215,7 @@ impl<'m> Run<'m> {
                         ));
                     }
                     let len = match self.backend.process(0, self.rq.chain(), self.ram) {
-                        Completion::Written(n) => n,
+                        Completion::Written(n) | Completion::Partial(n) => n,
                         Completion::Malformed => 0,
                     };
                     self.readable.clear();

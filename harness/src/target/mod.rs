@@ -5,6 +5,7 @@ pub mod guard;
 pub mod layout;
 pub mod qemu;
 pub mod qemu_console;
+pub mod qemu_net;
 pub mod qemu_ram;
 pub mod qmp;
 pub mod reference;

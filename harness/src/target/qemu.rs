@@ -83,7 +83,8 @@ pub struct QemuOptions {
     /// The QEMU binary (default `qemu-system-x86_64`, looked up on `PATH`).
     pub qemu: PathBuf,
     /// The device to attach (`virtio-rng-device`, `virtio-blk-device` on a `null-co://`
-    /// drive, or `virtio-net-device` on a user-mode netdev).
+    /// drive, or `virtio-net-device` on a stream netdev whose other end the harness holds,
+    /// see [`super::qemu_net`]).
     pub device: DeviceKind,
     /// `Modern` adds `-global virtio-mmio.force-legacy=false` (Version 2); `Legacy` is QEMU's
     /// default (Version 1).
@@ -138,8 +139,9 @@ impl QemuOptions {
     /// gets a zero-filled raw image `disk` of [`BLOCK_IMAGE_BYTES`] (the same size as the
     /// reference block device), so written sectors read back. A console gets a `virtconsole`
     /// on a chardev socket next to `disk` in the scratch folder (see
-    /// [`super::qemu_console`]).
-    fn device_args(&self, disk: &Path) -> Vec<String> {
+    /// [`super::qemu_console`]); a net device a stream netdev on `net_sock` (see
+    /// [`super::qemu_net`]).
+    fn device_args(&self, disk: &Path, net_sock: &Path) -> Vec<String> {
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         if let Some(d) = &self.device_override {
             return vec!["-device".into(), d.clone()];
@@ -152,12 +154,7 @@ impl QemuOptions {
                 "-drive".into(),
                 format!("if=none,id=d0,file={},format=raw", disk.display()),
             ],
-            DeviceKind::Net => v(&[
-                "-device",
-                "virtio-net-device,netdev=n0",
-                "-netdev",
-                "user,id=n0",
-            ]),
+            DeviceKind::Net => super::qemu_net::qemu_args(net_sock),
             DeviceKind::Console => super::qemu_console::qemu_args(
                 &disk.with_file_name(super::qemu_console::SOCKET_NAME),
             ),
@@ -165,9 +162,15 @@ impl QemuOptions {
     }
 
     /// Whether the host can change the device's configuration space over QMP: a block
-    /// device on the harness's own drive (`block_resize` changes its capacity).
+    /// device on the harness's own drive (`block_resize` changes its capacity), or a net
+    /// device (`set_link` and `announce-self` change `status`).
     pub fn host_config_changes(&self) -> bool {
-        self.device == DeviceKind::Block && self.device_override.is_none()
+        matches!(self.device, DeviceKind::Block | DeviceKind::Net) && self.device_override.is_none()
+    }
+
+    /// Whether the harness holds the device's network backend (a net device, not overridden).
+    fn owns_netdev(&self) -> bool {
+        self.device == DeviceKind::Net && self.device_override.is_none()
     }
 
     /// The DeviceID the device presents (§5).
@@ -681,6 +684,8 @@ struct Instance {
     qmp: Option<super::qmp::Qmp>,
     /// The console's chardev socket (console device only), connected at startup.
     console: Option<super::qemu_console::ConsoleSocket>,
+    /// The harness's end of the net device's backend ([`QemuOptions::owns_netdev`]).
+    net: Option<super::qemu_net::NetLink>,
 }
 
 impl Instance {
@@ -706,6 +711,9 @@ impl Instance {
                 vec![0u8; BLOCK_IMAGE_BYTES],
             )
             .map_err(|e| LinkError::Reply(format!("zeroing the disk image: {e}")))?;
+        }
+        if let Some(net) = self.net.as_mut() {
+            net.drain().map_err(LinkError::Reply)?;
         }
         self.conn.poll_async()?;
         self.conn.irqs.clear();
@@ -779,7 +787,16 @@ impl Instance {
         push(&bios);
         push(&"-qtest-log");
         push(&"none");
-        for a in opts.device_args(&disk) {
+        let net_sock = dir.path().join(super::qemu_net::SOCKET_NAME);
+        let net = if opts.owns_netdev() {
+            Some(
+                super::qemu_net::NetLink::listen(&net_sock, opts.timeout.max(MIN_STARTUP))
+                    .map_err(|e| unavailable("binding the netdev socket", &e))?,
+            )
+        } else {
+            None
+        };
+        for a in opts.device_args(&disk, &net_sock) {
             push(&a);
         }
         if opts.version == TransportVersion::Modern {
@@ -873,6 +890,7 @@ impl Instance {
             ram: ram.map(|r| r.0),
             qmp: None,
             console: None,
+            net,
         };
         inst.setup(opts, spawned).map_err(|e| {
             let msg = match e {
@@ -892,6 +910,21 @@ impl Instance {
                 &path,
                 opts.timeout.max(MIN_STARTUP),
             )?);
+        }
+        if let Some(net) = inst.net.as_mut() {
+            net.accept().map_err(|e| {
+                TargetError::Unavailable(with_stderr_tail(
+                    format!("QEMU target setup: {e}"),
+                    &inst.stderr_path(),
+                ))
+            })?;
+            // QEMU completes its connect in the main loop: a few qtest round trips let it
+            // mark the netdev connected before the first frame.
+            for _ in 0..4 {
+                inst.conn
+                    .query("readl 0x0".into())
+                    .map_err(|_| TargetError::Unavailable("QEMU target setup: qtest".into()))?;
+            }
         }
         // Back to the per-reply timeout for normal operation.
         inst.conn.timeout = opts.timeout.max(Duration::from_millis(1));
@@ -963,6 +996,11 @@ fn shared_ram_args(
 }
 
 impl QemuTarget {
+    /// Whether this target runs the harness's own console (a `virtconsole` on its socket).
+    fn device_is_console(&self) -> bool {
+        self.inst.as_ref().is_some_and(|i| i.console.is_some())
+    }
+
     /// The console chardev of port `port` (only port 0, the `virtconsole`, has one).
     fn console_socket(
         &mut self,
@@ -980,6 +1018,53 @@ impl QemuTarget {
         }
     }
 
+    /// The QMP connection of the running QEMU, opened on first use.
+    fn qmp(&mut self) -> Result<&mut super::qmp::Qmp, TargetError> {
+        let timeout = self.opts.timeout;
+        let inst = self
+            .inst
+            .as_mut()
+            .ok_or_else(|| TargetError::Unavailable("QEMU is not running".into()))?;
+        if inst.qmp.is_none() {
+            let path = inst.dir.path().join(super::qmp::SOCKET_NAME);
+            inst.qmp =
+                Some(super::qmp::Qmp::connect(&path, timeout).map_err(TargetError::Protocol)?);
+        }
+        Ok(inst.qmp.as_mut().expect("connected above"))
+    }
+
+    /// Net `status` (le16 at configuration offset 6, §5.1.4) changed by the host: bit 0
+    /// (LINK_UP) through `set_link`, bit 1 (ANNOUNCE) through one round of `announce-self`
+    /// (QEMU sets the bit when the driver negotiated GUEST_ANNOUNCE). QEMU updates `status`
+    /// and raises the configuration-change interrupt itself.
+    fn qmp_net_status(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
+        let status = match (offset, data) {
+            (6, [lo, hi]) => u16::from_le_bytes([*lo, *hi]),
+            _ => {
+                return Err(TargetError::Unsupported(format!(
+                    "host-side change of {} bytes at configuration offset {offset:#x} (QEMU net: only the 2-byte status at 6, through set_link / announce-self)",
+                    data.len()
+                )))
+            }
+        };
+        self.sync()?;
+        let name = super::qemu_net::NETDEV_ID;
+        let qmp = self.qmp()?;
+        qmp.execute(
+            "set_link",
+            serde_json::json!({ "name": name, "up": status & 1 != 0 }),
+        )
+        .map_err(TargetError::Protocol)?;
+        if status & 2 != 0 {
+            qmp.execute(
+                "announce-self",
+                serde_json::json!({ "initial": 1, "max": 1, "rounds": 1, "step": 1 }),
+            )
+            .map_err(TargetError::Protocol)?;
+        }
+        self.read32(0).map(|_| ())
+    }
+
     /// A host-side configuration change over QMP. Block: 8 bytes at offset 0 are the new
     /// `capacity` in 512-byte sectors (§5.2.4), made with `block_resize` on the drive, which
     /// makes QEMU update the configuration space, bump ConfigGeneration and raise the
@@ -987,8 +1072,11 @@ impl QemuTarget {
     fn qmp_config_change(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
         if !self.opts.host_config_changes() {
             return Err(TargetError::Unsupported(
-                "host-side configuration change (QEMU: block capacity only)".into(),
+                "host-side configuration change (QEMU: block capacity, net status only)".into(),
             ));
+        }
+        if self.opts.device == DeviceKind::Net {
+            return self.qmp_net_status(offset, data);
         }
         let capacity: [u8; 8] = match (offset, data.try_into()) {
             (0, Ok(c)) => c,
@@ -1322,13 +1410,50 @@ impl Target for QemuTarget {
     }
 
     fn host_send(&mut self, port: u32, data: &[u8]) -> Result<(), TargetError> {
-        self.console_socket(port)?.send(data)
+        if self.device_is_console() {
+            return self.console_socket(port)?.send(data);
+        }
+        if port != 0 {
+            return Err(TargetError::Unsupported(format!(
+                "net port {port} (QEMU: one stream netdev, queue pair 0)"
+            )));
+        }
+        // Everything the driver did before reaches QEMU first.
+        self.sync()?;
+        let inst = self
+            .inst
+            .as_mut()
+            .ok_or_else(|| TargetError::Unavailable("QEMU is not running".into()))?;
+        let net = inst
+            .net
+            .as_mut()
+            .ok_or_else(|| TargetError::Unsupported("host-side input".into()))?;
+        net.send(data).map_err(TargetError::Protocol)?;
+        // One qtest round trip lets QEMU's main loop read the socket.
+        self.read32(0).map(|_| ())
     }
 
     fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, TargetError> {
-        // Every pipelined command (a notification among them) is processed first.
+        if self.device_is_console() {
+            // Every pipelined command (a notification among them) is processed first.
+            self.sync()?;
+            return self.console_socket(port)?.take();
+        }
+        if port != 0 {
+            return Err(TargetError::Unsupported(format!(
+                "net port {port} (QEMU: one stream netdev, queue pair 0)"
+            )));
+        }
         self.sync()?;
-        self.console_socket(port)?.take()
+        let inst = self
+            .inst
+            .as_mut()
+            .ok_or_else(|| TargetError::Unavailable("QEMU is not running".into()))?;
+        let net = inst
+            .net
+            .as_mut()
+            .ok_or_else(|| TargetError::Unsupported("host-side output".into()))?;
+        net.take().map_err(TargetError::Protocol)
     }
 
     fn bulk_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {

@@ -4,7 +4,7 @@ use super::{Capabilities, DeviceKind, IrqEvent, Target, TargetError, TargetInfo}
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use virtio_reference_device::{
     BlockBackend, ConsoleBackend, DeviceBackend, DeviceConfig, EntropyBackend, GuestRam,
-    MemoryAccess, MmioDevice, Mutant, TransportVersion,
+    MemoryAccess, MmioDevice, Mutant, NetBackend, NetOptions, TransportVersion,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -43,10 +43,7 @@ pub fn backend_with_disk(
         DeviceKind::Entropy => Ok(Box::new(EntropyBackend::new(0x5eed))),
         DeviceKind::Block => Ok(Box::new(BlockBackend::new(sectors))),
         DeviceKind::Console => Ok(Box::new(ConsoleBackend::default())),
-        DeviceKind::Net => Err(TargetError::Unavailable(format!(
-            "the reference device has no {} backend",
-            device.name()
-        ))),
+        DeviceKind::Net => Ok(Box::new(NetBackend::new(NetOptions::default()))),
     }
 }
 

@@ -4,3 +4,4 @@
 pub mod block;
 pub mod console;
 pub mod entropy;
+pub mod net;

@@ -1414,6 +1414,15 @@ impl Exec<'_> {
         Ok(())
     }
 
+    /// Removes the chain whose head the used element `id` names from the queue's outstanding
+    /// chains and returns it; `None` when no outstanding chain has that head (§2.7.8: a used
+    /// id names a head the driver made available and did not get back yet).
+    fn take_outstanding(&mut self, queue: u16, id: u32) -> R<Option<Posted>> {
+        let q = self.q(queue)?;
+        let pos = q.outstanding.iter().position(|p| u32::from(p.head) == id);
+        Ok(pos.map(|p| q.outstanding.remove(p)))
+    }
+
     fn wait_used(&mut self, queue: u16, want: u16, wait: Duration) -> R<u16> {
         let start = Instant::now();
         loop {
@@ -1508,11 +1517,9 @@ impl Exec<'_> {
         self.q(queue)?.dq = dq;
         for (id, l) in elems {
             self.observe(format!("used q{queue} element"), format!("id {id} len {l}"));
-            let q = self.q(queue)?;
-            let pos = q.outstanding.iter().position(|p| p.head as u32 == id);
-            let posted = pos.map(|p| q.outstanding.remove(p));
+            let posted = self.take_outstanding(queue, id)?;
             if let Some(p) = &posted {
-                q.last = Some(p.clone());
+                self.q(queue)?.last = Some(p.clone());
             }
             let Some(p) = posted else {
                 self.check(
@@ -1745,9 +1752,7 @@ impl Exec<'_> {
             format!("{elems:?}"),
         );
         for (id, l) in elems {
-            let q = self.q(queue)?;
-            let pos = q.outstanding.iter().position(|p| p.head as u32 == id);
-            let posted = pos.map(|p| q.outstanding.remove(p));
+            let posted = self.take_outstanding(queue, id)?;
             if l == 0 {
                 continue;
             }

@@ -753,6 +753,23 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 "{} streams compared: {} spec violations, {} implementation-defined, {} reference bugs",
                 report.streams, report.spec_violations, report.implementation_defined, report.reference_bugs
             );
+            if !report.random_streams.is_empty() {
+                let per: Vec<String> = report
+                    .random_streams
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {} ({} spec violations, {} implementation-defined, {} reference bugs)",
+                            c.class,
+                            c.streams,
+                            c.spec_violations,
+                            c.implementation_defined,
+                            c.reference_bugs
+                        )
+                    })
+                    .collect();
+                outln!("random streams by class: {}", per.join("; "));
+            }
             if let Some(p) = output {
                 let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
                 std::fs::write(&p, json).map_err(|e| format!("{}: {e}", p.display()))?;

@@ -1068,14 +1068,30 @@ impl Exec<'_> {
                     let elems = dq.take_used(&mut self.mem())?;
                     self.q(*queue)?.dq = dq;
                     for (id, l) in elems {
-                        let q = self.q(*queue)?;
-                        q.outstanding.retain(|p| p.head as u32 != id);
+                        let posted = self.take_outstanding(*queue, id)?;
                         let l = if self.deterministic_data {
                             l.to_string()
                         } else {
                             "n".into()
                         };
                         self.observe(format!("used q{queue} element"), format!("id {id} len {l}"));
+                        // What a deterministic device (block) wrote: data and status byte
+                        // (the in-RAM writable bytes of the chain, at most 4 KiB).
+                        if let (true, Some(p)) = (self.deterministic_data, posted) {
+                            let mut bytes = Vec::new();
+                            for &(a, n) in &p.writable {
+                                let room = 4096usize.saturating_sub(bytes.len());
+                                let inside =
+                                    a.checked_add(u64::from(n)).is_some_and(|e| e <= self.ram);
+                                if !inside || room == 0 {
+                                    continue;
+                                }
+                                let mut b = vec![0u8; (n as usize).min(room)];
+                                self.t.mem_read(a, &mut b)?;
+                                bytes.extend_from_slice(&b);
+                            }
+                            self.observe(format!("data q{queue} id {id}"), hex(&bytes));
+                        }
                     }
                 }
                 self.r32o(STATUS)?;

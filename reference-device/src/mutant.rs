@@ -74,6 +74,18 @@ pub enum Mutant {
     /// FEAT-DEV-01 (§2.2.2, §5.2.3): a block device offers VIRTIO_BLK_F_CONFIG_WCE without
     /// VIRTIO_BLK_F_FLUSH, which that feature depends on.
     WceWithoutFlush,
+    /// MMIO-REG-09 (§4.2.2): MagicValue is returned byte-swapped (big-endian), the classic
+    /// endianness bug of a register file built on a big-endian host.
+    MagicValueBigEndian,
+    /// MMIO-REG-10 (§4.2.2): a QueueNotify write is ignored, so buffers made available are
+    /// never used.
+    NotifyIgnored,
+    /// ENT-DEV-02 / BLK-DEV-02 (§5.4.2, §5.2.2): the device exposes a second virtqueue its
+    /// device type does not define (block without VIRTIO_BLK_F_MQ has only requestq).
+    ExtraQueue,
+    /// ENT-ID-01 / BLK-ID-01 (§5.4.1, §5.2.1): DeviceID names another device type (the ID of
+    /// the type plus one).
+    WrongDeviceId,
 }
 
 impl Mutant {
@@ -112,6 +124,10 @@ impl Mutant {
         Mutant::ConfigGenerationStatic,
         Mutant::BlockUnknownTypeOk,
         Mutant::WceWithoutFlush,
+        Mutant::MagicValueBigEndian,
+        Mutant::NotifyIgnored,
+        Mutant::ExtraQueue,
+        Mutant::WrongDeviceId,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -150,6 +166,10 @@ impl Mutant {
             Mutant::ConfigGenerationStatic => "config-generation-static",
             Mutant::BlockUnknownTypeOk => "block-unknown-type-ok",
             Mutant::WceWithoutFlush => "wce-without-flush",
+            Mutant::MagicValueBigEndian => "magic-value-big-endian",
+            Mutant::NotifyIgnored => "notify-ignored",
+            Mutant::ExtraQueue => "extra-queue",
+            Mutant::WrongDeviceId => "wrong-device-id",
         }
     }
 
@@ -189,6 +209,10 @@ impl Mutant {
             Mutant::ConfigGenerationStatic => "C10",
             Mutant::BlockUnknownTypeOk => "BLK-status",
             Mutant::WceWithoutFlush => "FEAT-deps",
+            Mutant::MagicValueBigEndian => "REG-endian",
+            Mutant::NotifyIgnored => "REG-notify",
+            Mutant::ExtraQueue => "VQ-count",
+            Mutant::WrongDeviceId => "ID",
         }
     }
 

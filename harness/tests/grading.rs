@@ -684,3 +684,46 @@ fn unknown_block_type_ioerr_passes_and_ok_fails() {
         );
     }
 }
+
+#[test]
+fn read_only_block_device_answers_writes_with_ioerr_and_a_mutant_that_writes_fails() {
+    let case = "blk.read-only-write-fails";
+    let make = || {
+        reference_with(
+            DeviceKind::Block,
+            "block (read-only)",
+            |_| {},
+            || Box::new(BlockBackend::read_only(2048)),
+        )
+    };
+    let r = run(make(), &[case]);
+    assert_eq!(r.results.len(), 1);
+    assert_eq!(r.results[0].outcome, Outcome::Pass, "{:?}", r.results[0]);
+    // The write changed nothing: the read after it still returns the zeroed sector.
+    let s = suite();
+    let c = s.cases.iter().find(|c| c.id == case).unwrap();
+    let mut t = make();
+    t.fresh().unwrap();
+    let run1 = run_case(&mut t, c, &s.catalog);
+    let data: Vec<&str> = run1
+        .observations
+        .iter()
+        .filter(|o| o.what == "data q0")
+        .map(|o| o.value.as_str())
+        .collect();
+    assert_eq!(data.len(), 3, "{data:?}");
+    assert_eq!(data[1], "01", "the write ended with IOERR");
+    assert_eq!(data[2], "00".repeat(17), "the disk is untouched");
+    // A device that offers VIRTIO_BLK_F_RO and carries the write out fails BLK-DEV-RO.
+    let m =
+        ReferenceTarget::new(DeviceKind::Block, M, Some(Mutant::ReadOnlyWritesAccepted)).unwrap();
+    let r = run(m, &[case]);
+    assert_eq!(r.results[0].outcome, Outcome::Fail);
+    assert!(must_failures(&r)
+        .iter()
+        .any(|(_, ids)| ids.iter().any(|i| i == "BLK-DEV-RO")));
+    // A device without the feature is not graded on it.
+    let plain = ReferenceTarget::new(DeviceKind::Block, M, None).unwrap();
+    let r = run(plain, &[case]);
+    assert_eq!(r.results[0].outcome, Outcome::Unsupported);
+}

@@ -86,6 +86,9 @@ pub enum Mutant {
     /// ENT-ID-01 / BLK-ID-01 (§5.4.1, §5.2.1): DeviceID names another device type (the ID of
     /// the type plus one).
     WrongDeviceId,
+    /// BLK-DEV-RO (§5.2.6.2): the block device offers VIRTIO_BLK_F_RO but carries out write
+    /// requests and answers them with status OK.
+    ReadOnlyWritesAccepted,
 }
 
 impl Mutant {
@@ -128,6 +131,7 @@ impl Mutant {
         Mutant::NotifyIgnored,
         Mutant::ExtraQueue,
         Mutant::WrongDeviceId,
+        Mutant::ReadOnlyWritesAccepted,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -170,6 +174,7 @@ impl Mutant {
             Mutant::NotifyIgnored => "notify-ignored",
             Mutant::ExtraQueue => "extra-queue",
             Mutant::WrongDeviceId => "wrong-device-id",
+            Mutant::ReadOnlyWritesAccepted => "read-only-writes-accepted",
         }
     }
 
@@ -213,6 +218,7 @@ impl Mutant {
             Mutant::NotifyIgnored => "REG-notify",
             Mutant::ExtraQueue => "VQ-count",
             Mutant::WrongDeviceId => "ID",
+            Mutant::ReadOnlyWritesAccepted => "BLK-RO",
         }
     }
 

@@ -254,6 +254,24 @@ pub struct DiffReport {
     pub reference_bugs: usize,
     /// The divergences, one per stream at most.
     pub divergences: Vec<Divergence>,
+    /// The random streams per class ([`STREAM_CLASSES`]), in that order: how many ran and
+    /// how many of them diverged, per divergence class. Classes with no stream are left out.
+    pub random_streams: Vec<StreamClassCount>,
+}
+
+/// How many random streams of one class ran, and their divergences per divergence class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamClassCount {
+    /// The stream class (one of [`STREAM_CLASSES`]).
+    pub class: String,
+    /// Streams of this class compared.
+    pub streams: usize,
+    /// Of them, streams whose divergence is a spec violation by the target.
+    pub spec_violations: usize,
+    /// Of them, streams with an implementation-defined divergence.
+    pub implementation_defined: usize,
+    /// Of them, streams on which the reference failed a check of its own.
+    pub reference_bugs: usize,
 }
 
 impl DiffReport {
@@ -626,32 +644,146 @@ fn shrink(
     Ok(steps)
 }
 
-/// A random step stream for `profile`, reproducible from `seed`.
+/// Classes of random streams. Stream `index` belongs to the `index`-th class (cycling) among
+/// those that apply to the profile ([`stream_classes`]); every stream also draws from the
+/// general vocabulary (register reads and writes, chains, observations, resets).
+///
+/// | class | what it stresses |
+/// |---|---|
+/// | `registers` | reads of every register (the other layout's too), writes of any 32-bit value to the selectors, InterruptACK, read-only registers |
+/// | `notify` | QueueNotify with any 32-bit value (other queues, notification data) |
+/// | `chains` | direct chains of 1 to 4 buffers, readable and writable, rarely looped or outside RAM |
+/// | `indirect` | indirect tables (INDIRECT_DESC offered), rarely with odd flags or lengths |
+/// | `edges` | buffers ending at the last byte of RAM, straddling its end, above it, wrapping past 2^64 |
+/// | `features` | DeviceFeatures pages 0 to 5, DriverFeatures written on pages ≥ 2, re-negotiation |
+/// | `config` | configuration-space reads of every width, ConfigGeneration, host-side changes |
+/// | `resets` | initialization stopped in every device status state, then reset and re-initialized |
+/// | `event_idx` | used_event / avail flags with EVENT_IDX (offered) |
+/// | `queue_reset` | QueueReset of a live queue and re-enabling it (RING_RESET offered) |
+/// | `block` | block requests of every type (and unknown ones) in every framing of the header |
+/// | `legacy` | the legacy layout: QueueAlign values and re-setup of the queue (version 1) |
+pub const STREAM_CLASSES: &[&str] = &[
+    "registers",
+    "notify",
+    "chains",
+    "indirect",
+    "edges",
+    "features",
+    "config",
+    "resets",
+    "event_idx",
+    "queue_reset",
+    "block",
+    "legacy",
+];
+
+/// The random-stream classes that apply to `profile` (see [`STREAM_CLASSES`]).
+pub fn stream_classes(profile: &Profile) -> Vec<&'static str> {
+    let legacy = profile.version == 1;
+    let offers = |b: u32| profile.features & bit(b) != 0;
+    STREAM_CLASSES
+        .iter()
+        .copied()
+        .filter(|c| match *c {
+            "indirect" => offers(VIRTIO_F_INDIRECT_DESC),
+            "event_idx" => offers(VIRTIO_F_EVENT_IDX),
+            "queue_reset" => !legacy && offers(VIRTIO_F_RING_RESET),
+            "block" => profile.device_id == 2,
+            "legacy" => legacy,
+            _ => true,
+        })
+        .collect()
+}
+
+/// The class of random stream `index` for `profile`.
+pub fn stream_class(profile: &Profile, index: usize) -> &'static str {
+    let classes = stream_classes(profile);
+    classes[index % classes.len()]
+}
+
+fn reg_at(reg: &str) -> crate::case::Reg {
+    crate::case::Reg {
+        reg: Some(reg.into()),
+        offset: None,
+        width: None,
+        queue: None,
+    }
+}
+
+fn read_op(at: crate::case::Reg) -> Op {
+    Op::Read {
+        at,
+        expect: None,
+        mask: None,
+        bits_set: None,
+        bits_clear: None,
+        expect_ne: None,
+        expect_in: None,
+        save: None,
+        expect_var: None,
+        expect_ne_var: None,
+        grade: Default::default(),
+    }
+}
+
+fn write_op(reg: &str, value: u64) -> Op {
+    Op::Write {
+        at: reg_at(reg),
+        value: Num(value),
+    }
+}
+
+fn post_op(chain: Vec<Buf>, indirect: bool) -> Op {
+    Op::Post {
+        queue: 0,
+        chain,
+        indirect,
+        indirect_flags: None,
+        indirect_len: None,
+        kick: Some(true),
+        head: None,
+    }
+}
+
+/// A random step stream for `profile`, reproducible from `seed`; its class is
+/// [`stream_class`]`(profile, index)` and its id `random.<seed>.<index>`.
 pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
+    let class = stream_class(profile, index);
     let mut rng =
         ChaCha8Rng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut pick = |n: u32| rng.next_u32() % n.max(1);
     let legacy = profile.version == 1;
+    let offers = |b: u32| profile.features & bit(b) != 0;
     let mut steps = Vec::new();
     let push = |op: Op, steps: &mut Vec<Step>| {
         let line = steps.len() + 2;
         steps.push(Step { line, op });
     };
-    let ring_feats = [VIRTIO_F_INDIRECT_DESC, VIRTIO_F_EVENT_IDX];
     let mut features = if legacy {
         vec![]
     } else {
         vec![Feature::Bit(VIRTIO_F_VERSION_1)]
     };
-    for b in ring_feats {
-        if profile.features & bit(b) != 0 && pick(2) == 0 {
+    for b in [
+        VIRTIO_F_INDIRECT_DESC,
+        VIRTIO_F_EVENT_IDX,
+        VIRTIO_F_RING_RESET,
+    ] {
+        let wanted = match class {
+            "indirect" => b == VIRTIO_F_INDIRECT_DESC,
+            "event_idx" => b == VIRTIO_F_EVENT_IDX,
+            "queue_reset" => b == VIRTIO_F_RING_RESET,
+            _ => false,
+        };
+        let legal = !legacy || b != VIRTIO_F_RING_RESET;
+        if legal && offers(b) && (wanted || pick(2) == 0) {
             features.push(Feature::Bit(b));
         }
     }
-    let init = Op::Init {
-        features: Some(features),
+    let init = |upto: Upto| Op::Init {
+        features: Some(features.clone()),
         order: None,
-        upto: Upto::DriverOk,
+        upto,
         queues: Some(vec![QueueSpec {
             index: 0,
             size: 8,
@@ -659,9 +791,14 @@ pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
         }]),
         grade: Default::default(),
     };
-    push(init.clone(), &mut steps);
-    let modern_only = ["QueueReady", "ConfigGeneration", "SHMLenLow", "QueueReset"];
-    let regs_all: Vec<&str> = [
+    push(init(Upto::DriverOk), &mut steps);
+    // Every register of both layouts is read: an offset the transport version does not
+    // define reads as whatever the device answers (the mirror answers the same).
+    let regs_all: &[&str] = &[
+        "MagicValue",
+        "Version",
+        "DeviceID",
+        "VendorID",
         "Status",
         "InterruptStatus",
         "QueueNumMax",
@@ -672,118 +809,297 @@ pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
         "QueueNum",
         "DriverFeatures",
         "SHMLenLow",
+        "SHMLenHigh",
+        "SHMBaseLow",
         "QueueReset",
-        "VendorID",
+        "QueueDescLow",
+        "QueueDeviceHigh",
         "QueuePFN",
-    ]
-    .into_iter()
-    .filter(|r| {
-        if legacy {
-            !modern_only.contains(r)
-        } else {
-            *r != "QueuePFN"
+        "QueueAlign",
+        "GuestPageSize",
+    ];
+    let wide = |pick: &mut dyn FnMut(u32) -> u32| -> u64 {
+        match pick(4) {
+            0 => u64::from(pick(4)),
+            1 => 0xffff_ffff,
+            2 => 0x8000_0000 | u64::from(pick(16)),
+            _ => u64::from(pick(u32::MAX)),
         }
-    })
-    .collect();
+    };
+    let chain = |pick: &mut dyn FnMut(u32) -> u32, max: u32| -> Vec<Buf> {
+        let len = 1 + pick(max) as usize;
+        (0..len)
+            .map(|k| {
+                let write = k + 1 == len || pick(3) == 0;
+                Buf {
+                    len: Num(1 + pick(64) as u64),
+                    write,
+                    data: (!write).then(|| Hex(vec![pick(256) as u8; 4])),
+                    ..Buf::default()
+                }
+            })
+            .collect()
+    };
     let n = 4 + pick(20) as usize;
-    let mut next_desc = 0u16;
     for _ in 0..n {
-        let op = match pick(10) {
-            0 | 1 => {
-                let reg = regs_all[pick(regs_all.len() as u32) as usize];
-                Op::Read {
-                    at: crate::case::Reg {
-                        reg: Some(reg.into()),
-                        offset: None,
-                        width: None,
-                        queue: None,
-                    },
-                    expect: None,
-                    mask: None,
-                    bits_set: None,
-                    bits_clear: None,
-                    expect_ne: None,
-                    expect_in: None,
-                    save: None,
-                    expect_var: None,
-                    expect_ne_var: None,
-                    grade: Default::default(),
+        // Half the steps come from the stream's class, half from the general vocabulary.
+        let themed = pick(2) == 0;
+        let ops: Vec<Op> = match (themed, class) {
+            (true, "registers") => match pick(3) {
+                0 => {
+                    // A selector, then a register it selects.
+                    let (sel, reads) = [
+                        ("QueueSel", "QueueNumMax"),
+                        ("QueueSel", "QueueReady"),
+                        ("DeviceFeaturesSel", "DeviceFeatures"),
+                        ("SHMSel", "SHMLenLow"),
+                    ][pick(4) as usize];
+                    vec![write_op(sel, wide(&mut pick)), read_op(reg_at(reads))]
                 }
+                1 => vec![write_op(
+                    [
+                        "MagicValue",
+                        "Version",
+                        "DeviceID",
+                        "VendorID",
+                        "QueueNumMax",
+                    ][pick(5) as usize],
+                    wide(&mut pick),
+                )],
+                _ => vec![write_op("InterruptACK", wide(&mut pick))],
+            },
+            (true, "notify") => vec![Op::Kick {
+                queue: 0,
+                value: Some(Num(wide(&mut pick))),
+            }],
+            (true, "chains") => {
+                let mut c = chain(&mut pick, 4);
+                if pick(10) == 0 {
+                    let last = c.len() - 1;
+                    c[last].flags = Some(Num((VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE) as u64));
+                    c[last].next = Some(Num(pick(8) as u64));
+                }
+                vec![post_op(c, false)]
             }
-            2 => {
-                let (reg, value) = match pick(5) {
-                    0 => ("QueueSel", pick(3) as u64),
-                    1 => ("DeviceFeaturesSel", pick(4) as u64),
-                    2 => ("InterruptACK", pick(4) as u64),
-                    3 => ("QueueNotify", pick(2) as u64),
-                    _ => ("SHMSel", pick(2) as u64),
+            (true, "indirect") => {
+                let c = chain(&mut pick, 4);
+                let n = c.len() as u64;
+                let mut op = post_op(c, true);
+                if let Op::Post {
+                    indirect_flags,
+                    indirect_len,
+                    ..
+                } = &mut op
+                {
+                    match pick(10) {
+                        0 => *indirect_len = Some(Num(16 * n + 8)),
+                        1 => *indirect_len = Some(Num(0)),
+                        2 => {
+                            *indirect_flags =
+                                Some(Num((VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) as u64))
+                        }
+                        _ => {}
+                    }
+                }
+                vec![op]
+            }
+            (true, "edges") => {
+                let len = 1 + pick(64) as u64;
+                let mut b = Buf {
+                    len: Num(len),
+                    write: true,
+                    ..Buf::default()
                 };
-                Op::Write {
-                    at: crate::case::Reg {
-                        reg: Some(reg.into()),
-                        offset: None,
-                        width: None,
-                        queue: None,
-                    },
-                    value: Num(value),
+                match pick(5) {
+                    // Ends exactly at the last byte of RAM.
+                    0 | 1 => b.from_ram_end = Some(Num(len)),
+                    // Straddles the end of RAM.
+                    2 => b.from_ram_end = Some(Num(len / 2)),
+                    // Just above RAM.
+                    3 => b.from_ram_end = Some(Num(0)),
+                    // Wraps past 2^64.
+                    _ => b.addr = Some(Num(u64::MAX - len / 2)),
+                }
+                let mut c = vec![b];
+                if pick(2) == 0 {
+                    c.insert(
+                        0,
+                        Buf {
+                            len: Num(4),
+                            data: Some(Hex(vec![1, 2, 3, 4])),
+                            ..Buf::default()
+                        },
+                    );
+                }
+                vec![post_op(c, false)]
+            }
+            (true, "features") => match pick(3) {
+                0 => vec![
+                    write_op("DeviceFeaturesSel", pick(6) as u64),
+                    read_op(reg_at("DeviceFeatures")),
+                ],
+                1 => vec![
+                    write_op("DriverFeaturesSel", 2 + pick(4) as u64),
+                    write_op("DriverFeatures", wide(&mut pick)),
+                    read_op(reg_at("Status")),
+                ],
+                _ => vec![init(Upto::DriverOk)],
+            },
+            (true, "config") => {
+                let width = [1u8, 2, 4, 8][pick(4) as usize];
+                let off = CONFIG + u64::from(pick(32)) / u64::from(width) * u64::from(width);
+                if pick(6) == 0 {
+                    vec![Op::ConfigChange {
+                        offset: Num(0),
+                        data: Hex((1 + pick(4096) as u64).to_le_bytes().to_vec()),
+                    }]
+                } else {
+                    vec![
+                        read_op(crate::case::Reg {
+                            reg: None,
+                            offset: Some(Num(off)),
+                            width: Some(width),
+                            queue: None,
+                        }),
+                        read_op(reg_at(if legacy {
+                            "InterruptStatus"
+                        } else {
+                            "ConfigGeneration"
+                        })),
+                    ]
                 }
             }
-            3..=6 => {
-                let len = 1 + pick(3) as usize;
-                let mut chain = Vec::new();
-                for k in 0..len {
-                    let write = k + 1 == len || pick(3) == 0;
-                    let mut b = Buf {
-                        len: Num(1 + pick(64) as u64),
-                        write,
-                        ..Buf::default()
-                    };
-                    if !write {
-                        b.data = Some(Hex(vec![pick(256) as u8; 4]));
-                    }
-                    chain.push(b);
-                }
-                // Rarely malformed: a loop or a buffer outside guest RAM.
-                match pick(12) {
-                    0 => {
-                        let last = chain.len() - 1;
-                        chain[last].flags =
-                            Some(Num((VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE) as u64));
-                        chain[last].next = Some(Num(next_desc as u64));
-                    }
-                    1 => chain[0].addr = Some(Num(0xffff_ffff_0000_0000)),
-                    _ => {}
-                }
-                next_desc = (next_desc + len as u16) % 8;
-                Op::Post {
-                    queue: 0,
-                    chain,
-                    indirect: false,
-                    indirect_flags: None,
-                    indirect_len: None,
-                    kick: Some(true),
-                    head: None,
-                }
-            }
-            7 | 8 => Op::Observe { queue: 0 },
-            _ => {
-                push(
+            (true, "resets") => {
+                let upto = [
+                    Upto::Acknowledge,
+                    Upto::Driver,
+                    Upto::FeaturesOk,
+                    Upto::Queues,
+                    Upto::DriverOk,
+                ][pick(5) as usize];
+                vec![
+                    init(upto),
+                    Op::Observe { queue: 0 },
                     Op::Reset {
                         grade: Default::default(),
                     },
-                    &mut steps,
-                );
-                next_desc = 0;
-                init.clone()
+                    init(Upto::DriverOk),
+                ]
             }
+            (true, "event_idx") => match pick(4) {
+                0 => vec![Op::SetUsedEvent {
+                    queue: 0,
+                    value: Num(pick(12) as u64),
+                }],
+                1 => vec![Op::SetAvailFlags {
+                    queue: 0,
+                    value: Num(pick(2) as u64),
+                }],
+                2 => vec![read_op(reg_at("InterruptStatus")), Op::Ack { value: None }],
+                _ => vec![post_op(chain(&mut pick, 2), false)],
+            },
+            (true, "queue_reset") => match pick(3) {
+                0 => vec![
+                    write_op("QueueSel", 0),
+                    write_op("QueueReset", 1),
+                    read_op(reg_at("QueueReset")),
+                    read_op(reg_at("QueueReady")),
+                ],
+                1 => vec![Op::Queue {
+                    index: 0,
+                    size: [2u16, 4, 8][pick(3) as usize],
+                    align: None,
+                }],
+                _ => vec![post_op(chain(&mut pick, 2), false)],
+            },
+            (true, "block") => {
+                let kind = [0u32, 1, 4, 8, 8, 0, 1, 99, 11, 13][pick(10) as usize];
+                let split = match pick(4) {
+                    0 => Some(vec![8, 8]),
+                    1 => Some(vec![1, 15]),
+                    2 => Some(vec![4, 4, 4, 4]),
+                    _ => None,
+                };
+                let data_len = match kind {
+                    8 => [20u64, 8, 0, 32][pick(4) as usize],
+                    4 => 0,
+                    _ => [512u64, 1024, 0, 100][pick(4) as usize],
+                };
+                let sector = match pick(4) {
+                    0 => u64::MAX,
+                    1 => 1 << 20,
+                    _ => pick(8) as u64,
+                };
+                vec![Op::Blk {
+                    queue: 0,
+                    kind: crate::case::BlkType(kind),
+                    sector: Some(Num(sector)),
+                    data_len: Some(Num(data_len)),
+                    data: (kind == 1 && data_len > 0)
+                        .then(|| Hex(vec![pick(256) as u8; data_len as usize])),
+                    split,
+                    kick: Some(true),
+                }]
+            }
+            (true, "legacy") => vec![
+                Op::Reset {
+                    grade: Default::default(),
+                },
+                init(Upto::FeaturesOk),
+                Op::Queue {
+                    index: 0,
+                    size: [4u16, 8, 16][pick(3) as usize],
+                    align: Some([4096u32, 64, 16, 8192, 4][pick(5) as usize]),
+                },
+                write_op("Status", 0x0f),
+            ],
+            _ => match pick(10) {
+                0 | 1 => vec![read_op(reg_at(
+                    regs_all[pick(regs_all.len() as u32) as usize],
+                ))],
+                2 => {
+                    let (reg, value) = match pick(5) {
+                        0 => ("QueueSel", pick(3) as u64),
+                        1 => ("DeviceFeaturesSel", pick(4) as u64),
+                        2 => ("InterruptACK", pick(4) as u64),
+                        3 => ("QueueNotify", pick(2) as u64),
+                        _ => ("SHMSel", pick(2) as u64),
+                    };
+                    vec![write_op(reg, value)]
+                }
+                3..=6 => {
+                    let mut c = chain(&mut pick, 3);
+                    // Rarely malformed: a loop or a buffer outside guest RAM.
+                    match pick(12) {
+                        0 => {
+                            let last = c.len() - 1;
+                            c[last].flags =
+                                Some(Num((VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE) as u64));
+                            c[last].next = Some(Num(0));
+                        }
+                        1 => c[0].addr = Some(Num(0xffff_ffff_0000_0000)),
+                        _ => {}
+                    }
+                    vec![post_op(c, false)]
+                }
+                7 | 8 => vec![Op::Observe { queue: 0 }],
+                _ => vec![
+                    Op::Reset {
+                        grade: Default::default(),
+                    },
+                    init(Upto::DriverOk),
+                ],
+            },
         };
-        push(op, &mut steps);
+        for op in ops {
+            push(op, &mut steps);
+        }
     }
     push(Op::Observe { queue: 0 }, &mut steps);
     Case {
         id: format!("random.{seed}.{index}"),
-        title: "random step stream".into(),
-        description: None,
+        title: format!("random step stream ({class})"),
+        description: Some(format!("class {class}")),
         requirements: Vec::new(),
         versions: vec![1, 2],
         devices: vec!["any".into()],
@@ -840,7 +1156,23 @@ pub fn run_diff(
         .filter(|c| only.is_empty() || only.iter().any(|g| g.is_match(&c.id)))
         .cloned()
         .collect();
+    let mut random_streams: Vec<StreamClassCount> = STREAM_CLASSES
+        .iter()
+        .map(|c| StreamClassCount {
+            class: c.to_string(),
+            streams: 0,
+            spec_violations: 0,
+            implementation_defined: 0,
+            reference_bugs: 0,
+        })
+        .collect();
+    let mut class_of: std::collections::HashMap<String, usize> = Default::default();
     for i in 0..opts.random {
+        let c = stream_class(&profile, i);
+        if let Some(k) = STREAM_CLASSES.iter().position(|x| *x == c) {
+            random_streams[k].streams += 1;
+            class_of.insert(format!("random.{}.{i}", opts.seed), k);
+        }
         streams.push(random_case(&profile, opts.seed, i));
     }
     let mut divergences: Vec<Divergence> = profile_violations(&profile, device)
@@ -869,6 +1201,17 @@ pub fn run_diff(
             divergences.push(d);
         }
     }
+    for d in &divergences {
+        if let Some(&k) = class_of.get(&d.source) {
+            let c = &mut random_streams[k];
+            match d.class {
+                DivergenceClass::SpecViolation => c.spec_violations += 1,
+                DivergenceClass::ImplementationDefined => c.implementation_defined += 1,
+                DivergenceClass::ReferenceBug => c.reference_bugs += 1,
+            }
+        }
+    }
+    random_streams.retain(|c| c.streams > 0);
     let count = |c: DivergenceClass| divergences.iter().filter(|d| d.class == c).count();
     Ok(DiffReport {
         schema: "virtio-conform/diff/1".into(),
@@ -879,5 +1222,6 @@ pub fn run_diff(
         implementation_defined: count(DivergenceClass::ImplementationDefined),
         reference_bugs: count(DivergenceClass::ReferenceBug),
         divergences,
+        random_streams,
     })
 }

@@ -234,13 +234,19 @@ enum Cmd {
     },
     /// Replay one fuzz input: print the decoded operation stream and report what the
     /// target's oracles find (the same JSON report as `run`).
+    ///
+    /// `replay <input>` takes the fuzz target and the mutant from the crash record the fuzz
+    /// binary wrote beside the artifact (`<input>.json` or `finding-<key>.json`);
+    /// `replay <fuzz_target> <input>` names the target (a record still supplies the mutant).
     Replay {
-        /// Fuzz target: queue_chain, mmio_regs or diff_mmio.
-        fuzz_target: String,
-        /// The input file (a corpus entry or a crash artifact).
-        input: PathBuf,
-        /// Run against this mutant (`reference` or a mutant name); default: as the fuzz
-        /// binary would (VIRTIO_CONFORM_MUTANT, or diff_mmio's first input byte).
+        /// `[FUZZ_TARGET] INPUT`: the fuzz target (queue_chain, mmio_regs or diff_mmio;
+        /// optional when a crash record names it) and the input file (a corpus entry or a
+        /// crash artifact).
+        #[arg(num_args = 1..=2, required = true, value_names = ["FUZZ_TARGET", "INPUT"])]
+        args: Vec<String>,
+        /// Run against this mutant (`reference` or a mutant name); default: the crash
+        /// record's, else as the fuzz binary would (VIRTIO_CONFORM_MUTANT, or diff_mmio's
+        /// first input byte).
         #[arg(long)]
         mutant: Option<String>,
         /// Output format of the report.
@@ -765,6 +771,23 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 "{} streams compared: {} spec violations, {} implementation-defined, {} reference bugs",
                 report.streams, report.spec_violations, report.implementation_defined, report.reference_bugs
             );
+            if !report.random_streams.is_empty() {
+                let per: Vec<String> = report
+                    .random_streams
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {} ({} spec violations, {} implementation-defined, {} reference bugs)",
+                            c.class,
+                            c.streams,
+                            c.spec_violations,
+                            c.implementation_defined,
+                            c.reference_bugs
+                        )
+                    })
+                    .collect();
+                outln!("random streams by class: {}", per.join("; "));
+            }
             if let Some(p) = output {
                 let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
                 std::fs::write(&p, json).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -892,23 +915,65 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             )
         }
         Cmd::Replay {
-            fuzz_target,
-            input,
+            args,
             mutant,
             format,
             output,
         } => {
+            use virtio_conform::fuzz::crash;
+            let (named_target, input) = match args.as_slice() {
+                [input] => (None, PathBuf::from(input)),
+                [t, input] => (Some(t.clone()), PathBuf::from(input)),
+                _ => return Err("replay takes [FUZZ_TARGET] INPUT".into()),
+            };
             let data = std::fs::read(&input).map_err(|e| format!("{}: {e}", input.display()))?;
-            if mutant.is_none() {
-                virtio_conform::fuzz::check_mutant_env()?;
-            }
-            let result = match mutant.as_deref() {
-                None => virtio_conform::fuzz::replay(&fuzz_target, &data)?,
-                Some("reference") => virtio_conform::fuzz::replay_on(&fuzz_target, &data, None)?,
-                Some(name) => {
+            let record = crash::find_record(&input, &data)?;
+            let fuzz_target = match (&named_target, &record) {
+                (Some(t), Some((path, rec))) if *t != rec.target => {
+                    eprintln!(
+                        "warning: {} records fuzz target `{}`; replaying as `{t}` as asked",
+                        path.display(),
+                        rec.target
+                    );
+                    t.clone()
+                }
+                (Some(t), _) => t.clone(),
+                (None, Some((_, rec))) => rec.target.clone(),
+                (None, None) => {
+                    return Err(format!(
+                        "{}: no crash record beside it ({}.json or {}); name the fuzz target: virtio-conform replay <{}> {}",
+                        input.display(),
+                        input.display(),
+                        crash::record_path(input.parent().unwrap_or(".".as_ref()), &data).display(),
+                        virtio_conform::fuzz::TARGETS.join("|"),
+                        input.display()
+                    ))
+                }
+            };
+            let same_target = record.as_ref().filter(|(_, r)| r.target == fuzz_target);
+            let result = match (mutant.as_deref(), same_target) {
+                (Some("reference"), _) => {
+                    virtio_conform::fuzz::replay_on(&fuzz_target, &data, None)?
+                }
+                (Some(name), _) => {
                     let m = Mutant::from_name(name)
                         .ok_or_else(|| format!("unknown mutant `{name}`"))?;
                     virtio_conform::fuzz::replay_on(&fuzz_target, &data, Some(m))?
+                }
+                (None, Some((path, rec))) => {
+                    let m = rec
+                        .subject()
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    eprintln!(
+                        "replaying against {} as recorded in {}",
+                        rec.mutant,
+                        path.display()
+                    );
+                    virtio_conform::fuzz::replay_on(&fuzz_target, &data, m)?
+                }
+                (None, None) => {
+                    virtio_conform::fuzz::check_mutant_env()?;
+                    virtio_conform::fuzz::replay(&fuzz_target, &data)?
                 }
             };
             let catalog = load()?.catalog;

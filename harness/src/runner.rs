@@ -1121,14 +1121,30 @@ impl Exec<'_> {
                     let elems = dq.take_used(&mut self.mem())?;
                     self.q(*queue)?.dq = dq;
                     for (id, l) in elems {
-                        let q = self.q(*queue)?;
-                        q.outstanding.retain(|p| p.head as u32 != id);
+                        let posted = self.take_outstanding(*queue, id)?;
                         let l = if self.deterministic_data {
                             l.to_string()
                         } else {
                             "n".into()
                         };
                         self.observe(format!("used q{queue} element"), format!("id {id} len {l}"));
+                        // What a deterministic device (block) wrote: data and status byte
+                        // (the in-RAM writable bytes of the chain, at most 4 KiB).
+                        if let (true, Some(p)) = (self.deterministic_data, posted) {
+                            let mut bytes = Vec::new();
+                            for &(a, n) in &p.writable {
+                                let room = 4096usize.saturating_sub(bytes.len());
+                                let inside =
+                                    a.checked_add(u64::from(n)).is_some_and(|e| e <= self.ram);
+                                if !inside || room == 0 {
+                                    continue;
+                                }
+                                let mut b = vec![0u8; (n as usize).min(room)];
+                                self.t.mem_read(a, &mut b)?;
+                                bytes.extend_from_slice(&b);
+                            }
+                            self.observe(format!("data q{queue} id {id}"), hex(&bytes));
+                        }
                     }
                 }
                 self.r32o(STATUS)?;
@@ -1515,6 +1531,15 @@ impl Exec<'_> {
         Ok(())
     }
 
+    /// Removes the chain whose head the used element `id` names from the queue's outstanding
+    /// chains and returns it; `None` when no outstanding chain has that head (§2.7.8: a used
+    /// id names a head the driver made available and did not get back yet).
+    fn take_outstanding(&mut self, queue: u16, id: u32) -> R<Option<Posted>> {
+        let q = self.q(queue)?;
+        let pos = q.outstanding.iter().position(|p| u32::from(p.head) == id);
+        Ok(pos.map(|p| q.outstanding.remove(p)))
+    }
+
     fn wait_used(&mut self, queue: u16, want: u16, wait: Duration) -> R<u16> {
         let start = Instant::now();
         loop {
@@ -1609,11 +1634,9 @@ impl Exec<'_> {
         self.q(queue)?.dq = dq;
         for (id, l) in elems {
             self.observe(format!("used q{queue} element"), format!("id {id} len {l}"));
-            let q = self.q(queue)?;
-            let pos = q.outstanding.iter().position(|p| p.head as u32 == id);
-            let posted = pos.map(|p| q.outstanding.remove(p));
+            let posted = self.take_outstanding(queue, id)?;
             if let Some(p) = &posted {
-                q.last = Some(p.clone());
+                self.q(queue)?.last = Some(p.clone());
             }
             let Some(p) = posted else {
                 self.check(
@@ -1846,9 +1869,7 @@ impl Exec<'_> {
             format!("{elems:?}"),
         );
         for (id, l) in elems {
-            let q = self.q(queue)?;
-            let pos = q.outstanding.iter().position(|p| p.head as u32 == id);
-            let posted = pos.map(|p| q.outstanding.remove(p));
+            let posted = self.take_outstanding(queue, id)?;
             if l == 0 {
                 continue;
             }

@@ -12,7 +12,7 @@ use crate::case::Case;
 use crate::case::Order;
 use crate::catalog::{Catalog, Level};
 use crate::outcome::{Outcome, Severity};
-use crate::runner::{run_case_as, CaseRun, Failure};
+use crate::runner::{run_case_as, CaseRun, Failure, LIVENESS};
 use crate::target::guard::{guarded, panic_message, Guarded};
 use crate::target::{Target, TargetError, TargetFactory, TargetInfo};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -237,7 +237,13 @@ impl<'f> CaseWorker<'f> {
                                 step: None,
                                 line: None,
                                 op: "run_suite budget".into(),
-                                requirements: vec![],
+                                // A device that stops answering breaks liveness (LIVE-DEV-01,
+                                // harness-derived from §2.4.1 and §2.1.2).
+                                requirements: [LIVENESS]
+                                    .into_iter()
+                                    .filter(|id| self.catalog.requirements.contains_key(*id))
+                                    .map(String::from)
+                                    .collect(),
                                 level: Level::Must,
                                 severity: Severity::High,
                                 expected: "the device keeps answering: every call returns and the case ends within its budget".into(),

@@ -24,6 +24,9 @@ enum Misbehave {
     Crawl,
     /// Panics inside `notify`.
     PanicInNotify,
+    /// Sleeps 1.5 s inside `notify` once (longer than the case budget plus a quarter of the
+    /// call budget, shorter than the call budget): only `run_suite`'s per-case budget stops it.
+    SleepInNotify,
 }
 
 /// A reference device that misbehaves in the cases whose id the test names.
@@ -74,6 +77,7 @@ impl Target for Bad {
                     std::thread::park();
                 },
                 Misbehave::PanicInNotify => panic!("device model bug: queue {value} exploded"),
+                Misbehave::SleepInNotify => std::thread::sleep(Duration::from_millis(1500)),
                 Misbehave::Crawl => {}
             }
         }
@@ -133,6 +137,12 @@ fn a_target_that_blocks_forever_times_out_and_the_run_continues() {
     assert_eq!(hung.outcome, Outcome::Timeout, "{hung:?}");
     assert_eq!(hung.severity, Severity::High);
     assert!(hung.reason.as_deref().unwrap().contains("per-call budget"));
+    let ids: Vec<&str> = hung.failures[0]
+        .requirements
+        .iter()
+        .map(|r| r.id.as_str())
+        .collect();
+    assert_eq!(ids, ["LIVE-DEV-01"], "{hung:?}");
     assert_eq!(result(&r, "status.initial-zero").outcome, Outcome::Pass);
     assert_eq!(made, 2, "one new instance after the hung one");
     assert_eq!(r.exit_code(false), 1);
@@ -284,4 +294,28 @@ fn the_replay_command_is_the_library_users_template() {
         replay_command("my-cli run", &t, "x.y"),
         "my-cli run --only 'x.y'"
     );
+}
+
+#[test]
+fn a_case_over_the_run_suite_budget_cites_liveness() {
+    // Case budget 200 ms, call budget 2 s: run_suite gives up on the case at 200 ms + 500 ms,
+    // while the target is still inside one 1.5 s call (not yet a stuck call).
+    let budget = Budget {
+        case: Duration::from_millis(200),
+        call: Duration::from_secs(2),
+    };
+    let (r, made) = run(Misbehave::SleepInNotify, budget);
+    let slow = result(&r, "split.batch-of-requests");
+    assert_eq!(slow.outcome, Outcome::Timeout, "{slow:?}");
+    assert_eq!(slow.severity, Severity::High);
+    assert!(
+        slow.reason.as_deref().unwrap().contains("per-case budget"),
+        "{slow:?}"
+    );
+    let f = &slow.failures[0];
+    assert_eq!(f.op, "run_suite budget");
+    let ids: Vec<&str> = f.requirements.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["LIVE-DEV-01"], "{slow:?}");
+    assert_eq!(result(&r, "status.initial-zero").outcome, Outcome::Pass);
+    assert_eq!(made, 2);
 }

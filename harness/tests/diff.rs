@@ -114,3 +114,138 @@ fn virtio_queue_behind_the_reference_transport() {
         r.divergences
     );
 }
+
+/// The discovered profile of a reference device.
+fn profile(device: DeviceKind, version: TransportVersion) -> virtio_conform::diff::Profile {
+    let mut t = ReferenceTarget::new(device, version, None).unwrap();
+    virtio_conform::diff::discover(&mut t).unwrap()
+}
+
+#[test]
+fn random_streams_speak_the_whole_step_vocabulary() {
+    use std::collections::BTreeSet;
+    use virtio_conform::diff::{random_case, stream_classes};
+    let mut ops = BTreeSet::new();
+    let (mut wide_notify, mut ram_end, mut wraps, mut page_2, mut split, mut unknown_blk) =
+        (false, false, false, false, false, false);
+    let mut classes = BTreeSet::new();
+    for (device, version) in [
+        (DeviceKind::Entropy, TransportVersion::Modern),
+        (DeviceKind::Block, TransportVersion::Modern),
+        (DeviceKind::Block, TransportVersion::Legacy),
+    ] {
+        let p = profile(device, version);
+        let applicable = stream_classes(&p);
+        for i in 0..120 {
+            let c = random_case(&p, 11, i);
+            classes.insert(c.title.clone());
+            for s in &c.steps {
+                let v = serde_json::to_value(&s.op).unwrap();
+                ops.insert(v["op"].as_str().unwrap().to_string());
+                match &s.op {
+                    Op::Kick { value: Some(v), .. } if v.0 > 0xffff => wide_notify = true,
+                    Op::Post { chain, .. } => {
+                        ram_end |= chain.iter().any(|b| b.from_ram_end.is_some());
+                        wraps |= chain
+                            .iter()
+                            .any(|b| b.addr.is_some_and(|a| a.0.checked_add(b.len.0).is_none()));
+                    }
+                    Op::Write { at, value } if at.reg.as_deref() == Some("DriverFeaturesSel") => {
+                        page_2 |= value.0 >= 2
+                    }
+                    Op::Blk {
+                        split: sp, kind, ..
+                    } => {
+                        split |= sp.is_some();
+                        unknown_blk |= ![0, 1, 4, 8].contains(&kind.0);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Block offers no EVENT_IDX-free profile difference here; every class that applies
+        // gets streams.
+        assert!(applicable.contains(&"resets") && applicable.contains(&"edges"));
+        assert_eq!(
+            applicable.contains(&"block"),
+            device == DeviceKind::Block,
+            "{applicable:?}"
+        );
+        assert_eq!(
+            applicable.contains(&"legacy"),
+            version == TransportVersion::Legacy
+        );
+    }
+    for op in [
+        "init",
+        "reset",
+        "read",
+        "write",
+        "post",
+        "kick",
+        "observe",
+        "blk",
+        "queue",
+        "config_change",
+        "set_used_event",
+        "set_avail_flags",
+        "ack",
+    ] {
+        assert!(ops.contains(op), "no `{op}` step in {ops:?}");
+    }
+    assert!(wide_notify, "a QueueNotify value above 16 bits");
+    assert!(
+        ram_end && wraps,
+        "buffers at the end of RAM and wrapping past 2^64"
+    );
+    assert!(page_2, "DriverFeatures written on a page >= 2");
+    assert!(
+        split && unknown_blk,
+        "block headers split and unknown types"
+    );
+    assert!(classes.len() >= 10, "{classes:?}");
+}
+
+#[test]
+fn diff_counts_random_streams_per_class() {
+    let s = Suite::load_default().unwrap();
+    let mut t = ReferenceTarget::new(DeviceKind::Block, TransportVersion::Modern, None).unwrap();
+    let mut o = opts(36);
+    o.only = vec!["no-case-matches-this".into()];
+    let r = run_diff(&s.cases, &s.catalog, &mut t, DeviceKind::Block, &o).unwrap();
+    assert!(r.divergences.is_empty(), "{:#?}", r.divergences.first());
+    assert_eq!(
+        r.random_streams.iter().map(|c| c.streams).sum::<usize>(),
+        36
+    );
+    let names: Vec<&str> = r.random_streams.iter().map(|c| c.class.as_str()).collect();
+    assert!(
+        names.contains(&"block") && names.contains(&"edges"),
+        "{names:?}"
+    );
+    // A block mutant that answers an unknown request type with OK is found by the block
+    // streams (the observed status byte differs), and counted under that class.
+    let mut m = ReferenceTarget::new(
+        DeviceKind::Block,
+        TransportVersion::Modern,
+        Some(Mutant::BlockUnknownTypeOk),
+    )
+    .unwrap();
+    let mut o = opts(120);
+    o.only = vec!["no-case-matches-this".into()];
+    o.shrink = false;
+    let r = run_diff(&s.cases, &s.catalog, &mut m, DeviceKind::Block, &o).unwrap();
+    let block = r
+        .random_streams
+        .iter()
+        .find(|c| c.class == "block")
+        .unwrap();
+    let diverged = block.spec_violations + block.implementation_defined;
+    assert!(diverged >= 1, "{:#?}", r.random_streams);
+    let total: usize = r
+        .random_streams
+        .iter()
+        .map(|c| c.spec_violations + c.implementation_defined + c.reference_bugs)
+        .sum();
+    assert_eq!(total, r.divergences.len());
+}

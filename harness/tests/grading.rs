@@ -604,3 +604,126 @@ fn legacy_reference_stops_the_queue_and_passes() {
         assert!(!r.results.is_empty());
     }
 }
+
+/// A block device that answers a request type it does not know with VIRTIO_BLK_S_IOERR
+/// instead of the reference's UNSUPP (§5.2.6 lets a driver error end with IOERR).
+struct IoerrForUnknownType(BlockBackend);
+
+impl DeviceBackend for IoerrForUnknownType {
+    fn device_id(&self) -> u32 {
+        self.0.device_id()
+    }
+    fn features(&self) -> u64 {
+        self.0.features()
+    }
+    fn num_queues(&self) -> u16 {
+        self.0.num_queues()
+    }
+    fn config(&self) -> &[u8] {
+        self.0.config()
+    }
+    fn name(&self) -> &'static str {
+        "block (IOERR for unknown types)"
+    }
+    fn process(&mut self, queue: u16, chain: &[Descriptor], ram: &mut GuestRam) -> Completion {
+        let mut header = [0u8; 16];
+        let parsed = virtio_reference_device::ChainReader::new(chain).read(ram, &mut header);
+        let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let cap = ChainWriter::capacity(chain);
+        if parsed == Ok(16) && ![0, 1, 4, 8].contains(&kind) && cap > 0 {
+            let mut bytes = vec![0u8; cap as usize];
+            bytes[cap as usize - 1] = 1;
+            let mut w = ChainWriter::new(chain);
+            return match w.write(ram, &bytes) {
+                Ok(_) => Completion::Written(w.written()),
+                Err(_) => Completion::Malformed,
+            };
+        }
+        self.0.process(queue, chain, ram)
+    }
+}
+
+#[test]
+fn unknown_block_type_ioerr_passes_and_ok_fails() {
+    let cases = ["blk.unsupported-type", "blk.unknown-type-not-ok"];
+    let make = || {
+        reference_with(
+            DeviceKind::Block,
+            "block (IOERR for unknown types)",
+            |_| {},
+            || Box::new(IoerrForUnknownType(BlockBackend::new(2048))),
+        )
+    };
+    let r = run(make(), &cases);
+    assert_eq!(r.results.len(), 2);
+    assert_eq!(r.exit_code(true), 0, "{:?}", must_failures(&r));
+    // The IOERR path was really taken.
+    let s = suite();
+    let c = s.cases.iter().find(|c| c.id == cases[0]).unwrap();
+    let mut t = make();
+    t.fresh().unwrap();
+    let run1 = run_case(&mut t, c, &s.catalog);
+    assert_eq!(run1.outcome, Outcome::Pass, "{run1:?}");
+    assert!(
+        run1.observations
+            .iter()
+            .any(|o| o.what == "data q0" && o.value == "01"),
+        "{:?}",
+        run1.observations
+    );
+    // OK for a request that was not carried out fails, citing the block requirement.
+    let m = ReferenceTarget::new(DeviceKind::Block, M, Some(Mutant::BlockUnknownTypeOk)).unwrap();
+    let r = run(m, &cases);
+    for c in &r.results {
+        assert_eq!(c.outcome, Outcome::Fail, "{c:?}");
+        assert!(
+            c.failures
+                .iter()
+                .all(|f| f.requirements.iter().any(|x| x.id == "BLK-DEV-UNSUPP")),
+            "{c:?}"
+        );
+    }
+}
+
+#[test]
+fn read_only_block_device_answers_writes_with_ioerr_and_a_mutant_that_writes_fails() {
+    let case = "blk.read-only-write-fails";
+    let make = || {
+        reference_with(
+            DeviceKind::Block,
+            "block (read-only)",
+            |_| {},
+            || Box::new(BlockBackend::read_only(2048)),
+        )
+    };
+    let r = run(make(), &[case]);
+    assert_eq!(r.results.len(), 1);
+    assert_eq!(r.results[0].outcome, Outcome::Pass, "{:?}", r.results[0]);
+    // The write changed nothing: the read after it still returns the zeroed sector.
+    let s = suite();
+    let c = s.cases.iter().find(|c| c.id == case).unwrap();
+    let mut t = make();
+    t.fresh().unwrap();
+    let run1 = run_case(&mut t, c, &s.catalog);
+    let data: Vec<&str> = run1
+        .observations
+        .iter()
+        .filter(|o| o.what == "data q0")
+        .map(|o| o.value.as_str())
+        .collect();
+    assert_eq!(data.len(), 3, "{data:?}");
+    assert_eq!(data[1], "01", "the write ended with IOERR");
+    assert_eq!(data[2], "00".repeat(17), "the disk is untouched");
+    // A device that offers VIRTIO_BLK_F_RO and carries the write out fails BLK-DEV-RO.
+    let m =
+        ReferenceTarget::new(DeviceKind::Block, M, Some(Mutant::ReadOnlyWritesAccepted)).unwrap();
+    let r = run(m, &[case]);
+    assert_eq!(r.results[0].outcome, Outcome::Fail);
+    assert!(must_failures(&r)
+        .iter()
+        .any(|(_, ids)| ids.iter().any(|i| i == "BLK-DEV-RO")));
+    // A device without the feature is not graded on it.
+    let plain = ReferenceTarget::new(DeviceKind::Block, M, None).unwrap();
+    let r = run(plain, &[case]);
+    assert_eq!(r.results[0].outcome, Outcome::Unsupported);
+}

@@ -246,11 +246,22 @@ impl MmioDevice {
         if let Some(m) = cfg.mutant {
             backend.set_mutant(m);
         }
-        let queues = cfg
+        let mut queues: Vec<QueueSlot> = cfg
             .queue_num_max
             .iter()
             .map(|&m| QueueSlot::new(m.min(MAX_QUEUE_SIZE), &cfg.knobs, cfg.mutant))
             .collect();
+        if cfg.mutant == Some(Mutant::ExtraQueue) {
+            queues.push(QueueSlot::new(
+                cfg.queue_num_max
+                    .first()
+                    .copied()
+                    .unwrap_or(256)
+                    .min(MAX_QUEUE_SIZE),
+                &cfg.knobs,
+                cfg.mutant,
+            ));
+        }
         let config = cfg
             .config_space
             .clone()
@@ -848,8 +859,10 @@ impl MmioDevice {
         let legacy = self.legacy();
         let q = self.selected().map(|i| &self.queues[i]);
         Some(match offset {
+            MAGIC if self.is(Mutant::MagicValueBigEndian) => MAGIC_VALUE.swap_bytes(),
             MAGIC => MAGIC_VALUE,
             VERSION => self.cfg.version.register_value(),
+            DEVICE_ID if self.is(Mutant::WrongDeviceId) => self.device_id() + 1,
             DEVICE_ID => self.device_id(),
             VENDOR_ID => self.cfg.vendor_id,
             DEVICE_FEATURES => match self.device_features_sel {
@@ -1003,6 +1016,7 @@ impl MmioDevice {
                     };
                 }
             }
+            QUEUE_NOTIFY if self.is(Mutant::NotifyIgnored) => {}
             QUEUE_NOTIFY => self.notify(v & 0xffff),
             INTERRUPT_ACK if !self.is(Mutant::InterruptAckIgnored) => {
                 self.interrupt_status &= !v;

@@ -106,6 +106,21 @@ pub enum Mutant {
     NetOffersMqWithoutCtrlVq,
     /// STATUS-DEV-01 (§2.1.2): a frame arriving from the host is written into receive buffers posted before DRIVER_OK.
     NetRxBeforeDriverOk,
+    /// MMIO-REG-09 (§4.2.2): MagicValue is returned byte-swapped (big-endian), the classic
+    /// endianness bug of a register file built on a big-endian host.
+    MagicValueBigEndian,
+    /// MMIO-REG-10 (§4.2.2): a QueueNotify write is ignored, so buffers made available are
+    /// never used.
+    NotifyIgnored,
+    /// ENT-DEV-02 / BLK-DEV-02 (§5.4.2, §5.2.2): the device exposes a second virtqueue its
+    /// device type does not define (block without VIRTIO_BLK_F_MQ has only requestq).
+    ExtraQueue,
+    /// ENT-ID-01 / BLK-ID-01 (§5.4.1, §5.2.1): DeviceID names another device type (the ID of
+    /// the type plus one).
+    WrongDeviceId,
+    /// BLK-DEV-RO (§5.2.6.2): the block device offers VIRTIO_BLK_F_RO but carries out write
+    /// requests and answers them with status OK.
+    ReadOnlyWritesAccepted,
 }
 
 impl Mutant {
@@ -160,6 +175,11 @@ impl Mutant {
         Mutant::NetMqSteersBeforePairsSet,
         Mutant::NetOffersMqWithoutCtrlVq,
         Mutant::NetRxBeforeDriverOk,
+        Mutant::MagicValueBigEndian,
+        Mutant::NotifyIgnored,
+        Mutant::ExtraQueue,
+        Mutant::WrongDeviceId,
+        Mutant::ReadOnlyWritesAccepted,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -214,6 +234,11 @@ impl Mutant {
             Mutant::NetMqSteersBeforePairsSet => "net-mq-steers-before-pairs-set",
             Mutant::NetOffersMqWithoutCtrlVq => "net-offers-mq-without-ctrl-vq",
             Mutant::NetRxBeforeDriverOk => "net-rx-before-driver-ok",
+            Mutant::MagicValueBigEndian => "magic-value-big-endian",
+            Mutant::NotifyIgnored => "notify-ignored",
+            Mutant::ExtraQueue => "extra-queue",
+            Mutant::WrongDeviceId => "wrong-device-id",
+            Mutant::ReadOnlyWritesAccepted => "read-only-writes-accepted",
         }
     }
 
@@ -269,6 +294,11 @@ impl Mutant {
             Mutant::NetMqSteersBeforePairsSet => "NET-mq",
             Mutant::NetOffersMqWithoutCtrlVq => "FEAT-deps",
             Mutant::NetRxBeforeDriverOk => "C8",
+            Mutant::MagicValueBigEndian => "REG-endian",
+            Mutant::NotifyIgnored => "REG-notify",
+            Mutant::ExtraQueue => "VQ-count",
+            Mutant::WrongDeviceId => "ID",
+            Mutant::ReadOnlyWritesAccepted => "BLK-RO",
         }
     }
 

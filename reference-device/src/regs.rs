@@ -126,6 +126,8 @@ pub const VIRTIO_F_RING_RESET: u32 = 40;
 
 /// Block feature bit 6: `blk_size` in the configuration space is valid (§5.2.3).
 pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
+/// Block feature: the device is read-only (§5.2.3); writes end with IOERR (§5.2.6.2).
+pub const VIRTIO_BLK_F_RO: u32 = 5;
 /// Block feature bit 9: the device supports the flush command.
 pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
 /// Block feature bit 11: the cache mode (`writeback`) is in the configuration space; it

@@ -19,6 +19,7 @@
 //! A [`Mutant`] can be pinned for a whole fuzzing run with the environment variable
 //! [`MUTANT_ENV`] (`VIRTIO_CONFORM_MUTANT=<name>`), read once per process.
 
+pub mod crash;
 pub mod diff_mmio;
 pub mod diff_target;
 mod encode;

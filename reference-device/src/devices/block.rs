@@ -3,7 +3,9 @@
 use crate::backend::{ChainReader, ChainWriter, Completion, DeviceBackend};
 use crate::memory::GuestRam;
 use crate::queue::Descriptor;
-use crate::regs::{bit, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH};
+use crate::regs::{
+    bit, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+};
 
 /// Block request type: read sectors into the driver's buffer (§5.2.6).
 pub const VIRTIO_BLK_T_IN: u32 = 0;
@@ -40,6 +42,7 @@ pub struct BlockBackend {
     config: Vec<u8>,
     id: [u8; BLK_ID_LEN],
     mutant: Option<crate::Mutant>,
+    read_only: bool,
 }
 
 impl BlockBackend {
@@ -60,6 +63,16 @@ impl BlockBackend {
             config,
             id,
             mutant: None,
+            read_only: false,
+        }
+    }
+
+    /// A read-only disk of `sectors` zeroed sectors: VIRTIO_BLK_F_RO is offered and every
+    /// write request ends with VIRTIO_BLK_S_IOERR, the disk untouched (§5.2.6.2).
+    pub fn read_only(sectors: u64) -> Self {
+        BlockBackend {
+            read_only: true,
+            ..Self::new(sectors)
         }
     }
 
@@ -83,7 +96,10 @@ impl DeviceBackend for BlockBackend {
         if self.mutant == Some(crate::Mutant::WceWithoutFlush) {
             return bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_CONFIG_WCE);
         }
-        bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_FLUSH)
+        let ro = self.read_only || self.mutant == Some(crate::Mutant::ReadOnlyWritesAccepted);
+        bit(VIRTIO_BLK_F_BLK_SIZE)
+            | bit(VIRTIO_BLK_F_FLUSH)
+            | if ro { bit(VIRTIO_BLK_F_RO) } else { 0 }
     }
     fn set_mutant(&mut self, m: crate::Mutant) {
         self.mutant = Some(m);
@@ -120,6 +136,7 @@ impl DeviceBackend for BlockBackend {
                 }
                 None => VIRTIO_BLK_S_IOERR,
             },
+            VIRTIO_BLK_T_OUT if self.read_only => VIRTIO_BLK_S_IOERR,
             VIRTIO_BLK_T_OUT => {
                 let len = ChainReader::available(chain) - BLK_HEADER_LEN as u64;
                 match self.range(sector, len) {

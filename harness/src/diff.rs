@@ -163,7 +163,8 @@ pub fn profile_violations(
 /// The reference device configured like `profile`: the DeviceID of `device`, the target's
 /// VendorID, exactly the target's offered features (pages 0 and 1, never the backend's own
 /// extra bits), its queue count and sizes and its configuration space (block: a disk of the
-/// capacity the configuration space states, up to 64 Ki sectors).
+/// capacity the configuration space states, up to 64 Ki sectors, read-only when the target
+/// offers VIRTIO_BLK_F_RO).
 pub fn mirror(profile: &Profile, device: DeviceKind) -> Result<ReferenceTarget, TargetError> {
     let version = if profile.version == 1 {
         TransportVersion::Legacy
@@ -193,8 +194,14 @@ pub fn mirror(profile: &Profile, device: DeviceKind) -> Result<ReferenceTarget, 
             cfg.config_space = Some(p.config.clone());
         }
         cfg.step_budget = 1 << 20;
-        let b = backend_with_disk(device, sectors)
-            .unwrap_or_else(|_| Box::new(virtio_reference_device::EntropyBackend::new(0)));
+        // A block device offering VIRTIO_BLK_F_RO (bit 5) is read-only (§5.2.6.2).
+        let b: Box<dyn virtio_reference_device::DeviceBackend> =
+            if device == DeviceKind::Block && p.features & (1 << 5) != 0 {
+                Box::new(virtio_reference_device::BlockBackend::read_only(sectors))
+            } else {
+                backend_with_disk(device, sectors)
+                    .unwrap_or_else(|_| Box::new(virtio_reference_device::EntropyBackend::new(0)))
+            };
         MmioDevice::new(cfg, b, ram)
     });
     ReferenceTarget::with_factory("reference (mirrored)".into(), device, version, factory)
@@ -1148,7 +1155,11 @@ pub fn run_diff(
     } else {
         TransportVersion::Modern
     };
-    let honoured = DeviceConfig::new(version).transport_features | backend(device)?.features();
+    let mut honoured = DeviceConfig::new(version).transport_features | backend(device)?.features();
+    if device == DeviceKind::Block {
+        // The mirror builds a read-only disk for a target that offers VIRTIO_BLK_F_RO.
+        honoured |= 1 << 5;
+    }
     let mut streams: Vec<Case> = cases
         .iter()
         .filter(|c| c.applies_to(&info.device, info.version))

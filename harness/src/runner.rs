@@ -345,6 +345,26 @@ pub fn run_case_as(
                 }
             }
         }
+        // Block write requests: `blk` steps of type OUT, and raw chains whose header starts
+        // with type 1.
+        let writes = case.steps.iter().any(|s| match &s.op {
+            Op::Blk { kind, .. } => kind.0 == 1,
+            Op::Post { chain, .. } => chain
+                .first()
+                .and_then(|b| b.data.as_ref())
+                .is_some_and(|d| d.0.starts_with(&[1, 0, 0, 0])),
+            _ => false,
+        });
+        if ex.inband_status && writes && !case.features.contains(&VIRTIO_BLK_F_RO) {
+            // A read-only block device must fail every write (§5.2.6.2): a case that expects a
+            // write to succeed does not apply to it.
+            if ex.offered()? & bit(VIRTIO_BLK_F_RO) != 0 {
+                return Err(Stop::Unsupported(
+                    "the block device is read-only (VIRTIO_BLK_F_RO offered): writes cannot succeed"
+                        .into(),
+                ));
+            }
+        }
         let _ = ex.t.take_accesses();
         ex.start_canary(case)?;
         for (i, step) in case.steps.iter().enumerate() {

@@ -727,3 +727,38 @@ fn read_only_block_device_answers_writes_with_ioerr_and_a_mutant_that_writes_fai
     let r = run(plain, &[case]);
     assert_eq!(r.results[0].outcome, Outcome::Unsupported);
 }
+
+#[test]
+fn a_read_only_block_device_is_not_failed_for_refusing_writes() {
+    // §5.2.6.2: a device offering VIRTIO_BLK_F_RO must fail every write, so the cases that
+    // expect a write to succeed do not apply to it; nothing in the block suite may fail.
+    let make = || {
+        reference_with(
+            DeviceKind::Block,
+            "block (read-only)",
+            |_| {},
+            || Box::new(BlockBackend::read_only(2048)),
+        )
+    };
+    let r = run(make(), &[]);
+    let bad: Vec<_> = r
+        .results
+        .iter()
+        .filter(|c| matches!(c.outcome, Outcome::Fail | Outcome::Error))
+        .map(|c| c.case.as_str())
+        .collect();
+    assert!(bad.is_empty(), "{bad:?}");
+    let unsupported: Vec<_> = r
+        .results
+        .iter()
+        .filter(|c| c.case == "blk.write-read-roundtrip")
+        .map(|c| c.outcome)
+        .collect();
+    assert_eq!(unsupported, vec![Outcome::Unsupported]);
+    // The writable reference still runs (and passes) the same case.
+    let r = run(
+        ReferenceTarget::new(DeviceKind::Block, TransportVersion::Modern, None).unwrap(),
+        &["blk.write-read-roundtrip"],
+    );
+    assert_eq!(r.results[0].outcome, Outcome::Pass);
+}

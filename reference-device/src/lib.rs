@@ -29,6 +29,7 @@ pub mod devices;
 pub mod driver;
 pub mod memory;
 pub mod mutant;
+pub mod packed;
 pub mod queue;
 pub mod regs;
 
@@ -42,4 +43,5 @@ pub use device::{
 pub use driver::{DriverMemory, DriverQueue};
 pub use memory::{AccessKind, GuestRam, MemoryAccess, OutOfBounds};
 pub use mutant::Mutant;
+pub use packed::{PackedChain, PackedDesc, PackedQueue};
 pub use queue::{Budget, Descriptor, QueueError, RingPart, SplitQueue, ZeroLengthPolicy};

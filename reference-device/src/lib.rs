@@ -27,6 +27,7 @@ pub mod backend;
 pub mod device;
 pub mod devices;
 pub mod driver;
+pub mod driver_packed;
 pub mod memory;
 pub mod mutant;
 pub mod packed;
@@ -41,6 +42,7 @@ pub use device::{
     TransportVersion,
 };
 pub use driver::{DriverMemory, DriverQueue};
+pub use driver_packed::{DriverPackedQueue, PackedElem, PackedUsed};
 pub use memory::{AccessKind, GuestRam, MemoryAccess, OutOfBounds};
 pub use mutant::Mutant;
 pub use packed::{PackedChain, PackedDesc, PackedQueue};

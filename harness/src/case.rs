@@ -482,6 +482,19 @@ pub enum Op {
         #[serde(flatten)]
         grade: Grade,
     },
+    /// Packed rings (§2.8.10, §2.8.14): writes the Driver Event Suppression structure of
+    /// `queue`: `flags` 0 ENABLE, 1 DISABLE, 2 DESC; with DESC, the ring offset `off` and
+    /// wrap counter `wrap` of the descriptor to notify at. Without `off`, DESC names the
+    /// position of the next used descriptor plus `ahead` (default 0) buffers of one
+    /// descriptor, with its wrap counter.
+    SetDriverEvent {
+        #[serde(default)]
+        queue: u16,
+        flags: u16,
+        off: Option<u16>,
+        wrap: Option<bool>,
+        ahead: Option<u16>,
+    },
 }
 
 /// Block request type of a `blk` step.

@@ -104,6 +104,16 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Virtqueue layout `run` drives (`--ring`).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Ring {
+    /// The cases as written (split ring unless a case negotiates RING_PACKED).
+    Split,
+    /// Every case that is not layout-specific also negotiates VIRTIO_F_RING_PACKED (§2.8) and
+    /// runs as `<id>@packed`; split-only cases are left out, `packed.*` cases run as written.
+    Packed,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Text,
@@ -166,6 +176,9 @@ enum Cmd {
         /// number of cores).
         #[arg(short = 'j', long)]
         jobs: Option<usize>,
+        /// Virtqueue layout: `packed` runs every layout-neutral case on a packed ring.
+        #[arg(long, value_enum, default_value = "split")]
+        ring: Ring,
     },
     /// List cases, requirements or mutants.
     List {
@@ -490,8 +503,22 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             strict,
             verbose,
             jobs,
+            ring,
         } => {
-            let suite = load()?;
+            let mut suite = load()?;
+            if ring == Ring::Packed {
+                suite.cases = suite
+                    .cases
+                    .iter()
+                    .filter_map(|c| {
+                        if c.id.starts_with("packed.") {
+                            Some(c.clone())
+                        } else {
+                            virtio_conform::runner::packed::with_packed_ring(c)
+                        }
+                    })
+                    .collect();
+            }
             let expectations = match &expectations {
                 Some(p) => Some(Expectations::load(p).map_err(|e| format!("{e:#}"))?),
                 None => None,

@@ -2,6 +2,7 @@
 //! grading every check against the spec catalog.
 
 pub mod canary;
+pub mod packed;
 
 use crate::case::{Buf, Case, Grade, Op, Order, QueueSpec, Reg, Upto};
 use crate::catalog::{Catalog, Level};
@@ -12,7 +13,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use virtio_reference_device::regs::*;
-use virtio_reference_device::{AccessKind, Descriptor, DriverQueue};
+use virtio_reference_device::{AccessKind, Descriptor, DriverPackedQueue, DriverQueue};
 
 /// One check that did not hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -133,6 +134,8 @@ const BLK_S_UNSUPP: u8 = 2;
 
 struct QState {
     dq: DriverQueue,
+    /// The packed ring's driver state when RING_PACKED was negotiated (then `dq` is unused).
+    pq: Option<DriverPackedQueue>,
     next_desc: u16,
     outstanding: Vec<Posted>,
     last: Option<Posted>,
@@ -145,6 +148,8 @@ enum Area {
     Writable,
     DescTable,
     AvailRing,
+    /// A packed ring's Driver Event Suppression structure (read-only by the device).
+    DriverEvent,
 }
 
 struct Exec<'a> {
@@ -177,6 +182,10 @@ struct Exec<'a> {
     logged_writes: Vec<(u64, u64)>,
     /// Whether the target reports its memory accesses.
     memory_log: bool,
+    /// The last `init` negotiated VIRTIO_F_RING_PACKED: queues set up after it are packed.
+    packed: bool,
+    /// The last `init` negotiated VIRTIO_F_IN_ORDER.
+    in_order: bool,
 }
 
 fn op_name(op: &Op) -> &'static str {
@@ -204,6 +213,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::Observe { .. } => "observe",
         Op::HostSend { .. } => "host_send",
         Op::ExpectHost { .. } => "expect_host",
+        Op::SetDriverEvent { .. } => "set_driver_event",
     }
 }
 
@@ -229,6 +239,7 @@ fn lets_device_run(op: &Op) -> bool {
             | Op::SetAvailIdx { .. }
             | Op::SetAvailFlags { .. }
             | Op::SetUsedEvent { .. }
+            | Op::SetDriverEvent { .. }
             | Op::ExpectHost { .. }
     )
 }
@@ -279,6 +290,8 @@ pub fn run_case_within(
         canary: None,
         logged_writes: Vec::new(),
         memory_log: caps.memory_log,
+        packed: false,
+        in_order: false,
     };
     let mut reason = None;
     let result = (|| -> R {
@@ -300,6 +313,8 @@ pub fn run_case_within(
             }
         }
         if !case.features.is_empty() {
+            let wanted = case.features.iter().fold(0u64, |a, &b| a | bit(b));
+            ex.t.request_features(wanted)?;
             let offered = ex.offered()?;
             for &b in &case.features {
                 if offered & bit(b) == 0 {
@@ -634,6 +649,7 @@ impl Exec<'_> {
         let Some(log) = self.t.take_accesses() else {
             return;
         };
+        self.packed_publish_order(&log);
         let mut seen = 0;
         for a in log {
             let end = a.gpa.saturating_add(a.len);
@@ -654,6 +670,11 @@ impl Exec<'_> {
                     Some(("VQ-DEV-05", "no write to a descriptor table"))
                 } else if inside(Area::AvailRing) {
                     Some(("VQ-DEV-22", "no write to the available ring"))
+                } else if inside(Area::DriverEvent) {
+                    Some((
+                        "PACKED-DEV-13",
+                        "no write to the Driver Event Suppression structure",
+                    ))
                 } else if inside(Area::ReadOnly) {
                     Some(("VQ-DEV-03", "no write to a device-readable buffer"))
                 } else {
@@ -668,6 +689,7 @@ impl Exec<'_> {
                 Area::DescTable,
                 Area::AvailRing,
                 Area::ReadOnly,
+                Area::DriverEvent,
             ]
             .iter()
             .any(|&k| inside(k))
@@ -1032,14 +1054,32 @@ impl Exec<'_> {
                 self.w32(INTERRUPT_ACK, v)?;
             }
             Op::ConfigChange { offset, data } => self.t.config_change(offset.0, &data.0)?,
+            Op::SetAvailIdx { queue, .. } if self.is_packed(*queue) => {
+                return Err(Stop::Unsupported(format!(
+                    "`{}` names a split-ring structure; queue {queue} is packed",
+                    self.op
+                )))
+            }
             Op::SetAvailIdx { queue, value } => {
                 let mut dq = self.q(*queue)?.dq.clone();
                 dq.set_avail_idx(&mut self.mem(), value.0 as u16)?;
                 self.q(*queue)?.dq = dq;
             }
+            Op::SetAvailFlags { queue, .. } if self.is_packed(*queue) => {
+                return Err(Stop::Unsupported(format!(
+                    "`{}` names a split-ring structure; queue {queue} is packed",
+                    self.op
+                )))
+            }
             Op::SetAvailFlags { queue, value } => {
                 let dq = self.q(*queue)?.dq.clone();
                 dq.set_avail_flags(&mut self.mem(), value.0 as u16)?;
+            }
+            Op::SetUsedEvent { queue, .. } if self.is_packed(*queue) => {
+                return Err(Stop::Unsupported(format!(
+                    "`{}` names a split-ring structure; queue {queue} is packed",
+                    self.op
+                )))
             }
             Op::SetUsedEvent { queue, value } => {
                 let dq = self.q(*queue)?.dq.clone();
@@ -1064,9 +1104,7 @@ impl Exec<'_> {
                     let want = self.q(*queue)?.outstanding.len() as u16;
                     let n = self.wait_used(*queue, want.max(1), NONE_WAIT * 4)?;
                     self.observe(format!("used q{queue} count"), n.to_string());
-                    let mut dq = self.q(*queue)?.dq.clone();
-                    let elems = dq.take_used(&mut self.mem())?;
-                    self.q(*queue)?.dq = dq;
+                    let elems = self.take_used(*queue)?;
                     for (id, l) in elems {
                         let q = self.q(*queue)?;
                         q.outstanding.retain(|p| p.head as u32 != id);
@@ -1082,6 +1120,13 @@ impl Exec<'_> {
                 self.r32o(INTERRUPT_STATUS)?;
             }
             Op::HostSend { port, data } => self.t.host_send(*port, &data.0)?,
+            Op::SetDriverEvent {
+                queue,
+                flags,
+                off,
+                wrap,
+                ahead,
+            } => self.set_driver_event(*queue, *flags, *off, *wrap, *ahead)?,
             Op::ExpectHost {
                 port,
                 data,
@@ -1157,6 +1202,8 @@ impl Exec<'_> {
             return Ok(());
         }
         let offered = self.offered()?;
+        self.packed = !self.legacy && feats & bit(VIRTIO_F_RING_PACKED) != 0;
+        self.in_order = feats & bit(VIRTIO_F_IN_ORDER) != 0;
         self.w32(DRIVER_FEATURES_SEL, 0)?;
         self.w32(DRIVER_FEATURES, feats as u32)?;
         self.w32(DRIVER_FEATURES_SEL, 1)?;
@@ -1253,6 +1300,9 @@ impl Exec<'_> {
                 (BUF_BASE.min(self.ram).saturating_sub(RING_BASE) / RING_STRIDE).saturating_sub(1)
             )));
         }
+        if self.packed {
+            return self.packed_setup_queue(index, size, base);
+        }
         let dq = if self.legacy {
             DriverQueue::legacy(
                 (base / PAGE as u64) as u32,
@@ -1297,6 +1347,7 @@ impl Exec<'_> {
             index,
             QState {
                 dq,
+                pq: None,
                 next_desc: 0,
                 outstanding: Vec::new(),
                 last: None,
@@ -1354,6 +1405,17 @@ impl Exec<'_> {
             descs.push((b, addr, len));
         }
         let n = descs.len() as u16;
+        if self.is_packed(queue) {
+            let table = if indirect {
+                let bytes = 16 * n.max(1) as u64;
+                let t = self.alloc(bytes);
+                self.allow(t, bytes, Area::DescTable);
+                Some((t, indirect_flags, indirect_len))
+            } else {
+                None
+            };
+            return self.packed_post(queue, &descs, posted, table, head);
+        }
         let (table, table_len, first) = if indirect {
             let bytes = 16 * n.max(1) as u64;
             let t = self.alloc(bytes);
@@ -1415,6 +1477,9 @@ impl Exec<'_> {
     }
 
     fn wait_used(&mut self, queue: u16, want: u16, wait: Duration) -> R<u16> {
+        if self.is_packed(queue) {
+            return self.packed_wait_used(queue, want, wait);
+        }
         let start = Instant::now();
         loop {
             self.t.settle()?;
@@ -1503,9 +1568,7 @@ impl Exec<'_> {
                 return Ok(());
             }
         }
-        let mut dq = self.q(queue)?.dq.clone();
-        let elems = dq.take_used(&mut self.mem())?;
-        self.q(queue)?.dq = dq;
+        let elems = self.take_used(queue)?;
         for (id, l) in elems {
             self.observe(format!("used q{queue} element"), format!("id {id} len {l}"));
             let q = self.q(queue)?;
@@ -1581,7 +1644,22 @@ impl Exec<'_> {
         Ok(())
     }
 
+    /// Collects every used element published since the last call, `(id, len)`, oldest
+    /// first, on either ring layout.
+    fn take_used(&mut self, queue: u16) -> R<Vec<(u32, u32)>> {
+        if self.is_packed(queue) {
+            return self.packed_take_used(queue);
+        }
+        let mut dq = self.q(queue)?.dq.clone();
+        let elems = dq.take_used(&mut self.mem())?;
+        self.q(queue)?.dq = dq;
+        Ok(elems)
+    }
+
     fn cycle(&mut self, queue: u16, count: u32, batch: u16, len: u32, g: &Grade) -> R {
+        if self.is_packed(queue) {
+            return self.packed_cycle(queue, count, batch, len, g);
+        }
         let size = self.q(queue)?.dq.size;
         if size == 0 {
             return Err(Stop::Case(format!(
@@ -1737,9 +1815,7 @@ impl Exec<'_> {
             }
             return Ok(());
         }
-        let mut dq = self.q(queue)?.dq.clone();
-        let elems = dq.take_used(&mut self.mem())?;
-        self.q(queue)?.dq = dq;
+        let elems = self.take_used(queue)?;
         self.observe(
             format!("used q{queue} after malformed chain"),
             format!("{elems:?}"),

@@ -77,8 +77,8 @@ pub enum Mutant {
     /// §2.8.1: the device's copy of the Driver Ring Wrap Counter is not flipped when a list ends
     /// exactly at the last descriptor of the ring, so the device stalls at the full-ring wrap.
     PackedWrapNotFlipped,
-    /// §2.8.5: no bound on a packed list and no availability check of its later descriptors, so
-    /// a list whose every descriptor has NEXT is walked round the ring until the step budget.
+    /// §2.8.5: no bound on the length of a packed list, so a list whose every descriptor has
+    /// NEXT is walked round the ring until the step budget.
     PackedNoListCap,
     /// §2.8.1: used descriptors always carry AVAIL|USED = 1, whatever the Device Ring Wrap
     /// Counter, so after the first wrap the driver never sees them used.

@@ -11,8 +11,9 @@
 //! 1 and flip each time the position passes the last descriptor of the ring.
 //!
 //! A descriptor is available when its AVAIL bit equals the expected wrap counter and its USED
-//! bit does not (§2.8.1). What the reference enforces (each a [`QueueError`]):
-//! - every descriptor of a list is available, not only the first (§2.8.6);
+//! bit does not (§2.8.1). Only the first descriptor of a list is tested: the driver makes
+//! the others available before it (§2.8.6), and the device reads them as part of the list.
+//! What the reference enforces (each a [`QueueError`]):
 //! - a list is at most `size` descriptors long, an indirect table at most `size` entries
 //!   (§2.8.5), which also bounds a list whose every descriptor has NEXT;
 //! - buffers lie inside guest memory (`addr + len` without overflow);
@@ -316,7 +317,6 @@ impl PackedQueue {
         count: &mut u16,
     ) -> Result<u16, QueueError> {
         let mut pos = self.next_avail;
-        let mut wrap = self.avail_wrap;
         let mut seen_writable = false;
         loop {
             budget.step()?;
@@ -327,9 +327,6 @@ impl PackedQueue {
             let d = self.read_ring(ram, pos)?;
             *count = count.wrapping_add(1);
             self.last.id = d.id;
-            if !d.is_avail(wrap) && !self.is(Mutant::PackedNoListCap) {
-                return Err(QueueError::NotAvailable { index: pos });
-            }
             if d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
                 if !self.indirect {
                     return Err(QueueError::IndirectNotNegotiated { index: pos });
@@ -344,7 +341,7 @@ impl PackedQueue {
             if d.flags & VIRTQ_DESC_F_NEXT == 0 {
                 return Ok(d.id);
             }
-            (pos, wrap) = self.advance(pos, wrap, 1);
+            pos = self.advance(pos, true, 1).0;
         }
     }
 
@@ -657,8 +654,7 @@ mod tests {
             m.pop(&mut ram2, &mut Budget::new(1000)),
             Err(QueueError::BudgetExhausted)
         );
-        // Second lap of the ring: every descriptor still carries the first lap's bits, so
-        // the walk stops at the first one that is not available in the second lap.
+        // A first descriptor that is not available is not read as a list.
         let (mut q, mut ram) = setup(4);
         for pos in 0..4u16 {
             let d = PackedDesc {

@@ -196,13 +196,6 @@ pub enum QueueError {
         /// Entry limit.
         max: u32,
     },
-    /// A descriptor of a packed list is not marked available (§2.8.1, §2.8.6: the driver
-    /// makes every descriptor of a list available before the first).
-    #[error("packed descriptor {index} of a list is not available")]
-    NotAvailable {
-        /// Ring position of the descriptor.
-        index: u16,
-    },
     /// The per-notification step budget ran out.
     #[error("step budget exhausted")]
     BudgetExhausted,

@@ -143,6 +143,10 @@ struct TargetArgs {
     /// (the run still expects `--device`; a different DeviceID fails the identity cases).
     #[arg(long)]
     qemu_device: Option<String>,
+    /// For `--target qemu`: add `packed=on` to the device, so QEMU offers
+    /// VIRTIO_F_RING_PACKED (implied by `run --ring packed`).
+    #[arg(long)]
+    qemu_packed: bool,
 }
 
 #[derive(Subcommand)]
@@ -352,6 +356,7 @@ fn make_target(t: &TargetArgs) -> Result<Box<dyn Target + Send>, String> {
                 qemu: t.qemu.clone(),
                 reuse: t.reuse_qemu,
                 device_override: t.qemu_device.clone(),
+                packed: t.qemu_packed,
                 ..QemuOptions::new(device, version)
             };
             Ok(Box::new(QemuTarget::new(opts).map_err(|e| e.to_string())?))
@@ -494,7 +499,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
     };
     match cli.cmd {
         Cmd::Run {
-            t,
+            mut t,
             only,
             skip,
             format,
@@ -507,6 +512,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
         } => {
             let mut suite = load()?;
             if ring == Ring::Packed {
+                t.qemu_packed = true;
                 suite.cases = suite
                     .cases
                     .iter()
@@ -819,6 +825,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                             qemu: qemu.clone(),
                             reuse_qemu: false,
                             qemu_device: None,
+                            qemu_packed: false,
                         };
                         let what =
                             format!("--target {target} --device {device} --version {version}");

@@ -79,6 +79,10 @@ pub struct Knobs {
     pub offer_ring_packed: bool,
     /// Offer VIRTIO_F_IN_ORDER (version 2 only; off by default).
     pub offer_in_order: bool,
+    /// With VIRTIO_F_IN_ORDER on a packed ring, write one used descriptor per batch of
+    /// buffers used in one notification (§2.8.8, the default) instead of one per buffer
+    /// (also allowed).
+    pub batch_in_order: bool,
 }
 
 impl Default for Knobs {
@@ -93,6 +97,7 @@ impl Default for Knobs {
             default_guest_page_size: 4096,
             offer_ring_packed: false,
             offer_in_order: false,
+            batch_in_order: true,
         }
     }
 }
@@ -704,7 +709,7 @@ impl MmioDevice {
                             Completion::Malformed => 0,
                         };
                         let full = len as u64 == writable;
-                        if p.in_order && full {
+                        if p.in_order && full && cfg.knobs.batch_in_order {
                             // Batches stay below the ring size so one used descriptor never
                             // skips a whole lap.
                             match &mut batch {

@@ -74,6 +74,9 @@ for dev in entropy block; do
     suite_run "$bin" run --target reference --device "$dev" --version "$ver" --strict
   done
 done
+for dev in entropy block; do
+  suite_run "$bin" run --target reference --device "$dev" --version 2 --ring packed --strict
+done
 
 if command -v qemu-system-x86_64 >/dev/null 2>&1; then
   echo "== suite: QEMU with the committed expectations"
@@ -84,6 +87,11 @@ if command -v qemu-system-x86_64 >/dev/null 2>&1; then
       [ -f "$ex" ] && args=(--expectations "$ex")
       suite_run "$bin" run --target qemu --device "$dev" --version "$ver" --strict "${args[@]}"
     done
+  done
+  echo "== suite: QEMU with packed=on, every layout-neutral case on a packed ring (§2.8)"
+  for dev in entropy block; do
+    suite_run "$bin" run --target qemu --device "$dev" --version 2 --ring packed --strict \
+      --expectations specs/expectations/qemu-v2-packed.json
   done
 else
   echo "== suite: QEMU skipped: qemu-system-x86_64 unavailable (see install step above)"

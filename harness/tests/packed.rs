@@ -47,7 +47,7 @@ fn bad(report: &virtio_conform::report::Report) -> Vec<String> {
                 Outcome::Pass | Outcome::Unsupported | Outcome::Informational
             )
         })
-        .map(|r| format!("{} {:?}", r.id, r.outcome))
+        .map(|r| format!("{} {:?}", r.case, r.outcome))
         .collect()
 }
 

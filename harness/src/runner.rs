@@ -672,7 +672,7 @@ impl Exec<'_> {
                     Some(("VQ-DEV-22", "no write to the available ring"))
                 } else if inside(Area::DriverEvent) {
                     Some((
-                        "PACKED-DEV-13",
+                        "PACKED-DEV-04",
                         "no write to the Driver Event Suppression structure",
                     ))
                 } else if inside(Area::ReadOnly) {

@@ -123,7 +123,7 @@ fn every_graceful_handling_of_malformed_lists_is_allowed() {
 
 #[test]
 fn ignoring_event_suppression_is_a_should_not_a_must() {
-    // PACKED-DEV-14 is graded like its split-ring counterpart: non_strict, never fail.
+    // PACKED-DEV-05 is graded like its split-ring counterpart: non_strict, never fail.
     let s = only(&packed_suite(), "packed.event-");
     let report = run_suite(
         &s,

@@ -2,7 +2,7 @@
 //! VIRTIO_F_RING_PACKED, `queue`, `post`, `expect_used`, `cycle`, `expect_graceful` and
 //! `observe` drive a [`DriverPackedQueue`] instead of the split ring's [`DriverQueue`], and
 //! the memory oracle also checks that a used descriptor's flags are written after its id and
-//! len (PACKED-DEV-07). [`with_packed_ring`] turns a layout-neutral case into its packed
+//! len (PVQ-DEV-05). [`with_packed_ring`] turns a layout-neutral case into its packed
 //! variant (`run --ring packed`).
 
 use super::{Area, Exec, Posted, QState, Stop, R};
@@ -356,7 +356,7 @@ impl Exec<'_> {
         Ok(())
     }
 
-    /// PACKED-DEV-07 (§2.8.15): a device must not change a descriptor after changing its
+    /// PVQ-DEV-05 (§2.8.15): a device must not change a descriptor after changing its
     /// USED bit, so a used descriptor's id and len are written before its flags. From the
     /// device's memory log: in each descriptor slot of a packed ring, a write to id/len must
     /// be followed by a write to the flags (a write covering both counts as flags last).
@@ -391,7 +391,7 @@ impl Exec<'_> {
             if let Some(&slot) = pending.first() {
                 self.check(
                     None,
-                    &["PACKED-DEV-07"],
+                    &["PVQ-DEV-05"],
                     false,
                     Severity::High,
                     || "a used descriptor's id and len written before its flags".into(),

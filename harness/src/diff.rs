@@ -832,7 +832,14 @@ pub fn run_diff(
     } else {
         TransportVersion::Modern
     };
-    let honoured = DeviceConfig::new(version).transport_features | backend(device)?.features();
+    // The reference also honours the packed ring and in-order use, offered on request.
+    let on_request = if version == TransportVersion::Modern {
+        bit(VIRTIO_F_RING_PACKED) | bit(VIRTIO_F_IN_ORDER)
+    } else {
+        0
+    };
+    let honoured =
+        DeviceConfig::new(version).transport_features | backend(device)?.features() | on_request;
     let mut streams: Vec<Case> = cases
         .iter()
         .filter(|c| c.applies_to(&info.device, info.version))

@@ -313,11 +313,9 @@ impl MmioDevice {
             .unwrap_or_else(|| self.backend.device_id())
     }
 
-    /// All offered feature bits (transport and device type).
+    /// All offered feature bits (transport and device type), plus RING_PACKED / IN_ORDER when
+    /// the knobs turn them on (also on top of `offered_features`).
     pub fn device_features(&self) -> u64 {
-        if let Some(f) = self.cfg.offered_features {
-            return f;
-        }
         let mut extra = 0;
         if !self.legacy() {
             if self.cfg.knobs.offer_ring_packed {
@@ -326,6 +324,9 @@ impl MmioDevice {
             if self.cfg.knobs.offer_in_order {
                 extra |= bit(VIRTIO_F_IN_ORDER);
             }
+        }
+        if let Some(f) = self.cfg.offered_features {
+            return f | extra;
         }
         self.cfg.transport_features | self.backend.features() | extra
     }

@@ -74,6 +74,9 @@ for dev in entropy block console net; do
     suite_run "$bin" run --target reference --device "$dev" --version "$ver" --strict
   done
 done
+for dev in entropy block; do
+  suite_run "$bin" run --target reference --device "$dev" --version 2 --ring packed --strict
+done
 
 echo "== suite: reference target under each driver personality"
 for drv in linux netbsd freebsd rcore legacy; do
@@ -111,6 +114,11 @@ if command -v qemu-system-x86_64 >/dev/null 2>&1; then
   for ver in 2 1; do
     suite_run "$bin" run --target qemu --device net --version "$ver" --strict \
       --expectations "specs/expectations/qemu-net-v$ver.json"
+  done
+  echo "== suite: QEMU with packed=on, every layout-neutral case on a packed ring (§2.8)"
+  for dev in entropy block; do
+    suite_run "$bin" run --target qemu --device "$dev" --version 2 --ring packed --strict \
+      --expectations specs/expectations/qemu-v2-packed.json
   done
 else
   echo "== suite: QEMU skipped: qemu-system-x86_64 unavailable (see install step above)"

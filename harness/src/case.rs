@@ -566,6 +566,19 @@ pub enum Op {
         #[serde(flatten)]
         grade: Grade,
     },
+    /// Packed rings (§2.8.10, §2.8.14): writes the Driver Event Suppression structure of
+    /// `queue`: `flags` 0 ENABLE, 1 DISABLE, 2 DESC; with DESC, the ring offset `off` and
+    /// wrap counter `wrap` of the descriptor to notify at. Without `off`, DESC names the
+    /// position of the next used descriptor plus `ahead` (default 0) buffers of one
+    /// descriptor, with its wrap counter.
+    SetDriverEvent {
+        #[serde(default)]
+        queue: u16,
+        flags: u16,
+        off: Option<u16>,
+        wrap: Option<bool>,
+        ahead: Option<u16>,
+    },
     /// One register or configuration read (as `read`) whose value, after `mask`, must lie in
     /// `min..=max` (e.g. a configuration field with a range, §5.1.4.1).
     ReadRange {

@@ -1155,7 +1155,14 @@ pub fn run_diff(
     } else {
         TransportVersion::Modern
     };
-    let mut honoured = DeviceConfig::new(version).transport_features | backend(device)?.features();
+    // The reference also honours the packed ring and in-order use, offered on request.
+    let on_request = if version == TransportVersion::Modern {
+        bit(VIRTIO_F_RING_PACKED) | bit(VIRTIO_F_IN_ORDER)
+    } else {
+        0
+    };
+    let mut honoured =
+        DeviceConfig::new(version).transport_features | backend(device)?.features() | on_request;
     if device == DeviceKind::Block {
         // The mirror builds a read-only disk for a target that offers VIRTIO_BLK_F_RO.
         honoured |= 1 << 5;

@@ -104,6 +104,16 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Virtqueue layout `run` drives (`--ring`).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Ring {
+    /// The cases as written (split ring unless a case negotiates RING_PACKED).
+    Split,
+    /// Every case that is not layout-specific also negotiates VIRTIO_F_RING_PACKED (§2.8) and
+    /// runs as `<id>@packed`; split-only cases are left out, `packed.*` cases run as written.
+    Packed,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Text,
@@ -133,6 +143,10 @@ struct TargetArgs {
     /// (the run still expects `--device`; a different DeviceID fails the identity cases).
     #[arg(long)]
     qemu_device: Option<String>,
+    /// For `--target qemu`: add `packed=on` to the device, so QEMU offers
+    /// VIRTIO_F_RING_PACKED (implied by `run --ring packed`).
+    #[arg(long)]
+    qemu_packed: bool,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +184,9 @@ enum Cmd {
         /// freebsd, rcore or legacy (what each does: harness/src/runner/personality.rs).
         #[arg(long, default_value = "spec")]
         driver: virtio_conform::case::Order,
+        /// Virtqueue layout: `packed` runs every layout-neutral case on a packed ring.
+        #[arg(long, value_enum, default_value = "split")]
+        ring: Ring,
     },
     /// List cases, requirements or mutants.
     List {
@@ -354,6 +371,7 @@ fn make_target(t: &TargetArgs) -> Result<Box<dyn Target + Send>, String> {
                 qemu: t.qemu.clone(),
                 reuse: t.reuse_qemu,
                 device_override: t.qemu_device.clone(),
+                packed: t.qemu_packed,
                 ..QemuOptions::new(device, version)
             };
             Ok(Box::new(QemuTarget::new(opts).map_err(|e| e.to_string())?))
@@ -497,7 +515,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
     };
     match cli.cmd {
         Cmd::Run {
-            t,
+            mut t,
             only,
             skip,
             format,
@@ -507,8 +525,23 @@ fn real_main(cli: Cli) -> Result<i32, String> {
             verbose,
             jobs,
             driver,
+            ring,
         } => {
-            let suite = load()?;
+            let mut suite = load()?;
+            if ring == Ring::Packed {
+                t.qemu_packed = true;
+                suite.cases = suite
+                    .cases
+                    .iter()
+                    .filter_map(|c| {
+                        if c.id.starts_with("packed.") {
+                            Some(c.clone())
+                        } else {
+                            virtio_conform::runner::packed::with_packed_ring(c)
+                        }
+                    })
+                    .collect();
+            }
             let expectations = match &expectations {
                 Some(p) => Some(Expectations::load(p).map_err(|e| format!("{e:#}"))?),
                 None => None,
@@ -846,6 +879,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                             qemu: qemu.clone(),
                             reuse_qemu: false,
                             qemu_device: None,
+                            qemu_packed: false,
                         };
                         let what =
                             format!("--target {target} --device {device} --version {version}");

@@ -3,6 +3,7 @@
 
 pub mod canary;
 mod console;
+pub mod packed;
 mod personality;
 
 use crate::case::{Buf, Case, Grade, Op, Order, QueueSpec, Reg, Upto};
@@ -14,7 +15,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use virtio_reference_device::regs::*;
-use virtio_reference_device::{AccessKind, Descriptor, DriverQueue};
+use virtio_reference_device::{AccessKind, Descriptor, DriverPackedQueue, DriverQueue};
 
 /// One check that did not hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -145,6 +146,8 @@ enum FeaturesOkReadBack {
 
 struct QState {
     dq: DriverQueue,
+    /// The packed ring's driver state when RING_PACKED was negotiated (then `dq` is unused).
+    pq: Option<DriverPackedQueue>,
     next_desc: u16,
     outstanding: Vec<Posted>,
     last: Option<Posted>,
@@ -157,6 +160,8 @@ enum Area {
     Writable,
     DescTable,
     AvailRing,
+    /// A packed ring's Driver Event Suppression structure (read-only by the device).
+    DriverEvent,
 }
 
 struct Exec<'a> {
@@ -193,6 +198,10 @@ struct Exec<'a> {
     driver: Order,
     /// Console ports announced so far (§5.3.6.2).
     console: console::ConsoleState,
+    /// The last `init` negotiated VIRTIO_F_RING_PACKED: queues set up after it are packed.
+    packed: bool,
+    /// The last `init` negotiated VIRTIO_F_IN_ORDER.
+    in_order: bool,
 }
 
 fn op_name(op: &Op) -> &'static str {
@@ -224,6 +233,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::ExpectControl { .. } => "expect_control",
         Op::ReadRange { .. } => "read_range",
         Op::Require { .. } => "require",
+        Op::SetDriverEvent { .. } => "set_driver_event",
     }
 }
 
@@ -249,6 +259,7 @@ fn lets_device_run(op: &Op) -> bool {
             | Op::SetAvailIdx { .. }
             | Op::SetAvailFlags { .. }
             | Op::SetUsedEvent { .. }
+            | Op::SetDriverEvent { .. }
             | Op::ExpectHost { .. }
             | Op::ExpectReceived { .. }
             | Op::ExpectControl { .. }
@@ -317,6 +328,8 @@ pub fn run_case_as(
         memory_log: caps.memory_log,
         driver,
         console: Default::default(),
+        packed: false,
+        in_order: false,
     };
     let mut reason = None;
     let result = (|| -> R {
@@ -338,6 +351,8 @@ pub fn run_case_as(
             }
         }
         if !case.features.is_empty() {
+            let wanted = case.features.iter().fold(0u64, |a, &b| a | bit(b));
+            ex.t.request_features(wanted)?;
             let offered = ex.offered()?;
             for &b in &case.features {
                 if offered & bit(b) == 0 {
@@ -710,6 +725,7 @@ impl Exec<'_> {
         let Some(log) = self.t.take_accesses() else {
             return;
         };
+        self.packed_publish_order(&log);
         let mut seen = 0;
         for a in log {
             let end = a.gpa.saturating_add(a.len);
@@ -730,6 +746,11 @@ impl Exec<'_> {
                     Some(("VQ-DEV-05", "no write to a descriptor table"))
                 } else if inside(Area::AvailRing) {
                     Some(("VQ-DEV-22", "no write to the available ring"))
+                } else if inside(Area::DriverEvent) {
+                    Some((
+                        "PACKED-DEV-04",
+                        "no write to the Driver Event Suppression structure",
+                    ))
                 } else if inside(Area::ReadOnly) {
                     Some(("VQ-DEV-03", "no write to a device-readable buffer"))
                 } else {
@@ -744,6 +765,7 @@ impl Exec<'_> {
                 Area::DescTable,
                 Area::AvailRing,
                 Area::ReadOnly,
+                Area::DriverEvent,
             ]
             .iter()
             .any(|&k| inside(k))
@@ -1105,14 +1127,32 @@ impl Exec<'_> {
                 }
             }
             Op::ConfigChange { offset, data } => self.t.config_change(offset.0, &data.0)?,
+            Op::SetAvailIdx { queue, .. } if self.is_packed(*queue) => {
+                return Err(Stop::Unsupported(format!(
+                    "`{}` names a split-ring structure; queue {queue} is packed",
+                    self.op
+                )))
+            }
             Op::SetAvailIdx { queue, value } => {
                 let mut dq = self.q(*queue)?.dq.clone();
                 dq.set_avail_idx(&mut self.mem(), value.0 as u16)?;
                 self.q(*queue)?.dq = dq;
             }
+            Op::SetAvailFlags { queue, .. } if self.is_packed(*queue) => {
+                return Err(Stop::Unsupported(format!(
+                    "`{}` names a split-ring structure; queue {queue} is packed",
+                    self.op
+                )))
+            }
             Op::SetAvailFlags { queue, value } => {
                 let dq = self.q(*queue)?.dq.clone();
                 dq.set_avail_flags(&mut self.mem(), value.0 as u16)?;
+            }
+            Op::SetUsedEvent { queue, .. } if self.is_packed(*queue) => {
+                return Err(Stop::Unsupported(format!(
+                    "`{}` names a split-ring structure; queue {queue} is packed",
+                    self.op
+                )))
             }
             Op::SetUsedEvent { queue, value } => {
                 let dq = self.q(*queue)?.dq.clone();
@@ -1137,9 +1177,7 @@ impl Exec<'_> {
                     let want = self.q(*queue)?.outstanding.len() as u16;
                     let n = self.wait_used(*queue, want.max(1), NONE_WAIT * 4)?;
                     self.observe(format!("used q{queue} count"), n.to_string());
-                    let mut dq = self.q(*queue)?.dq.clone();
-                    let elems = dq.take_used(&mut self.mem())?;
-                    self.q(*queue)?.dq = dq;
+                    let elems = self.take_used(*queue)?;
                     for (id, l) in elems {
                         let posted = self.take_outstanding(*queue, id)?;
                         let l = if self.deterministic_data {
@@ -1171,6 +1209,13 @@ impl Exec<'_> {
                 self.r32o(INTERRUPT_STATUS)?;
             }
             Op::HostSend { port, data } => self.t.host_send(*port, &data.0)?,
+            Op::SetDriverEvent {
+                queue,
+                flags,
+                off,
+                wrap,
+                ahead,
+            } => self.set_driver_event(*queue, *flags, *off, *wrap, *ahead)?,
             Op::ExpectHost {
                 port,
                 data,
@@ -1287,6 +1332,8 @@ impl Exec<'_> {
             return Ok(());
         }
         let offered = self.offered()?;
+        self.packed = !self.legacy && feats & bit(VIRTIO_F_RING_PACKED) != 0;
+        self.in_order = feats & bit(VIRTIO_F_IN_ORDER) != 0;
         self.w32(DRIVER_FEATURES_SEL, 0)?;
         self.w32(DRIVER_FEATURES, feats as u32)?;
         self.w32(DRIVER_FEATURES_SEL, 1)?;
@@ -1390,6 +1437,9 @@ impl Exec<'_> {
                 (BUF_BASE.min(self.ram).saturating_sub(RING_BASE) / RING_STRIDE).saturating_sub(1)
             )));
         }
+        if self.packed {
+            return self.packed_setup_queue(index, size, base);
+        }
         let dq = if self.legacy {
             DriverQueue::legacy(
                 (base / PAGE as u64) as u32,
@@ -1434,6 +1484,7 @@ impl Exec<'_> {
             index,
             QState {
                 dq,
+                pq: None,
                 next_desc: 0,
                 outstanding: Vec::new(),
                 last: None,
@@ -1491,6 +1542,17 @@ impl Exec<'_> {
             descs.push((b, addr, len));
         }
         let n = descs.len() as u16;
+        if self.is_packed(queue) {
+            let table = if indirect {
+                let bytes = 16 * n.max(1) as u64;
+                let t = self.alloc(bytes);
+                self.allow(t, bytes, Area::DescTable);
+                Some((t, indirect_flags, indirect_len))
+            } else {
+                None
+            };
+            return self.packed_post(queue, &descs, posted, table, head);
+        }
         let (table, table_len, first) = if indirect {
             let bytes = 16 * n.max(1) as u64;
             let t = self.alloc(bytes);
@@ -1561,6 +1623,9 @@ impl Exec<'_> {
     }
 
     fn wait_used(&mut self, queue: u16, want: u16, wait: Duration) -> R<u16> {
+        if self.is_packed(queue) {
+            return self.packed_wait_used(queue, want, wait);
+        }
         let start = Instant::now();
         loop {
             self.t.settle()?;
@@ -1649,9 +1714,7 @@ impl Exec<'_> {
                 return Ok(());
             }
         }
-        let mut dq = self.q(queue)?.dq.clone();
-        let elems = dq.take_used(&mut self.mem())?;
-        self.q(queue)?.dq = dq;
+        let elems = self.take_used(queue)?;
         for (id, l) in elems {
             self.observe(format!("used q{queue} element"), format!("id {id} len {l}"));
             let posted = self.take_outstanding(queue, id)?;
@@ -1725,7 +1788,22 @@ impl Exec<'_> {
         Ok(())
     }
 
+    /// Collects every used element published since the last call, `(id, len)`, oldest
+    /// first, on either ring layout.
+    fn take_used(&mut self, queue: u16) -> R<Vec<(u32, u32)>> {
+        if self.is_packed(queue) {
+            return self.packed_take_used(queue);
+        }
+        let mut dq = self.q(queue)?.dq.clone();
+        let elems = dq.take_used(&mut self.mem())?;
+        self.q(queue)?.dq = dq;
+        Ok(elems)
+    }
+
     fn cycle(&mut self, queue: u16, count: u32, batch: u16, len: u32, g: &Grade) -> R {
+        if self.is_packed(queue) {
+            return self.packed_cycle(queue, count, batch, len, g);
+        }
         let size = self.q(queue)?.dq.size;
         if size == 0 {
             return Err(Stop::Case(format!(
@@ -1881,9 +1959,7 @@ impl Exec<'_> {
             }
             return Ok(());
         }
-        let mut dq = self.q(queue)?.dq.clone();
-        let elems = dq.take_used(&mut self.mem())?;
-        self.q(queue)?.dq = dq;
+        let elems = self.take_used(queue)?;
         self.observe(
             format!("used q{queue} after malformed chain"),
             format!("{elems:?}"),

@@ -5,6 +5,7 @@
 use crate::backend::{Completion, DeviceBackend};
 use crate::memory::GuestRam;
 use crate::mutant::Mutant;
+use crate::packed::PackedQueue;
 use crate::queue::{Budget, QueueError, SplitQueue, ZeroLengthPolicy, MAX_QUEUE_SIZE};
 use crate::regs::*;
 
@@ -73,6 +74,15 @@ pub struct Knobs {
     pub queue_num_defaults_to_max: bool,
     /// Legacy GuestPageSize before the driver writes one, in bytes.
     pub default_guest_page_size: u32,
+    /// Offer VIRTIO_F_RING_PACKED (version 2 only; off by default so the offered feature set
+    /// of existing configurations does not change).
+    pub offer_ring_packed: bool,
+    /// Offer VIRTIO_F_IN_ORDER (version 2 only; off by default).
+    pub offer_in_order: bool,
+    /// With VIRTIO_F_IN_ORDER on a packed ring, write one used descriptor per batch of
+    /// buffers used in one notification (§2.8.8, the default) instead of one per buffer
+    /// (also allowed).
+    pub batch_in_order: bool,
 }
 
 impl Default for Knobs {
@@ -85,6 +95,9 @@ impl Default for Knobs {
             require_version_1: true,
             queue_num_defaults_to_max: true,
             default_guest_page_size: 4096,
+            offer_ring_packed: false,
+            offer_in_order: false,
+            batch_in_order: true,
         }
     }
 }
@@ -184,6 +197,11 @@ struct QueueSlot {
     /// Used elements of chains holding part of a unit ([`Completion::Partial`]), published
     /// together with the chain that completes it.
     held: Vec<(u16, u32)>,
+    /// VIRTIO_F_RING_PACKED was negotiated when the queue was activated: `p` is in use, and
+    /// QueueDesc / QueueDriver / QueueDevice (kept in `q`) name the descriptor ring and the
+    /// driver and device event suppression structures (§4.2.3).
+    packed: bool,
+    p: PackedQueue,
 }
 
 impl QueueSlot {
@@ -196,6 +214,9 @@ impl QueueSlot {
         let mut q = SplitQueue::new(0);
         q.zero_length = knobs.zero_length;
         q.mutant = mutant;
+        let mut p = PackedQueue::new(0);
+        p.zero_length = knobs.zero_length;
+        p.mutant = mutant;
         QueueSlot {
             max,
             num,
@@ -206,6 +227,8 @@ impl QueueSlot {
             align: 4096,
             q,
             held: Vec::new(),
+            packed: false,
+            p,
         }
     }
 }
@@ -309,12 +332,29 @@ impl MmioDevice {
             .unwrap_or_else(|| self.backend.device_id())
     }
 
-    /// All offered feature bits (transport and device type).
+    /// All offered feature bits (transport and device type), plus RING_PACKED / IN_ORDER when
+    /// the knobs turn them on (also on top of `offered_features`).
     pub fn device_features(&self) -> u64 {
-        if let Some(f) = self.cfg.offered_features {
-            return f;
+        let mut extra = 0;
+        if !self.legacy() {
+            if self.cfg.knobs.offer_ring_packed {
+                extra |= bit(VIRTIO_F_RING_PACKED);
+            }
+            if self.cfg.knobs.offer_in_order {
+                extra |= bit(VIRTIO_F_IN_ORDER);
+            }
         }
-        self.cfg.transport_features | self.backend.features()
+        if let Some(f) = self.cfg.offered_features {
+            return f | extra;
+        }
+        self.cfg.transport_features | self.backend.features() | extra
+    }
+
+    /// The implementation-defined choices, to change before the driver starts (for example
+    /// to offer VIRTIO_F_RING_PACKED when a case asks for it). Changing them while a driver
+    /// is using the device gives unspecified results.
+    pub fn knobs_mut(&mut self) -> &mut Knobs {
+        &mut self.cfg.knobs
     }
 
     /// Feature bits the driver has written through DriverFeatures (pages 0 and 1).
@@ -360,6 +400,15 @@ impl MmioDevice {
     /// The device-side state of queue `index`, if the queue exists.
     pub fn queue(&self, index: u16) -> Option<&SplitQueue> {
         self.queues.get(index as usize).map(|s| &s.q)
+    }
+
+    /// The device-side state of packed queue `index`, if the queue exists and was activated
+    /// with VIRTIO_F_RING_PACKED.
+    pub fn packed_queue(&self, index: u16) -> Option<&PackedQueue> {
+        self.queues
+            .get(index as usize)
+            .filter(|s| s.packed)
+            .map(|s| &s.p)
     }
 
     /// The current device configuration space.
@@ -519,6 +568,10 @@ impl MmioDevice {
         let event_idx = self.negotiated(VIRTIO_F_EVENT_IDX);
         let indirect = self.negotiated(VIRTIO_F_INDIRECT_DESC);
         let legacy = self.legacy();
+        if !legacy && self.negotiated(VIRTIO_F_RING_PACKED) {
+            self.activate_packed(i, event_idx, indirect);
+            return;
+        }
         let page = self.guest_page_size as u64;
         let is_zero_size_mutant = self.is(Mutant::QueueSizeZeroAccepted);
         let align_mutant = self.is(Mutant::QueueAlignZeroDivides);
@@ -589,6 +642,179 @@ impl MmioDevice {
                 return;
             }
             self.enter_needs_reset(e);
+        }
+    }
+
+    /// Makes packed queue `i` usable (§2.8): QueueDesc is the descriptor ring, QueueDriver
+    /// the driver event suppression structure, QueueDevice the device event suppression
+    /// structure (§4.2.3); both wrap counters start at 1.
+    fn activate_packed(&mut self, i: usize, event_idx: bool, indirect: bool) {
+        let in_order = self.negotiated(VIRTIO_F_IN_ORDER);
+        let slot = &mut self.queues[i];
+        slot.packed = true;
+        let p = &mut slot.p;
+        p.event_idx = event_idx;
+        p.indirect = indirect;
+        p.in_order = in_order;
+        p.size = slot.num.min(u16::MAX as u32) as u16;
+        p.desc_ring = slot.q.desc_table;
+        p.driver_event = slot.q.avail_ring;
+        p.device_event = slot.q.used_ring;
+        p.reset_state();
+        slot.broken = false;
+        slot.active = true;
+        let err = if slot.num > slot.max as u32 {
+            Some(QueueError::InvalidSize {
+                size: slot.num,
+                max: slot.max,
+            })
+        } else {
+            p.validate(&self.ram, slot.max).err()
+        };
+        if let Some(e) = err {
+            self.queues[i].broken = true;
+            if self.is(Mutant::ActivationFailureSilent) {
+                return;
+            }
+            self.enter_needs_reset(e);
+        }
+    }
+
+    /// Uses every available list of packed queue `i` the backend is ready for (§2.8). With
+    /// VIRTIO_F_IN_ORDER, buffers the backend filled completely are batched: one used
+    /// descriptor per batch, with the id of its last buffer (§2.8.8).
+    fn service_packed(&mut self, i: usize) {
+        let mut budget = Budget::new(self.cfg.step_budget);
+        let mut used_any = false;
+        let mut failure = None;
+        {
+            let MmioDevice {
+                ram,
+                backend,
+                queues,
+                cfg,
+                ..
+            } = self;
+            let p = &mut queues[i].p;
+            // An in-order batch not yet written: (first id, last id, len of last, descriptors).
+            let mut batch: Option<(u16, u16, u32, u16)> = None;
+            let first_id_mutant = cfg.mutant == Some(Mutant::PackedInOrderFirstId);
+            let flush = |p: &mut PackedQueue,
+                         ram: &mut GuestRam,
+                         batch: &mut Option<(u16, u16, u32, u16)>|
+             -> Result<bool, QueueError> {
+                match batch.take() {
+                    Some((first, last, len, n)) => {
+                        let id = if first_id_mutant { first } else { last };
+                        p.add_used(ram, id, len, n)?;
+                        Ok(true)
+                    }
+                    None => Ok(false),
+                }
+            };
+            loop {
+                if !backend.ready_for(i as u16) {
+                    break;
+                }
+                match p.pop(ram, &mut budget) {
+                    Ok(None) => break,
+                    Ok(Some(c)) => {
+                        let writable: u64 = p
+                            .chain()
+                            .iter()
+                            .filter(|d| d.is_write_only())
+                            .map(|d| d.len as u64)
+                            .sum();
+                        let len = match backend.process(i as u16, p.chain(), ram) {
+                            Completion::Written(n) => n,
+                            // Units spread over several buffers (net's mergeable receive
+                            // buffers) are not modelled on the packed ring yet: each buffer
+                            // is used on its own.
+                            Completion::Partial(n) => n,
+                            Completion::Malformed
+                                if cfg.mutant == Some(Mutant::MalformedRequestNotReturned) =>
+                            {
+                                continue
+                            }
+                            Completion::Malformed => 0,
+                        };
+                        let full = len as u64 == writable;
+                        if p.in_order && full && cfg.knobs.batch_in_order {
+                            // Batches stay below the ring size so one used descriptor never
+                            // skips a whole lap.
+                            match &mut batch {
+                                Some((_, last, l, n))
+                                    if (*n as u32 + c.count as u32) < p.size as u32 =>
+                                {
+                                    *last = c.id;
+                                    *l = len;
+                                    *n += c.count;
+                                }
+                                _ => {
+                                    match flush(p, ram, &mut batch) {
+                                        Ok(u) => used_any |= u,
+                                        Err(e) => {
+                                            failure = Some(e);
+                                            break;
+                                        }
+                                    }
+                                    batch = Some((c.id, c.id, len, c.count));
+                                }
+                            }
+                            continue;
+                        }
+                        if let Err(e) = flush(p, ram, &mut batch)
+                            .and_then(|_| p.add_used(ram, c.id, len, c.count))
+                        {
+                            failure = Some(e);
+                            break;
+                        }
+                        used_any = true;
+                    }
+                    Err(QueueError::BudgetExhausted) => {
+                        failure = Some(QueueError::BudgetExhausted);
+                        break;
+                    }
+                    Err(e) => {
+                        let skippable = !matches!(e, QueueError::RingOutOfMemory { .. });
+                        if cfg.knobs.malformed_chain == MalformedChainPolicy::SkipChain && skippable
+                        {
+                            let c = p.last_chain();
+                            if flush(p, ram, &mut batch).is_ok()
+                                && p.add_used(ram, c.id, 0, c.count).is_ok()
+                            {
+                                used_any = true;
+                                continue;
+                            }
+                        }
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            match flush(p, ram, &mut batch) {
+                Ok(u) => used_any |= u,
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        let notify = used_any
+            && self.queues[i]
+                .p
+                .needs_notification(&mut self.ram)
+                .unwrap_or(true);
+        if notify {
+            self.raise(Interrupt::UsedBuffer { queue: i as u16 });
+        }
+        match failure {
+            Some(QueueError::BudgetExhausted) => {
+                self.budget_exhausted = true;
+                self.last_error = Some(QueueError::BudgetExhausted);
+            }
+            Some(e) => {
+                self.queues[i].broken = true;
+                self.enter_needs_reset(e)
+            }
+            None => {}
         }
     }
 
@@ -681,6 +907,10 @@ impl MmioDevice {
     fn service_one(&mut self, i: usize) {
         let slot = &self.queues[i];
         if !slot.ready || slot.broken {
+            return;
+        }
+        if slot.packed {
+            self.service_packed(i);
             return;
         }
         let mut budget = Budget::new(self.cfg.step_budget);

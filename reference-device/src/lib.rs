@@ -27,8 +27,10 @@ pub mod backend;
 pub mod device;
 pub mod devices;
 pub mod driver;
+pub mod driver_packed;
 pub mod memory;
 pub mod mutant;
+pub mod packed;
 pub mod queue;
 pub mod regs;
 
@@ -41,6 +43,8 @@ pub use device::{
     TransportVersion,
 };
 pub use driver::{DriverMemory, DriverQueue};
+pub use driver_packed::{DriverPackedQueue, PackedElem, PackedUsed};
 pub use memory::{AccessKind, GuestRam, MemoryAccess, OutOfBounds};
 pub use mutant::Mutant;
+pub use packed::{PackedChain, PackedDesc, PackedQueue};
 pub use queue::{Budget, Descriptor, QueueError, RingPart, SplitQueue, ZeroLengthPolicy};

@@ -121,6 +121,22 @@ pub enum Mutant {
     /// BLK-DEV-RO (§5.2.6.2): the block device offers VIRTIO_BLK_F_RO but carries out write
     /// requests and answers them with status OK.
     ReadOnlyWritesAccepted,
+    /// §2.8.1: the device's copy of the Driver Ring Wrap Counter is not flipped when a list ends
+    /// exactly at the last descriptor of the ring, so the device stalls at the full-ring wrap.
+    PackedWrapNotFlipped,
+    /// §2.8.5: no bound on the length of a packed list, so a list whose every descriptor has
+    /// NEXT is walked round the ring until the step budget.
+    PackedNoListCap,
+    /// §2.8.1: used descriptors always carry AVAIL|USED = 1, whatever the Device Ring Wrap
+    /// Counter, so after the first wrap the driver never sees them used.
+    PackedUsedWrapBitConstant,
+    /// §2.8.15: the used descriptor's flags (USED bit) are written before its id and len.
+    PackedUsedFlagsBeforeId,
+    /// §2.8.10: the Driver Event Suppression structure is not read; every use notifies.
+    PackedIgnoresEventSuppression,
+    /// §2.8.8: a batched in-order used descriptor carries the id of the batch's first buffer
+    /// instead of its last.
+    PackedInOrderFirstId,
 }
 
 impl Mutant {
@@ -180,6 +196,12 @@ impl Mutant {
         Mutant::ExtraQueue,
         Mutant::WrongDeviceId,
         Mutant::ReadOnlyWritesAccepted,
+        Mutant::PackedWrapNotFlipped,
+        Mutant::PackedNoListCap,
+        Mutant::PackedUsedWrapBitConstant,
+        Mutant::PackedUsedFlagsBeforeId,
+        Mutant::PackedIgnoresEventSuppression,
+        Mutant::PackedInOrderFirstId,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -239,6 +261,12 @@ impl Mutant {
             Mutant::ExtraQueue => "extra-queue",
             Mutant::WrongDeviceId => "wrong-device-id",
             Mutant::ReadOnlyWritesAccepted => "read-only-writes-accepted",
+            Mutant::PackedWrapNotFlipped => "packed-wrap-not-flipped",
+            Mutant::PackedNoListCap => "packed-no-list-cap",
+            Mutant::PackedUsedWrapBitConstant => "packed-used-wrap-bit-constant",
+            Mutant::PackedUsedFlagsBeforeId => "packed-used-flags-before-id",
+            Mutant::PackedIgnoresEventSuppression => "packed-ignores-event-suppression",
+            Mutant::PackedInOrderFirstId => "packed-in-order-first-id",
         }
     }
 
@@ -299,6 +327,12 @@ impl Mutant {
             Mutant::ExtraQueue => "VQ-count",
             Mutant::WrongDeviceId => "ID",
             Mutant::ReadOnlyWritesAccepted => "BLK-RO",
+            Mutant::PackedWrapNotFlipped => "PK-wrap",
+            Mutant::PackedNoListCap => "PK-loop",
+            Mutant::PackedUsedWrapBitConstant => "PK-used-wrap",
+            Mutant::PackedUsedFlagsBeforeId => "PK-publish-order",
+            Mutant::PackedIgnoresEventSuppression => "PK-event",
+            Mutant::PackedInOrderFirstId => "PK-in-order",
         }
     }
 

@@ -25,6 +25,7 @@ pub mod diff_target;
 mod encode;
 pub mod mmio;
 pub mod mmio_regs;
+pub mod packed_chain;
 pub mod queue_chain;
 pub mod seeds;
 pub mod small_target;

@@ -210,6 +210,9 @@ impl Exec<'_> {
         if upto == Upto::Driver {
             return Ok(());
         }
+        // Queues set up after this negotiation use the ring layout it picks (§2.8).
+        self.packed = !self.legacy && feats & bit(VIRTIO_F_RING_PACKED) != 0;
+        self.in_order = feats & bit(VIRTIO_F_IN_ORDER) != 0;
         // Features: both words read and written, in the driver's word order.
         let words: [u32; 2] = if p.high_word_first { [1, 0] } else { [0, 1] };
         let mut offered = 0u64;

@@ -117,6 +117,9 @@ impl<T: Target> Target for Guarded<T> {
     fn fresh(&mut self) -> Result<(), TargetError> {
         self.call(|t| t.fresh())
     }
+    fn request_features(&mut self, bits: u64) -> Result<(), TargetError> {
+        self.call(|t| t.request_features(bits))
+    }
     fn notify(&mut self, value: u32) -> Result<(), TargetError> {
         self.call(|t| t.notify(value))
     }

@@ -149,6 +149,15 @@ pub trait Target {
     fn notify(&mut self, value: u32) -> Result<(), TargetError> {
         self.write32(virtio_reference_device::regs::QUEUE_NOTIFY, value)
     }
+    /// A case needs the target to offer the feature bits `bits` (a mask of `1 << bit`):
+    /// called before the case reads DeviceFeatures, on a fresh target. A target that offers
+    /// optional features only on demand (the reference's VIRTIO_F_RING_PACKED and
+    /// VIRTIO_F_IN_ORDER) turns them on; bits it cannot offer are left alone (the case is
+    /// then `unsupported`). Default: nothing to do.
+    fn request_features(&mut self, bits: u64) -> Result<(), TargetError> {
+        let _ = bits;
+        Ok(())
+    }
     /// Lets device work that runs outside the calls finish: called before every poll of the
     /// used ring (see the trait's "Completions and settling"). Default: nothing to do.
     fn settle(&mut self) -> Result<(), TargetError> {
@@ -238,6 +247,9 @@ pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 impl<T: Target + ?Sized> Target for Box<T> {
     fn info(&self) -> TargetInfo {
         (**self).info()
+    }
+    fn request_features(&mut self, bits: u64) -> Result<(), TargetError> {
+        (**self).request_features(bits)
     }
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()

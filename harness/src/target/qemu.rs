@@ -108,6 +108,9 @@ pub struct QemuOptions {
     /// the device is still found by MagicValue and Version, and the identity cases report
     /// the DeviceID it shows.
     pub device_override: Option<String>,
+    /// Add `packed=on` to the virtio device (default false), so QEMU offers
+    /// VIRTIO_F_RING_PACKED (§2.8); the harness negotiates it only in cases that ask for it.
+    pub packed: bool,
 }
 
 impl Default for QemuOptions {
@@ -121,6 +124,7 @@ impl Default for QemuOptions {
             shared_ram: true,
             reuse: false,
             device_override: None,
+            packed: false,
         }
     }
 }
@@ -140,12 +144,22 @@ impl QemuOptions {
     /// reference block device), so written sectors read back. A console gets a `virtconsole`
     /// on a chardev socket next to `disk` in the scratch folder (see
     /// [`super::qemu_console`]); a net device a stream netdev on `net_sock` (see
-    /// [`super::qemu_net`]).
+    /// [`super::qemu_net`]). With [`QemuOptions::packed`] the device offers the packed ring.
     fn device_args(&self, disk: &Path, net_sock: &Path) -> Vec<String> {
-        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         if let Some(d) = &self.device_override {
             return vec!["-device".into(), d.clone()];
         }
+        let mut args = self.device_args_plain(disk, net_sock);
+        if self.packed {
+            if let Some(dev) = args.get_mut(1) {
+                dev.push_str(",packed=on");
+            }
+        }
+        args
+    }
+
+    fn device_args_plain(&self, disk: &Path, net_sock: &Path) -> Vec<String> {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         match self.device {
             DeviceKind::Entropy => v(&["-device", "virtio-rng-device"]),
             DeviceKind::Block => vec![

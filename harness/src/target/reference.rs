@@ -206,6 +206,17 @@ impl Target for ReferenceTarget {
             .map_err(|e| TargetError::Protocol(format!("guest memory read at {gpa:#x}: {e}")))
     }
 
+    /// Offers VIRTIO_F_RING_PACKED and VIRTIO_F_IN_ORDER (off in the reference's default
+    /// configuration) when a case asks for them.
+    fn request_features(&mut self, bits: u64) -> Result<(), TargetError> {
+        use virtio_reference_device::regs::{bit, VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED};
+        self.call(|d| {
+            let k = d.knobs_mut();
+            k.offer_ring_packed |= bits & bit(VIRTIO_F_RING_PACKED) != 0;
+            k.offer_in_order |= bits & bit(VIRTIO_F_IN_ORDER) != 0;
+        })
+    }
+
     fn fresh(&mut self) -> Result<(), TargetError> {
         let mut ram = GuestRam::anonymous(self.ram_size)
             .map_err(|e| TargetError::Unavailable(e.to_string()))?;

@@ -1,0 +1,8 @@
+#![no_main]
+// Body and oracles: virtio_conform::fuzz::packed_chain::packed_chain (harness/src/fuzz/). A finding
+// panics here so libFuzzer records the input as a crash artifact.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Err(finding) = virtio_conform::fuzz::packed_chain::packed_chain(data) {
+        panic!("{finding}");
+    }
+});

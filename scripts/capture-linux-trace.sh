@@ -13,18 +13,21 @@
 #      vmlinuz and the modules are used as Debian ships them.
 #   2. Builds a small initramfs: busybox-static, the virtio modules (virtio_mmio, virtio-rng,
 #      virtio_blk and what modules.dep says they need) and an /init that loads them, does
-#      some I/O, unloads the device driver and powers off, printing "VCTRACE phase NAME"
-#      lines on the serial port between the steps.
-#   3. Boots it under `qemu-system-x86_64 -M microvm` (KVM when /dev/kvm is usable and
-#      --accel is auto, TCG otherwise) with one virtio-mmio device, once per device and
-#      transport version, with QEMU's memory_region_ops_read/write and
-#      virtio_mmio_setting_irq trace events on.
+#      some I/O, unloads the device driver and powers off, writing "VCTRACE phase NAME"
+#      lines to the kernel log (printed on the serial console) between the steps.
+#   3. Boots it under `qemu-system-x86_64 -M microvm` with one virtio-mmio device, once per
+#      device and transport version, with QEMU's memory_region_ops_read/write and
+#      virtio_mmio_setting_irq trace events on. TCG by default: under nested virtualisation
+#      this kernel hung in decompression with KVM. `--accel kvm` forces KVM, `--accel auto`
+#      takes it when /dev/kvm is readable and writable.
 #   4. Keeps only the accesses to the virtio-mmio transport that holds the device, the level
 #      changes of its interrupt and the phase markers (read back from the serial port's
 #      register writes, so they sit in order between the register accesses).
 #
 # Idempotent: downloads and extractions are cached; traces are rewritten on every run.
-# Needs: bash, apt-get, dpkg-deb, gzip, awk, qemu-system-x86_64 (scripts/install-qemu.sh).
+# Needs: bash, apt-get, dpkg-deb, gzip, awk, timeout, qemu-system-x86_64
+# (scripts/install-qemu.sh). VCTRACE_TIMEOUT (seconds per boot, default 180) and
+# VCTRACE_KEEP=1 (keep the work directory with QEMU's raw log) help debugging.
 set -euo pipefail
 
 die() {
@@ -44,7 +47,7 @@ while [ $# -gt 0 ]; do
   --version) [ $# -ge 2 ] || die "--version needs a value"; versions="$2"; shift 2 ;;
   --accel) [ $# -ge 2 ] || die "--accel needs a value"; accel="$2"; shift 2 ;;
   --out) [ $# -ge 2 ] || die "--out needs a value"; out="$2"; shift 2 ;;
-  -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
   *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -229,7 +232,7 @@ for dev in $devices; do
     # setup; giving the frequency outright avoids the calibration.
     # ioeventfd=off: QueueNotify writes then reach the device model (and the trace) instead
     # of being absorbed by an eventfd.
-    timeout "${VCTRACE_TIMEOUT:-300}" qemu-system-x86_64 -M microvm -m 256 -smp 1 "${accel_args[@]}" \
+    timeout "${VCTRACE_TIMEOUT:-180}" qemu-system-x86_64 -M microvm -m 256 -smp 1 "${accel_args[@]}" \
       -nodefaults -no-user-config -display none -no-reboot \
       -serial "file:$serial" \
       -global "virtio-mmio.force-legacy=$legacy" -global virtio-mmio.ioeventfd=off \
@@ -248,7 +251,8 @@ for dev in $devices; do
     {
       echo "$header"
       awk -f "$here/capture-linux-trace.awk" "$log" "$log"
-    } >"$out/$name.jsonl"
+    } >"$work/$name.jsonl" || die "$name: extracting the trace failed"
+    mv "$work/$name.jsonl" "$out/$name.jsonl"
     echo "capture-linux-trace: $name: $(($(wc -l <"$out/$name.jsonl") - 1)) events in ${secs}s -> traces/$name.jsonl" >&2
   done
 done

@@ -253,6 +253,6 @@ for dev in $devices; do
       awk -f "$here/capture-linux-trace.awk" "$log" "$log"
     } >"$work/$name.jsonl" || die "$name: extracting the trace failed"
     mv "$work/$name.jsonl" "$out/$name.jsonl"
-    echo "capture-linux-trace: $name: $(($(wc -l <"$out/$name.jsonl") - 1)) events in ${secs}s -> traces/$name.jsonl" >&2
+    echo "capture-linux-trace: $name: $(($(wc -l <"$out/$name.jsonl") - 1)) events in ${secs}s -> $out/$name.jsonl" >&2
   done
 done

@@ -1421,6 +1421,20 @@ impl Exec<'_> {
 
     fn setup_queue(&mut self, index: u16, size: u16, align: Option<u32>) -> R {
         self.w32(QUEUE_SEL, index as u32)?;
+        self.setup_selected_queue(index, size, align, false)
+    }
+
+    /// Sets queue `index` up once QueueSel already names it: reads QueueNumMax, then writes
+    /// QueueNum and the ring addresses (and QueueReady, or QueueAlign/QueuePFN on a legacy
+    /// device). `reselect_before_num` writes QueueSel again right before QueueNum, as a driver
+    /// that selects the queue in every helper does (rcore `queue.rs:queue_set`).
+    fn setup_selected_queue(
+        &mut self,
+        index: u16,
+        size: u16,
+        align: Option<u32>,
+        reselect_before_num: bool,
+    ) -> R {
         let max = self.r32o(QUEUE_NUM_MAX)?;
         if max == 0 {
             return Err(Stop::Unsupported(format!("queue {index} does not exist")));
@@ -1451,6 +1465,9 @@ impl Exec<'_> {
             DriverQueue::modern(base, size)
         };
         dq.clear(&mut self.mem())?;
+        if reselect_before_num {
+            self.w32(QUEUE_SEL, index as u32)?;
+        }
         self.w32(QUEUE_NUM, size as u32)?;
         if self.legacy {
             self.w32(QUEUE_ALIGN, align.unwrap_or(PAGE))?;

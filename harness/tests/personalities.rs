@@ -168,6 +168,24 @@ fn rcore_writes_absolute_status_values_and_never_reads_status_during_init() {
     let gen = position(&t, |a| !a.0 && a.1 == CONFIG_GENERATION);
     let num_write = position(&t, |a| a.0 && a.1 == QUEUE_NUM);
     assert!(gen < num_write);
+    // Each helper selects the queue (queue.rs: queue_used, max_queue_size, queue_set).
+    let sel = position(&t, |a| a.0 && a.1 == QUEUE_SEL);
+    let queue: Vec<(bool, u64)> = t[sel..=num_write]
+        .iter()
+        .filter(|a| a.1 < CONFIG_GENERATION)
+        .map(|a| (a.0, a.1))
+        .collect();
+    assert_eq!(
+        queue,
+        vec![
+            (true, QUEUE_SEL),
+            (false, QUEUE_READY),
+            (true, QUEUE_SEL),
+            (false, QUEUE_NUM_MAX),
+            (true, QUEUE_SEL),
+            (true, QUEUE_NUM)
+        ]
+    );
 }
 
 #[test]

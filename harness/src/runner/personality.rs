@@ -283,14 +283,23 @@ impl Exec<'_> {
                         || format!("QueueReady = {ready}"),
                     );
                 }
-                if p.reselect_queue {
-                    self.w32(QUEUE_SEL, q.index as u32)?;
-                }
             }
             if p.reread_num_max {
+                // NetBSD reads the size when it allocates the queue (`virtio_init_vq`), then
+                // selects it again to set it up (`virtio_mmio_v2_setup_queue`).
                 self.r32o(QUEUE_NUM_MAX)?;
+                self.w32(QUEUE_SEL, q.index as u32)?;
             }
-            self.setup_queue(q.index, q.size, q.align)?;
+            if p.reselect_queue {
+                // rcore `max_queue_size` selects the queue before reading QueueNumMax.
+                self.w32(QUEUE_SEL, q.index as u32)?;
+            }
+            // Linux `vm_setup_vq` selects the queue once: QueueSel, then QueueReady (or
+            // QueuePFN), QueueNumMax and QueueNum with no second select (this used to write
+            // QueueSel again before QueueNumMax; the captured Linux 6.1 traces in traces/
+            // show a single select, see harness/tests/traces.rs). rcore `queue_set` selects
+            // once more before QueueNum.
+            self.setup_selected_queue(q.index, q.size, q.align, p.reselect_queue)?;
         }
         if upto == Upto::Queues {
             return Ok(());

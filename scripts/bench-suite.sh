@@ -7,7 +7,7 @@ n=${1:-5}
 cargo build --release --locked -q -p virtio-conform
 bin=target/release/virtio-conform
 total_ms=()
-for dev in entropy block; do
+for dev in entropy block console net; do
   for ver in 2 1; do
     times=()
     for _ in $(seq "$n"); do
@@ -23,4 +23,4 @@ for dev in entropy block; do
   done
 done
 sum=0; for t in "${total_ms[@]}"; do sum=$((sum + t)); done
-echo "all four runs: ${sum} ms"
+echo "all ${#total_ms[@]} runs: ${sum} ms"

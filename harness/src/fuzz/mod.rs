@@ -42,7 +42,7 @@ pub use queue_chain::{decode_queue_chain, queue_chain, queue_chain_on, QueueChai
 
 /// Names of the fuzz targets, as used by `cargo fuzz run <name>`, the corpus folders and
 /// [`replay`].
-pub const TARGETS: &[&str] = &["queue_chain", "mmio_regs", "diff_mmio"];
+pub const TARGETS: &[&str] = &["queue_chain", "mmio_regs", "diff_mmio", "packed_chain"];
 
 /// Environment variable that pins one mutant (by its [`Mutant::name`]) for a whole run.
 pub const MUTANT_ENV: &str = "VIRTIO_CONFORM_MUTANT";
@@ -211,6 +211,10 @@ pub fn replay_on(
         "diff_mmio" => (
             decode_diff_mmio(data).to_string(),
             diff_mmio_on(data, mutant).err(),
+        ),
+        "packed_chain" => (
+            packed_chain::decode_packed_chain(data).to_string(),
+            packed_chain::packed_chain_on(data, mutant).err(),
         ),
         other => {
             return Err(format!(

@@ -3,90 +3,32 @@
 //! under every one, and a device that only works in the spec's order fails under a driver
 //! that does things differently.
 
-use std::sync::{Arc, Mutex};
 use virtio_conform::case::Order;
 use virtio_conform::outcome::Outcome;
 use virtio_conform::runner::{run_case_as, CASE_BUDGET};
 use virtio_conform::suite::{run_suite, Options, Suite};
-use virtio_conform::target::{
-    Capabilities, DeviceKind, IrqEvent, ReferenceTarget, Target, TargetError, TargetInfo,
-};
+use virtio_conform::target::{DeviceKind, ReferenceTarget, Target};
 use virtio_reference_device::regs::*;
-use virtio_reference_device::{MemoryAccess, TransportVersion};
+use virtio_reference_device::TransportVersion;
 
-/// One register access: (is_write, offset, value).
-type Access = (bool, u64, u32);
+mod common;
+use common::{Access, Logged};
 
-/// The reference device, with every register access logged, and optionally a device bug
-/// that only shows when the driver writes feature word 1 before word 0.
-struct Traced {
-    inner: ReferenceTarget,
-    log: Arc<Mutex<Vec<Access>>>,
-    /// Writing DriverFeaturesSel = 0 clears the accepted high word (a device that assumes
-    /// drivers write word 0 first and "starts a new negotiation" there).
-    word0_restarts_negotiation: bool,
-}
-
-impl Traced {
-    fn new(device: DeviceKind, version: TransportVersion, bug: bool) -> Self {
-        Traced {
-            inner: ReferenceTarget::new(device, version, None).unwrap(),
-            log: Arc::new(Mutex::new(Vec::new())),
-            word0_restarts_negotiation: bug,
-        }
+/// The reference device with its register accesses logged; with `bug`, a device that treats
+/// a write of DriverFeaturesSel = 0 as the start of a new negotiation and clears the accepted
+/// high word (it assumes drivers write word 0 first).
+fn traced(device: DeviceKind, version: TransportVersion, bug: bool) -> Logged {
+    let mut t = Logged::new(ReferenceTarget::new(device, version, None).unwrap());
+    if bug {
+        t.before_write = Some(Box::new(|inner, offset, value| {
+            if offset == DRIVER_FEATURES_SEL && value == 0 {
+                inner.write32(DRIVER_FEATURES_SEL, 1)?;
+                inner.write32(DRIVER_FEATURES, 0)?;
+            }
+            Ok(())
+        }));
     }
-}
-
-impl Target for Traced {
-    fn info(&self) -> TargetInfo {
-        self.inner.info()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn ram_size(&self) -> u64 {
-        self.inner.ram_size()
-    }
-    fn read(&mut self, offset: u64, data: &mut [u8]) -> Result<(), TargetError> {
-        self.inner.read(offset, data)?;
-        let mut v = [0u8; 4];
-        v[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
-        self.log
-            .lock()
-            .unwrap()
-            .push((false, offset, u32::from_le_bytes(v)));
-        Ok(())
-    }
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
-        let mut v = [0u8; 4];
-        v[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
-        let value = u32::from_le_bytes(v);
-        self.log.lock().unwrap().push((true, offset, value));
-        if self.word0_restarts_negotiation && offset == DRIVER_FEATURES_SEL && value == 0 {
-            self.inner.write32(DRIVER_FEATURES_SEL, 1)?;
-            self.inner.write32(DRIVER_FEATURES, 0)?;
-        }
-        self.inner.write(offset, data)
-    }
-    fn mem_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), TargetError> {
-        self.inner.mem_write(gpa, data)
-    }
-    fn mem_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {
-        self.inner.mem_read(gpa, buf)
-    }
-    fn fresh(&mut self) -> Result<(), TargetError> {
-        self.log.lock().unwrap().clear();
-        self.inner.fresh()
-    }
-    fn take_interrupts(&mut self) -> Vec<IrqEvent> {
-        self.inner.take_interrupts()
-    }
-    fn take_accesses(&mut self) -> Option<Vec<MemoryAccess>> {
-        self.inner.take_accesses()
-    }
-    fn synchronous(&self) -> bool {
-        self.inner.synchronous()
-    }
+    t
 }
 
 fn suite() -> Suite {
@@ -97,7 +39,7 @@ fn suite() -> Suite {
 fn trace(driver: Order, case: &str, device: DeviceKind, version: TransportVersion) -> Vec<Access> {
     let s = suite();
     let case = s.cases.iter().find(|c| c.id == case).expect("case exists");
-    let mut t = Traced::new(device, version, false);
+    let mut t = traced(device, version, false);
     let log = t.log.clone();
     t.fresh().unwrap();
     let run = run_case_as(&mut t, case, &s.catalog, CASE_BUDGET, driver);
@@ -285,7 +227,7 @@ fn a_device_that_needs_the_spec_feature_order_passes_spec_and_fails_linux() {
         (Order::Linux, Outcome::Fail),
         (Order::Freebsd, Outcome::Fail),
     ] {
-        let mut t = Traced::new(DeviceKind::Block, MODERN, true);
+        let mut t = traced(DeviceKind::Block, MODERN, true);
         t.fresh().unwrap();
         let run = run_case_as(&mut t, case, &s.catalog, CASE_BUDGET, driver);
         assert_eq!(run.outcome, want, "{driver:?}: {run:?}");

@@ -7,16 +7,16 @@
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use virtio_conform::case::Order;
 use virtio_conform::outcome::Outcome;
 use virtio_conform::runner::{run_case_as, CASE_BUDGET};
 use virtio_conform::suite::Suite;
-use virtio_conform::target::{
-    Capabilities, DeviceKind, IrqEvent, ReferenceTarget, Target, TargetError, TargetInfo,
-};
+use virtio_conform::target::{DeviceKind, ReferenceTarget, Target};
 use virtio_reference_device::regs::*;
-use virtio_reference_device::{MemoryAccess, TransportVersion};
+use virtio_reference_device::TransportVersion;
+
+mod common;
+use common::Logged;
 
 /// First line of a trace.
 #[derive(Debug, Deserialize)]
@@ -295,65 +295,6 @@ fn the_real_driver_does_what_the_linux_personality_says() {
 
 // ---- the harness's own init under the personality, on a logging reference device ----------
 
-/// The reference device with every register access logged.
-struct Logged {
-    inner: ReferenceTarget,
-    log: Arc<Mutex<Vec<(bool, u64, u32)>>>,
-}
-
-fn value_of(data: &[u8]) -> u32 {
-    let mut v = [0u8; 4];
-    let n = data.len().min(4);
-    v[..n].copy_from_slice(&data[..n]);
-    u32::from_le_bytes(v)
-}
-
-impl Target for Logged {
-    fn info(&self) -> TargetInfo {
-        self.inner.info()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn ram_size(&self) -> u64 {
-        self.inner.ram_size()
-    }
-    fn read(&mut self, offset: u64, data: &mut [u8]) -> Result<(), TargetError> {
-        self.inner.read(offset, data)?;
-        self.log
-            .lock()
-            .unwrap()
-            .push((false, offset, value_of(data)));
-        Ok(())
-    }
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
-        self.log
-            .lock()
-            .unwrap()
-            .push((true, offset, value_of(data)));
-        self.inner.write(offset, data)
-    }
-    fn mem_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), TargetError> {
-        self.inner.mem_write(gpa, data)
-    }
-    fn mem_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {
-        self.inner.mem_read(gpa, buf)
-    }
-    fn fresh(&mut self) -> Result<(), TargetError> {
-        self.log.lock().unwrap().clear();
-        self.inner.fresh()
-    }
-    fn take_interrupts(&mut self) -> Vec<IrqEvent> {
-        self.inner.take_interrupts()
-    }
-    fn take_accesses(&mut self) -> Option<Vec<MemoryAccess>> {
-        self.inner.take_accesses()
-    }
-    fn synchronous(&self) -> bool {
-        self.inner.synchronous()
-    }
-}
-
 /// The handshake of an access list, from the first MagicValue read up to and including the
 /// DRIVER_OK write: the registers a personality decides on, with the values that do not
 /// depend on the device or on what the case asks for (Status, the select registers, the
@@ -403,11 +344,8 @@ fn personality_run(
 ) -> Vec<(bool, u64, u32)> {
     let s = Suite::load_default().expect("the shipped suite loads");
     let case = s.cases.iter().find(|c| c.id == case).expect("case exists");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let mut t = Logged {
-        inner: ReferenceTarget::new(device, version, None).unwrap(),
-        log: log.clone(),
-    };
+    let mut t = Logged::new(ReferenceTarget::new(device, version, None).unwrap());
+    let log = t.log.clone();
     t.fresh().unwrap();
     let run = run_case_as(&mut t, case, &s.catalog, CASE_BUDGET, order);
     assert_eq!(run.outcome, Outcome::Pass, "{order:?}: {run:?}");

@@ -1010,6 +1010,28 @@ fn shared_ram_args(
 }
 
 impl QemuTarget {
+    /// The harness's end of the net device's stream netdev for queue pair `port` (QEMU's
+    /// stream netdev has one pair), after every pipelined command reached QEMU; `what` names
+    /// the direction for the error of a target without one.
+    fn net_link(
+        &mut self,
+        port: u32,
+        what: &str,
+    ) -> Result<&mut super::qemu_net::NetLink, TargetError> {
+        if port != 0 {
+            return Err(TargetError::Unsupported(format!(
+                "net port {port} (QEMU: one stream netdev, queue pair 0)"
+            )));
+        }
+        self.sync()?;
+        self.inst
+            .as_mut()
+            .ok_or_else(|| TargetError::Unavailable("QEMU is not running".into()))?
+            .net
+            .as_mut()
+            .ok_or_else(|| TargetError::Unsupported(format!("host-side {what}")))
+    }
+
     /// Whether this target runs the harness's own console (a `virtconsole` on its socket).
     fn device_is_console(&self) -> bool {
         self.inst.as_ref().is_some_and(|i| i.console.is_some())
@@ -1427,21 +1449,8 @@ impl Target for QemuTarget {
         if self.device_is_console() {
             return self.console_socket(port)?.send(data);
         }
-        if port != 0 {
-            return Err(TargetError::Unsupported(format!(
-                "net port {port} (QEMU: one stream netdev, queue pair 0)"
-            )));
-        }
         // Everything the driver did before reaches QEMU first.
-        self.sync()?;
-        let inst = self
-            .inst
-            .as_mut()
-            .ok_or_else(|| TargetError::Unavailable("QEMU is not running".into()))?;
-        let net = inst
-            .net
-            .as_mut()
-            .ok_or_else(|| TargetError::Unsupported("host-side input".into()))?;
+        let net = self.net_link(port, "input")?;
         net.send(data).map_err(TargetError::Protocol)?;
         // One qtest round trip lets QEMU's main loop read the socket.
         self.read32(0).map(|_| ())
@@ -1453,20 +1462,7 @@ impl Target for QemuTarget {
             self.sync()?;
             return self.console_socket(port)?.take();
         }
-        if port != 0 {
-            return Err(TargetError::Unsupported(format!(
-                "net port {port} (QEMU: one stream netdev, queue pair 0)"
-            )));
-        }
-        self.sync()?;
-        let inst = self
-            .inst
-            .as_mut()
-            .ok_or_else(|| TargetError::Unavailable("QEMU is not running".into()))?;
-        let net = inst
-            .net
-            .as_mut()
-            .ok_or_else(|| TargetError::Unsupported("host-side output".into()))?;
+        let net = self.net_link(port, "output")?;
         net.take().map_err(TargetError::Protocol)
     }
 

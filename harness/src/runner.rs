@@ -1639,6 +1639,26 @@ impl Exec<'_> {
         Ok(pos.map(|p| q.outstanding.remove(p)))
     }
 
+    /// The outstanding chain a used element `id` of `queue` returns, now the queue's last
+    /// used chain; `None`, graded under VQ-DEV-17, when `id` names no outstanding head.
+    fn used_chain(&mut self, queue: u16, id: u32) -> R<Option<Posted>> {
+        let posted = self.take_outstanding(queue, id)?;
+        match &posted {
+            Some(p) => self.q(queue)?.last = Some(p.clone()),
+            None => {
+                self.check(
+                    None,
+                    &["VQ-DEV-17"],
+                    false,
+                    Severity::Low,
+                    || "used id names an outstanding head".into(),
+                    || format!("used id {id}"),
+                );
+            }
+        }
+        Ok(posted)
+    }
+
     fn wait_used(&mut self, queue: u16, want: u16, wait: Duration) -> R<u16> {
         if self.is_packed(queue) {
             return self.packed_wait_used(queue, want, wait);
@@ -1734,19 +1754,7 @@ impl Exec<'_> {
         let elems = self.take_used(queue)?;
         for (id, l) in elems {
             self.observe(format!("used q{queue} element"), format!("id {id} len {l}"));
-            let posted = self.take_outstanding(queue, id)?;
-            if let Some(p) = &posted {
-                self.q(queue)?.last = Some(p.clone());
-            }
-            let Some(p) = posted else {
-                self.check(
-                    None,
-                    &["VQ-DEV-17"],
-                    false,
-                    Severity::Low,
-                    || "used id names an outstanding head".into(),
-                    || format!("used id {id}"),
-                );
+            let Some(p) = self.used_chain(queue, id)? else {
                 continue;
             };
             let cap = p.writable_total();

@@ -2,7 +2,7 @@
 //! queues (`expect_received`) and the control messages of the multiport handshake
 //! (`expect_control`), with the device rules of §5.3.6.2 checked on every message taken.
 
-use super::{hex, Exec, Posted, R};
+use super::{hex, Exec, R};
 use crate::case::Grade;
 use crate::outcome::Severity;
 use crate::target::{POLL_INTERVAL, USED_WAIT};
@@ -45,27 +45,13 @@ impl Exec<'_> {
     /// head (VQ-DEV-17) and its len must fit the chain's writable bytes (VQ-DEV-15).
     fn take_completions(&mut self, queue: u16) -> R<Vec<Completion>> {
         self.t.settle()?;
-        let mut dq = self.q(queue)?.dq.clone();
-        let elems = dq.take_used(&mut self.mem())?;
-        self.q(queue)?.dq = dq;
+        let elems = self.take_used(queue)?;
         let mut out = Vec::new();
         for (id, l) in elems {
             self.observe(format!("used q{queue} element"), format!("id {id} len {l}"));
-            let q = self.q(queue)?;
-            let pos = q.outstanding.iter().position(|p| p.head as u32 == id);
-            let posted: Option<Posted> = pos.map(|p| q.outstanding.remove(p));
-            let Some(p) = posted else {
-                self.check(
-                    None,
-                    &["VQ-DEV-17"],
-                    false,
-                    Severity::Low,
-                    || "used id names an outstanding head".into(),
-                    || format!("used id {id}"),
-                );
+            let Some(p) = self.used_chain(queue, id)? else {
                 continue;
             };
-            self.q(queue)?.last = Some(p.clone());
             let cap = p.writable_total();
             self.check(
                 None,

@@ -193,6 +193,10 @@ impl QemuOptions {
     }
 }
 
+/// How long the net target keeps QEMU's main loop turning after its stream netdev connected,
+/// before the first case step (see `Instance::start`).
+const NET_CONNECT_SETTLE: Duration = Duration::from_millis(250);
+
 /// The first line of `<qemu> --version`, or why QEMU cannot be run
 /// ([`TargetError::Unavailable`]). Tests use it to decide whether to skip.
 pub fn qemu_version(qemu: &Path) -> Result<String, TargetError> {
@@ -932,12 +936,18 @@ impl Instance {
                     &inst.stderr_path(),
                 ))
             })?;
-            // QEMU completes its connect in the main loop: a few qtest round trips let it
-            // mark the netdev connected before the first frame.
-            for _ in 0..4 {
+            // QEMU completes its connect in a thread and then in its main loop, and drops the
+            // guest's frames until then; nothing in QMP shows the moment. Keep its main loop
+            // turning with qtest round trips for NET_CONNECT_SETTLE (a few round trips were
+            // not enough on a loaded machine).
+            let settle = Instant::now() + NET_CONNECT_SETTLE;
+            let mut trips = 0;
+            while trips < 4 || Instant::now() < settle {
                 inst.conn
                     .query("readl 0x0".into())
                     .map_err(|_| TargetError::Unavailable("QEMU target setup: qtest".into()))?;
+                trips += 1;
+                std::thread::sleep(Duration::from_millis(2));
             }
         }
         // Back to the per-reply timeout for normal operation.

@@ -1659,6 +1659,27 @@ impl Exec<'_> {
         Ok(posted)
     }
 
+    /// One used element (`id`, `len`) of `queue`, observed and checked: it must name an
+    /// outstanding head (VQ-DEV-17, see [`Self::used_chain`]), its len must fit the chain's
+    /// writable bytes (VQ-DEV-15) and not claim bytes the device did not write.
+    fn checked_used(&mut self, queue: u16, id: u32, l: u32) -> R<Option<Posted>> {
+        self.observe(format!("used q{queue} element"), format!("id {id} len {l}"));
+        let Some(p) = self.used_chain(queue, id)? else {
+            return Ok(None);
+        };
+        let cap = p.writable_total();
+        self.check(
+            None,
+            &["VQ-DEV-15"],
+            l as u64 <= cap,
+            Severity::Low,
+            || format!("used len <= {cap} writable bytes"),
+            || format!("used len {l}"),
+        );
+        self.check_len_honest(&p, l);
+        Ok(Some(p))
+    }
+
     fn wait_used(&mut self, queue: u16, want: u16, wait: Duration) -> R<u16> {
         if self.is_packed(queue) {
             return self.packed_wait_used(queue, want, wait);
@@ -1753,20 +1774,9 @@ impl Exec<'_> {
         }
         let elems = self.take_used(queue)?;
         for (id, l) in elems {
-            self.observe(format!("used q{queue} element"), format!("id {id} len {l}"));
-            let Some(p) = self.used_chain(queue, id)? else {
+            if self.checked_used(queue, id, l)?.is_none() {
                 continue;
-            };
-            let cap = p.writable_total();
-            self.check(
-                None,
-                &["VQ-DEV-15"],
-                l as u64 <= cap,
-                Severity::Low,
-                || format!("used len <= {cap} writable bytes"),
-                || format!("used len {l}"),
-            );
-            self.check_len_honest(&p, l);
+            }
             if let Some(e) = len {
                 // §2.7.8.2: `len` may underestimate what was written (VQ-DEV-16, informational);
                 // more than the request can have produced fails.

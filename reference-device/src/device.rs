@@ -802,20 +802,7 @@ impl MmioDevice {
                 .p
                 .needs_notification(&mut self.ram)
                 .unwrap_or(true);
-        if notify {
-            self.raise(Interrupt::UsedBuffer { queue: i as u16 });
-        }
-        match failure {
-            Some(QueueError::BudgetExhausted) => {
-                self.budget_exhausted = true;
-                self.last_error = Some(QueueError::BudgetExhausted);
-            }
-            Some(e) => {
-                self.queues[i].broken = true;
-                self.enter_needs_reset(e)
-            }
-            None => {}
-        }
+        self.end_service(i, notify, failure);
     }
 
     /// Available buffer notification for queue `index` (§2.7.13, §4.2.3.3).
@@ -1014,6 +1001,13 @@ impl MmioDevice {
                 .q
                 .needs_notification(&mut self.ram)
                 .unwrap_or(true);
+        self.end_service(i, notify, failure);
+    }
+
+    /// After servicing queue `i` (either layout): the used-buffer notification when one is due,
+    /// then what a failure does — an exhausted step budget is recorded, any other error stops
+    /// the queue and, on a modern device, announces DEVICE_NEEDS_RESET.
+    fn end_service(&mut self, i: usize, notify: bool, failure: Option<QueueError>) {
         if notify {
             self.raise(Interrupt::UsedBuffer { queue: i as u16 });
         }
@@ -1023,7 +1017,6 @@ impl MmioDevice {
                 self.last_error = Some(QueueError::BudgetExhausted);
             }
             Some(e) => {
-                // The queue is stopped; a modern device also announces DEVICE_NEEDS_RESET.
                 self.queues[i].broken = true;
                 self.enter_needs_reset(e)
             }

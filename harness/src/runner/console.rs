@@ -48,20 +48,10 @@ impl Exec<'_> {
         let elems = self.take_used(queue)?;
         let mut out = Vec::new();
         for (id, l) in elems {
-            self.observe(format!("used q{queue} element"), format!("id {id} len {l}"));
-            let Some(p) = self.used_chain(queue, id)? else {
+            let Some(p) = self.checked_used(queue, id, l)? else {
                 continue;
             };
             let cap = p.writable_total();
-            self.check(
-                None,
-                &["VQ-DEV-15"],
-                l as u64 <= cap,
-                Severity::Low,
-                || format!("used len <= {cap} writable bytes"),
-                || format!("used len {l}"),
-            );
-            self.check_len_honest(&p, l);
             let mut left = (l as u64).min(cap).min(1 << 20);
             let mut bytes = Vec::new();
             for &(a, wl) in &p.writable {

@@ -19,6 +19,7 @@
 
 use super::Finding;
 use arbitrary::{Arbitrary, Unstructured};
+use std::collections::HashSet;
 use std::fmt;
 use virtio_reference_device::packed::{used_bits, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED};
 use virtio_reference_device::regs::*;
@@ -145,12 +146,43 @@ struct Rig {
     out: Vec<Outstanding>,
     next_buf: u64,
     mutant: Option<Mutant>,
-    /// A list ended with NEXT (a driver error): the device may walk on into stale ring
-    /// descriptors and write where they point, so writes anywhere in the buffer arena pass.
+    /// A list ended with NEXT (a driver error): the device may follow NEXT on into ring
+    /// descriptors the driver did not make available in this lap (stale ones of an earlier
+    /// lap, or used ones) and write where they point, so writes into any area a ring slot
+    /// has named since the last reset pass (see [`Rig::ring_areas`]).
     lax: bool,
+    /// Every `(addr, len)` a ring slot has held since the last reset: the
+    /// driver's descriptors and the used descriptors written over them (same `addr`, the used
+    /// `len`).
+    ring_areas: HashSet<(u64, u64)>,
 }
 
 impl Rig {
+    /// An entropy device (the reference, or `mutant`) on `RAM` bytes of guest memory that
+    /// records its accesses, with a driver queue of `size` descriptors (not yet initialised).
+    fn new(size: u16, mutant: Option<Mutant>) -> Result<Rig, Finding> {
+        let ram = GuestRam::anonymous(RAM)
+            .map_err(|e| Finding::new(TARGET, "setup", &[], e.to_string()))?;
+        let mem = ram.memory().clone();
+        let mut cfg = DeviceConfig::new(TransportVersion::Modern);
+        cfg.knobs.offer_ring_packed = true;
+        cfg.knobs.offer_in_order = true;
+        cfg.mutant = mutant;
+        cfg.step_budget = 4096;
+        let mut dev = MmioDevice::new(cfg, Box::new(EntropyBackend::new(1)), ram);
+        dev.ram_mut().set_recording(true);
+        Ok(Rig {
+            dev,
+            mem,
+            pq: DriverPackedQueue::modern(RING, size),
+            out: Vec::new(),
+            next_buf: BUF,
+            mutant,
+            lax: false,
+            ring_areas: HashSet::new(),
+        })
+    }
+
     fn w(&mut self, off: u64, v: u32) {
         self.dev.write_u32(off, v);
     }
@@ -179,7 +211,23 @@ impl Rig {
         );
         self.out.clear();
         self.lax = false;
+        self.ring_areas.clear();
         self.next_buf = BUF;
+    }
+
+    /// Adds the `(addr, len)` of every ring slot, as the ring holds them now, to
+    /// [`Rig::ring_areas`].
+    ///
+    /// Called after each operation, before its writes are judged: a slot the device read in
+    /// this operation holds what the driver wrote in this or an earlier operation (already
+    /// recorded then) or, when the device used it, the same `addr` with the used `len`
+    /// (recorded now). A slot changes at most once per operation (a used descriptor per lap).
+    fn record_ring_areas(&mut self) {
+        for slot in 0..self.pq.size {
+            if let Ok(d) = self.pq.read_desc(&mut self.mem, slot) {
+                self.ring_areas.insert((d.addr, d.len as u64));
+            }
+        }
     }
 
     fn alloc(&mut self, len: u64) -> u64 {
@@ -198,6 +246,7 @@ impl Rig {
     /// Memory oracles over the device's accesses since the last call.
     fn check_accesses(&mut self) -> Result<(), Finding> {
         let log = self.dev.ram_mut().take_accesses();
+        self.record_ring_areas();
         let ring_end = self.pq.desc + 16 * self.pq.size as u64;
         let mut pending: Vec<u64> = Vec::new();
         for a in &log {
@@ -226,11 +275,15 @@ impl Rig {
             if a.gpa >= self.pq.device_event && end <= self.pq.device_event + 4 {
                 continue;
             }
-            let inside = |v: &[(u64, u64)]| v.iter().any(|&(s, l)| a.gpa >= s && end <= s + l);
-            // A stale used slot keeps the driver's address but carries the used len, so a
-            // walked-into slot may reach past its old buffer: anywhere in the buffer arena.
-            let arena = a.gpa >= BUF && end <= TABLE + 0x4000;
-            if self.out.iter().any(|o| inside(&o.writable)) || (self.lax && arena) {
+            let within = |&(s, l): &(u64, u64)| a.gpa >= s && end <= s.saturating_add(l);
+            let inside = |v: &[(u64, u64)]| v.iter().any(within);
+            // After a list ending in NEXT the device may have walked into slots the driver
+            // did not make available (§2.8.6, §2.8.17 are the driver's to keep): any area a
+            // ring slot named passes, wherever the driver had put it (also the rare buffers
+            // at the end of RAM); an area no slot ever named still does not.
+            if self.out.iter().any(|o| inside(&o.writable))
+                || (self.lax && self.ring_areas.iter().any(within))
+            {
                 continue;
             }
             let oracle = if self.out.iter().any(|o| inside(&o.readable)) {
@@ -327,25 +380,7 @@ impl Rig {
 /// Runs `data` against `mutant` (`None`: the reference).
 pub fn packed_chain_on(data: &[u8], mutant: Option<Mutant>) -> Result<(), Finding> {
     let case = decode_packed_chain(data);
-    let ram =
-        GuestRam::anonymous(RAM).map_err(|e| Finding::new(TARGET, "setup", &[], e.to_string()))?;
-    let mem = ram.memory().clone();
-    let mut cfg = DeviceConfig::new(TransportVersion::Modern);
-    cfg.knobs.offer_ring_packed = true;
-    cfg.knobs.offer_in_order = true;
-    cfg.mutant = mutant;
-    cfg.step_budget = 4096;
-    let mut dev = MmioDevice::new(cfg, Box::new(EntropyBackend::new(1)), ram);
-    dev.ram_mut().set_recording(true);
-    let mut rig = Rig {
-        dev,
-        mem,
-        pq: DriverPackedQueue::modern(RING, case.size),
-        out: Vec::new(),
-        next_buf: BUF,
-        mutant,
-        lax: false,
-    };
+    let mut rig = Rig::new(case.size, mutant)?;
     let indirect_ok = case.features & bit(VIRTIO_F_INDIRECT_DESC) != 0;
     let body = |rig: &mut Rig| -> Result<(), Finding> {
         rig.init(case.size, case.features);
@@ -512,6 +547,71 @@ mod tests {
                 panic!("seed {seed}: {f}\n{}", decode_packed_chain(&data));
             }
         }
+    }
+
+    /// Encodes one `Post` of four `(place, len, write)` elements, `n % 4 + 1` of them used.
+    fn post(out: &mut Vec<u8>, elems: [(u8, u8, bool); 4], n: u8, knob: u8, kick: bool) {
+        use crate::fuzz::encode::{variant, Encode};
+        variant(out, 0, 5);
+        for (place, len, write) in elems {
+            [place, len, write as u8].encode(out);
+        }
+        [n, 0, knob, kick as u8].encode(out);
+    }
+
+    fn collect(out: &mut Vec<u8>) {
+        crate::fuzz::encode::variant(out, 2, 5);
+    }
+
+    /// §2.8.6, §2.8.17 (PVQ-DEV-03): a list whose last descriptor carries NEXT is a driver
+    /// error; the device may follow NEXT into ring slots the driver made available in an
+    /// earlier lap and write into the buffers they name, wherever the driver had put them.
+    /// The fuzz finding of 2026-12-01 was this walk reaching a stale slot whose buffer the
+    /// driver had placed at the end of RAM (place 250), outside the area the oracle allowed.
+    #[test]
+    fn stale_slot_walked_into_after_a_list_ending_in_next_may_be_written() {
+        let mut data = vec![3, 0]; // queue size 4, no extra features
+                                   // Lap 1: one list of four writable elements, the last at the end of RAM (48 bytes
+                                   // at 0xfffd0); used and collected, so slots 1..3 keep its stale descriptors.
+        let w = (0, 47, true);
+        post(&mut data, [w, w, w, (250, 47, true)], 3, 0, true);
+        collect(&mut data);
+        // Lap 2: a one-element list ending in NEXT (knob 250): the device walks on into
+        // slots 1..3 and fills the stale end-of-RAM buffer.
+        post(&mut data, [w, w, w, w], 0, 250, true);
+        collect(&mut data);
+        let case = decode_packed_chain(&data);
+        assert_eq!(case.ops.len(), 4, "{case}");
+        assert_eq!(packed_chain_on(&data, None), Ok(()), "{case}");
+    }
+
+    /// The permissive rule above still fails a write into an area no ring slot ever named,
+    /// and without a broken list a write into a stale slot's buffer is a stray write.
+    #[test]
+    fn writes_outside_every_named_area_are_still_stray() {
+        let stale_tail = RAM - 48;
+        let mut rig = Rig::new(4, None).unwrap();
+        rig.init(4, 0);
+        let elem = |addr| PackedElem {
+            addr,
+            len: 48,
+            flags: VIRTQ_DESC_F_WRITE,
+            raw_flags: false,
+        };
+        rig.pq
+            .make_available(&mut rig.mem, &[elem(BUF), elem(stale_tail)], 0)
+            .unwrap();
+        // The list is not outstanding in the rig: its buffers count as stale ones.
+        assert_eq!(rig.check_accesses(), Ok(()));
+        let stray = |rig: &mut Rig, gpa: u64| {
+            rig.dev.ram_mut().write(gpa, &[0xaa; 16]).unwrap();
+            rig.check_accesses().map_err(|f| f.oracle)
+        };
+        assert_eq!(stray(&mut rig, stale_tail), Err("stray-write"));
+        rig.lax = true;
+        assert_eq!(stray(&mut rig, stale_tail), Ok(()));
+        assert_eq!(stray(&mut rig, stale_tail - 8), Err("stray-write"));
+        assert_eq!(stray(&mut rig, 0x3_0000), Err("stray-write"));
     }
 
     #[test]

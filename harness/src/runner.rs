@@ -726,6 +726,7 @@ impl Exec<'_> {
             return;
         };
         self.packed_publish_order(&log);
+        let readable_id = self.readable_written_id();
         let mut seen = 0;
         for a in log {
             let end = a.gpa.saturating_add(a.len);
@@ -752,7 +753,7 @@ impl Exec<'_> {
                         "no write to the Driver Event Suppression structure",
                     ))
                 } else if inside(Area::ReadOnly) {
-                    Some(("VQ-DEV-03", "no write to a device-readable buffer"))
+                    Some((readable_id, "no write to a device-readable buffer"))
                 } else {
                     Some((
                         "SPLIT-DEV-MALFORMED-CHAIN",

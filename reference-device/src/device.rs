@@ -797,6 +797,15 @@ impl MmioDevice {
                 Err(e) => failure = failure.or(Some(e)),
             }
         }
+        if used_any && self.is(Mutant::PackedDeviceEventInDriverArea) {
+            // The device event suppression structure (next used position and wrap, flags
+            // ENABLE) written to QueueDriver instead of QueueDevice.
+            let p = &self.queues[i].p;
+            let (pos, wrap) = p.next_used();
+            let mut raw = [0u8; 4];
+            raw[..2].copy_from_slice(&((pos & 0x7fff) | (wrap as u16) << 15).to_le_bytes());
+            let _ = self.ram.write(p.driver_event, &raw);
+        }
         let notify = used_any
             && self.queues[i]
                 .p

@@ -137,6 +137,18 @@ pub enum Mutant {
     /// §2.8.8: a batched in-order used descriptor carries the id of the batch's first buffer
     /// instead of its last.
     PackedInOrderFirstId,
+    /// PVQ-DEV-03 (§2.8.15): in a NEXT list each element takes the WRITE flag of the
+    /// descriptor after it (the flags read one descriptor ahead), so the readable data
+    /// buffer of a block write before its writable status byte is written.
+    PackedWriteFlagOfNext,
+    /// PACKED-DEV-04 (§2.8.10): the device publishes its event suppression structure (next
+    /// used position, flags ENABLE) at QueueDriver instead of QueueDevice, overwriting the
+    /// driver's.
+    PackedDeviceEventInDriverArea,
+    /// PVQ-DEV-02 (§2.8.12, §2.8.6): after an indirect list the device's used position
+    /// advances by the table's entries instead of the one ring descriptor, so the next used
+    /// descriptor is written past a gap, not at the next used position.
+    PackedUsedSkipsTableEntries,
 }
 
 impl Mutant {
@@ -202,6 +214,9 @@ impl Mutant {
         Mutant::PackedUsedFlagsBeforeId,
         Mutant::PackedIgnoresEventSuppression,
         Mutant::PackedInOrderFirstId,
+        Mutant::PackedWriteFlagOfNext,
+        Mutant::PackedDeviceEventInDriverArea,
+        Mutant::PackedUsedSkipsTableEntries,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -267,6 +282,9 @@ impl Mutant {
             Mutant::PackedUsedFlagsBeforeId => "packed-used-flags-before-id",
             Mutant::PackedIgnoresEventSuppression => "packed-ignores-event-suppression",
             Mutant::PackedInOrderFirstId => "packed-in-order-first-id",
+            Mutant::PackedWriteFlagOfNext => "packed-write-flag-of-next",
+            Mutant::PackedDeviceEventInDriverArea => "packed-device-event-in-driver-area",
+            Mutant::PackedUsedSkipsTableEntries => "packed-used-skips-table-entries",
         }
     }
 
@@ -333,6 +351,9 @@ impl Mutant {
             Mutant::PackedUsedFlagsBeforeId => "PK-publish-order",
             Mutant::PackedIgnoresEventSuppression => "PK-event",
             Mutant::PackedInOrderFirstId => "PK-in-order",
+            Mutant::PackedWriteFlagOfNext => "PK-write-flag",
+            Mutant::PackedDeviceEventInDriverArea => "PK-event-area",
+            Mutant::PackedUsedSkipsTableEntries => "PK-used-gap",
         }
     }
 

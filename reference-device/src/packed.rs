@@ -289,6 +289,7 @@ impl PackedQueue {
         }
         let mut count: u16 = 0;
         let result = self.walk(ram, budget, &mut count);
+        let indirect_list = first.flags & VIRTQ_DESC_F_INDIRECT != 0;
         let (p, w) = self.advance(self.next_avail, self.avail_wrap, count.max(1));
         let exact = p == 0 && w != self.avail_wrap;
         self.next_avail = p;
@@ -300,10 +301,16 @@ impl PackedQueue {
             id: self.last.id,
             count: count.max(1),
         };
+        // Mutant: an indirect list counts its table's entries, not its one ring descriptor.
+        let used_count = if indirect_list && self.is(Mutant::PackedUsedSkipsTableEntries) {
+            self.chain.len().clamp(1, self.size as usize) as u16
+        } else {
+            count.max(1)
+        };
         result.map(|id| {
             let c = PackedChain {
                 id,
-                count: count.max(1),
+                count: used_count,
             };
             self.last = c;
             Some(c)
@@ -337,11 +344,17 @@ impl PackedQueue {
                 self.walk_indirect(ram, budget, pos, &d)?;
                 return Ok(d.id);
             }
-            self.element(ram, pos, d.addr, d.len, d.flags, &mut seen_writable)?;
+            let next = self.advance(pos, true, 1).0;
+            let mut flags = d.flags;
+            if self.is(Mutant::PackedWriteFlagOfNext) && flags & VIRTQ_DESC_F_NEXT != 0 {
+                let ahead = self.read_ring(ram, next)?.flags;
+                flags = (flags & !VIRTQ_DESC_F_WRITE) | (ahead & VIRTQ_DESC_F_WRITE);
+            }
+            self.element(ram, pos, d.addr, d.len, flags, &mut seen_writable)?;
             if d.flags & VIRTQ_DESC_F_NEXT == 0 {
                 return Ok(d.id);
             }
-            pos = self.advance(pos, true, 1).0;
+            pos = next;
         }
     }
 

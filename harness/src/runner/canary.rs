@@ -491,8 +491,16 @@ impl Exec<'_> {
             ("VQ-DEV-05", "no device write to a descriptor table")
         } else if overlaps(Area::AvailRing) {
             ("VQ-DEV-22", "no device write to the available ring")
+        } else if overlaps(Area::DriverEvent) {
+            (
+                "PACKED-DEV-04",
+                "no device write to the Driver Event Suppression structure",
+            )
         } else if overlaps(Area::ReadOnly) {
-            ("VQ-DEV-03", "no device write to a device-readable buffer")
+            (
+                self.readable_written_id(),
+                "no device write to a device-readable buffer",
+            )
         } else {
             (
                 "SPLIT-DEV-MALFORMED-CHAIN",

@@ -88,6 +88,16 @@ impl Exec<'_> {
         Ok(())
     }
 
+    /// The statement a device write into a device-readable buffer breaks: PVQ-DEV-03
+    /// (§2.8.15) once a packed queue is set up, else VQ-DEV-03 (§2.7.4).
+    pub(super) fn readable_written_id(&self) -> &'static str {
+        if self.queues.values().any(|q| q.pq.is_some()) {
+            "PVQ-DEV-03"
+        } else {
+            "VQ-DEV-03"
+        }
+    }
+
     /// Whether `queue` was set up as a packed queue.
     pub(super) fn is_packed(&self, queue: u16) -> bool {
         self.queues.get(&queue).is_some_and(|q| q.pq.is_some())

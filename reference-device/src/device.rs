@@ -195,8 +195,9 @@ struct QueueSlot {
     align: u32,
     q: SplitQueue,
     /// Used elements of chains holding part of a unit ([`Completion::Partial`]), published
-    /// together with the chain that completes it.
-    held: Vec<(u16, u32)>,
+    /// together with the chain that completes it: (head index or buffer id, len, ring
+    /// descriptors the buffer occupies on a packed ring; 1 on the split ring).
+    held: Vec<(u16, u32, u16)>,
     /// VIRTIO_F_RING_PACKED was negotiated when the queue was activated: `p` is in use, and
     /// QueueDesc / QueueDriver / QueueDevice (kept in `q`) name the descriptor ring and the
     /// driver and device event suppression structures (§4.2.3).
@@ -230,6 +231,22 @@ impl QueueSlot {
             packed: false,
             p,
         }
+    }
+}
+
+/// Copies a change a request made to the configuration space (see
+/// [`DeviceBackend::take_config_update`]) into `config` and bumps `config_generation`, so it
+/// is visible before the request is used (e.g. §5.1.6.5.2). Either ring layout.
+fn apply_config_update(
+    backend: &mut dyn DeviceBackend,
+    config: &mut [u8],
+    config_generation: &mut u32,
+) {
+    if let Some((off, data)) = backend.take_config_update() {
+        let start = off.min(config.len());
+        let end = off.saturating_add(data.len()).min(config.len());
+        config[start..end].copy_from_slice(&data[..end - start]);
+        *config_generation = config_generation.wrapping_add(1);
     }
 }
 
@@ -693,9 +710,11 @@ impl MmioDevice {
                 backend,
                 queues,
                 cfg,
+                config,
+                config_generation,
                 ..
             } = self;
-            let p = &mut queues[i].p;
+            let QueueSlot { p, held, .. } = &mut queues[i];
             // An in-order batch not yet written: (first id, last id, len of last, descriptors).
             let mut batch: Option<(u16, u16, u32, u16)> = None;
             let first_id_mutant = cfg.mutant == Some(Mutant::PackedInOrderFirstId);
@@ -727,10 +746,12 @@ impl MmioDevice {
                             .sum();
                         let len = match backend.process(i as u16, p.chain(), ram) {
                             Completion::Written(n) => n,
-                            // Units spread over several buffers (net's mergeable receive
-                            // buffers) are not modelled on the packed ring yet: each buffer
-                            // is used on its own.
-                            Completion::Partial(n) => n,
+                            // Part of a unit spread over several buffers (net's mergeable
+                            // receive buffers): used together with the buffer completing it.
+                            Completion::Partial(n) => {
+                                held.push((c.id, n, c.count));
+                                continue;
+                            }
                             Completion::Malformed
                                 if cfg.mutant == Some(Mutant::MalformedRequestNotReturned) =>
                             {
@@ -738,8 +759,9 @@ impl MmioDevice {
                             }
                             Completion::Malformed => 0,
                         };
+                        apply_config_update(&mut **backend, config, config_generation);
                         let full = len as u64 == writable;
-                        if p.in_order && full && cfg.knobs.batch_in_order {
+                        if held.is_empty() && p.in_order && full && cfg.knobs.batch_in_order {
                             // Batches stay below the ring size so one used descriptor never
                             // skips a whole lap.
                             match &mut batch {
@@ -763,9 +785,14 @@ impl MmioDevice {
                             }
                             continue;
                         }
-                        if let Err(e) = flush(p, ram, &mut batch)
-                            .and_then(|_| p.add_used(ram, c.id, len, c.count))
-                        {
+                        // One used descriptor per buffer of a unit, in the order the buffers
+                        // were made available, after any pending in-order batch (§2.8.12).
+                        let unit = held.drain(..).chain(std::iter::once((c.id, len, c.count)));
+                        let mut result = flush(p, ram, &mut batch).map(|_| ());
+                        for (id, l, n) in unit {
+                            result = result.and_then(|()| p.add_used(ram, id, l, n));
+                        }
+                        if let Err(e) = result {
                             failure = Some(e);
                             break;
                         }
@@ -935,7 +962,7 @@ impl MmioDevice {
                         let len = match backend.process(i as u16, q.chain(), ram) {
                             Completion::Written(n) => n,
                             Completion::Partial(n) => {
-                                held.push((head, n));
+                                held.push((head, n, 1));
                                 continue;
                             }
                             Completion::Malformed
@@ -945,16 +972,9 @@ impl MmioDevice {
                             }
                             Completion::Malformed => 0,
                         };
-                        // A change the request made to the configuration space is visible
-                        // before the request is used (e.g. §5.1.6.5.2).
-                        if let Some((off, data)) = backend.take_config_update() {
-                            let start = off.min(config.len());
-                            let end = off.saturating_add(data.len()).min(config.len());
-                            config[start..end].copy_from_slice(&data[..end - start]);
-                            *config_generation = config_generation.wrapping_add(1);
-                        }
+                        apply_config_update(&mut **backend, config, config_generation);
                         let mut result = Ok(());
-                        for (h, l) in held.drain(..).chain(std::iter::once((head, len))) {
+                        for (h, l, _) in held.drain(..).chain(std::iter::once((head, len, 1))) {
                             result = result.and_then(|()| q.add_used(ram, h, l));
                         }
                         if let Err(e) = result {

@@ -74,7 +74,7 @@ for dev in entropy block console net; do
     suite_run "$bin" run --target reference --device "$dev" --version "$ver" --strict
   done
 done
-for dev in entropy block; do
+for dev in entropy block console net; do
   suite_run "$bin" run --target reference --device "$dev" --version 2 --ring packed --strict
 done
 

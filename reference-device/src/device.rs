@@ -83,6 +83,10 @@ pub struct Knobs {
     /// buffers used in one notification (§2.8.8, the default) instead of one per buffer
     /// (also allowed).
     pub batch_in_order: bool,
+    /// On a packed ring, after using buffers, write the Device Event Suppression structure
+    /// (QueueDevice: next used position and wrap counter, flags ENABLE), as a device may
+    /// (§2.8.10); off by default: the reference leaves it as the driver initialised it.
+    pub publish_device_event: bool,
 }
 
 impl Default for Knobs {
@@ -98,6 +102,7 @@ impl Default for Knobs {
             offer_ring_packed: false,
             offer_in_order: false,
             batch_in_order: true,
+            publish_device_event: false,
         }
     }
 }
@@ -824,14 +829,20 @@ impl MmioDevice {
                 Err(e) => failure = failure.or(Some(e)),
             }
         }
-        if used_any && self.is(Mutant::PackedDeviceEventInDriverArea) {
-            // The device event suppression structure (next used position and wrap, flags
-            // ENABLE) written to QueueDriver instead of QueueDevice.
+        let wrong_area = self.is(Mutant::PackedDeviceEventInDriverArea);
+        if used_any && (self.cfg.knobs.publish_device_event || wrong_area) {
+            // The Device Event Suppression structure: next used position and wrap counter,
+            // flags ENABLE. The mutant writes it to QueueDriver instead of QueueDevice.
             let p = &self.queues[i].p;
             let (pos, wrap) = p.next_used();
             let mut raw = [0u8; 4];
             raw[..2].copy_from_slice(&((pos & 0x7fff) | (wrap as u16) << 15).to_le_bytes());
-            let _ = self.ram.write(p.driver_event, &raw);
+            let at = if wrong_area {
+                p.driver_event
+            } else {
+                p.device_event
+            };
+            let _ = self.ram.write(at, &raw);
         }
         let notify = used_any
             && self.queues[i]

@@ -120,6 +120,10 @@ if command -v qemu-system-x86_64 >/dev/null 2>&1; then
     suite_run "$bin" run --target qemu --device "$dev" --version 2 --ring packed --strict \
       --expectations specs/expectations/qemu-v2-packed.json
   done
+  for dev in console net; do
+    suite_run "$bin" run --target qemu --device "$dev" --version 2 --ring packed --strict \
+      --expectations "specs/expectations/qemu-$dev-v2-packed.json"
+  done
 else
   echo "== suite: QEMU skipped: qemu-system-x86_64 unavailable (see install step above)"
 fi

@@ -331,3 +331,32 @@ fn the_cli_exits_2_on_a_malformed_trace_and_0_on_a_committed_one() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// The committed traces replay green on QEMU, the device they were captured from (skipped,
+/// saying why, where QEMU is unavailable; `VIRTIO_CONFORM_REQUIRE_QEMU=1` makes that a
+/// failure).
+#[test]
+fn committed_traces_replay_green_on_qemu() {
+    use virtio_conform::target::parse_version;
+    use virtio_conform::target::qemu::{qemu_version, QemuOptions, QemuTarget};
+    let suite = Suite::embedded().unwrap();
+    for name in TRACES {
+        let tr = load(name);
+        let device: DeviceKind = tr.header.device.parse().unwrap();
+        let version = parse_version(tr.header.transport_version).unwrap();
+        let opts = QemuOptions::new(device, version);
+        if let Err(e) = qemu_version(&opts.qemu) {
+            if std::env::var_os("VIRTIO_CONFORM_REQUIRE_QEMU").is_some_and(|v| v == "1") {
+                panic!("QEMU required but unavailable: {e}");
+            }
+            println!("skipped: QEMU unavailable: {e}");
+            return;
+        }
+        let mut t = QemuTarget::new(opts).expect("QEMU target starts");
+        let results = replay(&tr, &mut t, &suite.catalog, "test").unwrap();
+        assert_eq!(results.len(), 5, "{name}");
+        for r in &results {
+            assert_eq!(r.outcome, Outcome::Pass, "{name}: {r:#?}");
+        }
+    }
+}

@@ -178,6 +178,9 @@ enum Area {
     Writable,
 }
 
+/// One buffer of a request: bytes, device-writable, contents.
+type Buffer = (u32, bool, Vec<u8>);
+
 /// One request the replay made available.
 #[derive(Debug, Clone)]
 struct Request {
@@ -480,7 +483,6 @@ impl<'a> Replayer<'a> {
     }
 
     /// Records a check that did not hold.
-    #[allow(clippy::too_many_arguments)]
     fn fail(
         &mut self,
         ids: &[&str],
@@ -1068,7 +1070,7 @@ impl<'a> Replayer<'a> {
 
     /// The buffers of the next request of the traced driver on queue `qi`: (bytes, device
     /// writable, contents) per buffer, and the block request's type and sector.
-    fn next_request(&mut self) -> (Vec<(u32, bool, Vec<u8>)>, Option<(u32, u64)>) {
+    fn next_request(&mut self) -> (Vec<Buffer>, Option<(u32, u64)>) {
         let k = self.requests;
         self.requests += 1;
         match self.device {

@@ -784,7 +784,7 @@ impl<'a> Replayer<'a> {
     fn on_status(&mut self, got: u64) -> R {
         let mut got = got as u32;
         let want = self.status;
-        if want == 0 && got != 0 {
+        if want == 0 && got != 0 && !self.t.synchronous() {
             // A reset may take a while to finish (§2.4.2: the driver waits for 0).
             let until = Instant::now() + USED_WAIT;
             while got != 0 && Instant::now() < until {
@@ -933,7 +933,9 @@ impl<'a> Replayer<'a> {
             QUEUE_NUM => {
                 let qi = self.queue_sel;
                 let q = self.queues.entry(qi).or_default();
-                let size = (traced as u32).min(q.max).clamp(1, 32768) as u16;
+                // Linux sizes the ring by QueueNumMax; a trace that never read it keeps its own.
+                let max = if q.max == 0 { traced as u32 } else { q.max };
+                let size = (traced as u32).min(max).clamp(1, 32768) as u16;
                 q.size = size;
                 self.layout(qi)?;
                 self.write(offset, width, size as u64)
@@ -1035,7 +1037,9 @@ impl<'a> Replayer<'a> {
         } else {
             MMIO_VRING_ALIGN
         };
-        let base = RING_BASE + (qi as u64 % 8) * RING_STRIDE;
+        // Queues share the ring slots below the buffer area (`BUF_BASE`).
+        let slots = (BUF_BASE - RING_BASE) / RING_STRIDE;
+        let base = RING_BASE + (qi as u64 % slots) * RING_STRIDE;
         q.desc = base;
         q.avail = base + 16 * n;
         q.used = (q.avail + 6 + 2 * n).div_ceil(align) * align;

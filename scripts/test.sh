@@ -87,7 +87,16 @@ for drv in linux netbsd freebsd rcore legacy; do
   done
 done
 
+echo "== trace replay: the committed Linux traces against the reference configured like the traced device"
+for tr in traces/*.jsonl; do
+  suite_run "$bin" trace replay "$tr" --target reference --strict
+done
+
 if command -v qemu-system-x86_64 >/dev/null 2>&1; then
+  echo "== trace replay: the committed Linux traces against QEMU"
+  for tr in traces/*.jsonl; do
+    suite_run "$bin" trace replay "$tr" --target qemu --strict
+  done
   echo "== suite: QEMU with the committed expectations"
   for dev in entropy block; do
     for ver in 2 1; do

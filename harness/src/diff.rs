@@ -166,6 +166,16 @@ pub fn profile_violations(
 /// capacity the configuration space states, up to 64 Ki sectors, read-only when the target
 /// offers VIRTIO_BLK_F_RO).
 pub fn mirror(profile: &Profile, device: DeviceKind) -> Result<ReferenceTarget, TargetError> {
+    mirror_with(profile, device, None)
+}
+
+/// As [`mirror`], with one historical bug injected (`mutant`), so a check against the
+/// mirrored profile can be shown able to fail (`trace replay --target mutant:<name>`).
+pub fn mirror_with(
+    profile: &Profile,
+    device: DeviceKind,
+    mutant: Option<virtio_reference_device::Mutant>,
+) -> Result<ReferenceTarget, TargetError> {
     let version = if profile.version == 1 {
         TransportVersion::Legacy
     } else {
@@ -185,6 +195,7 @@ pub fn mirror(profile: &Profile, device: DeviceKind) -> Result<ReferenceTarget, 
     };
     let factory: DeviceFactory = Box::new(move |ram| {
         let mut cfg = DeviceConfig::new(version);
+        cfg.mutant = mutant;
         cfg.vendor_id = p.vendor_id;
         cfg.offered_features = Some(p.features);
         if !p.queue_num_max.is_empty() {
@@ -204,7 +215,11 @@ pub fn mirror(profile: &Profile, device: DeviceKind) -> Result<ReferenceTarget, 
             };
         MmioDevice::new(cfg, b, ram)
     });
-    ReferenceTarget::with_factory("reference (mirrored)".into(), device, version, factory)
+    let name = match mutant {
+        Some(m) => format!("mutant:{} (mirrored)", m.name()),
+        None => "reference (mirrored)".into(),
+    };
+    ReferenceTarget::with_factory(name, device, version, factory)
 }
 
 /// How a divergence is classified.

@@ -16,4 +16,5 @@ pub mod report;
 pub mod runner;
 pub mod suite;
 pub mod target;
+pub mod trace;
 mod worker;

@@ -273,6 +273,11 @@ enum Cmd {
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
     },
+    /// Traces of real drivers (`traces/*.jsonl`).
+    Trace {
+        #[command(subcommand)]
+        cmd: TraceCmd,
+    },
     /// Compare two JSON reports: fixed, broken and new errors.
     Compare {
         /// Older report.
@@ -280,6 +285,101 @@ enum Cmd {
         /// Newer report.
         new: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum TraceCmd {
+    /// Replay a trace's register accesses, interrupts and requests against a target, graded
+    /// like a run (one result per phase; the same report shapes and exit codes as `run`).
+    /// The device type and transport version are the trace's; `reference` and
+    /// `mutant:<name>` are configured like the traced device (features, queue sizes,
+    /// configuration space).
+    Replay {
+        /// The trace file (JSON Lines, see traces/README.md).
+        file: PathBuf,
+        /// `reference`, `mutant:<name>`, `qemu` or `virtio-queue`.
+        #[arg(long, default_value = "reference")]
+        target: String,
+        /// QEMU binary for `--target qemu`.
+        #[arg(long, default_value = "qemu-system-x86_64")]
+        qemu: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Write the report to FILE (the text summary still prints).
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        /// Count non_strict (SHOULD) results as unexpected.
+        #[arg(long)]
+        strict: bool,
+        /// Also list passing phases in the text summary.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+}
+
+/// `trace replay`: the report of replaying `file` against `target`.
+fn trace_replay(
+    catalog: &virtio_conform::catalog::Catalog,
+    file: &Path,
+    target: &str,
+    qemu: &Path,
+    specs: Option<&Path>,
+) -> Result<Report, String> {
+    use virtio_conform::trace;
+    let tr = trace::Trace::load(file).map_err(|e| e.to_string())?;
+    let kind: TargetKind = target.parse()?;
+    let device: DeviceKind = tr.header.device.parse()?;
+    let args = TargetArgs {
+        target: target.to_string(),
+        device: tr.header.device.clone(),
+        version: tr.header.transport_version,
+        qemu: qemu.to_path_buf(),
+        reuse_qemu: false,
+        qemu_device: None,
+        qemu_packed: false,
+    };
+    check_target_args(&args)?;
+    let profile = trace::traced_profile(&tr);
+    let mut t: Box<dyn Target + Send> = match kind {
+        TargetKind::Reference => Box::new(
+            virtio_conform::diff::mirror_with(&profile, device, None).map_err(|e| e.to_string())?,
+        ),
+        TargetKind::Mutant(m) => Box::new(
+            virtio_conform::diff::mirror_with(&profile, device, Some(m))
+                .map_err(|e| e.to_string())?,
+        ),
+        _ => make_target(&args)?,
+    };
+    let mut cmd = format!(
+        "virtio-conform trace replay {} --target {target}",
+        file.display()
+    );
+    if let Some(p) = specs {
+        cmd = format!("{cmd} --specs {}", p.display());
+    }
+    let started = report::now_rfc3339();
+    let t0 = std::time::Instant::now();
+    let results = trace::replay(&tr, t.as_mut(), catalog, &cmd)?;
+    let mut info: report::TargetInfoOut = t.info().into();
+    info.driver = Some(format!(
+        "trace {} (traced device: {})",
+        tr.header.trace,
+        serde_json::to_string(&profile).map_err(|e| e.to_string())?
+    ));
+    Ok(Report {
+        schema: report::REPORT_SCHEMA.into(),
+        tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),
+        spec: catalog.spec.clone(),
+        target: info,
+        summary: report::summarize(&results),
+        duration_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        results,
+        coverage: Default::default(),
+        interrupted: None,
+        started: Some(started),
+        stale_expectations: Vec::new(),
+    })
 }
 
 /// Checks a target selection without starting anything: the names parse and the target
@@ -1045,6 +1145,34 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 None => out!("{body}"),
             }
             Ok(report.exit_code(false))
+        }
+        Cmd::Trace {
+            cmd:
+                TraceCmd::Replay {
+                    file,
+                    target,
+                    qemu,
+                    format,
+                    output,
+                    strict,
+                    verbose,
+                },
+        } => {
+            let catalog = load()?.catalog;
+            let report = trace_replay(&catalog, &file, &target, &qemu, cli.specs.as_deref())?;
+            let body = match format {
+                Format::Text => report::text_summary(&report, &catalog, verbose),
+                Format::Json => serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?,
+                Format::Junit => report::junit_with(&report, strict),
+            };
+            match output {
+                Some(p) => {
+                    std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))?;
+                    out!("{}", report::text_summary(&report, &catalog, verbose));
+                }
+                None => out!("{body}"),
+            }
+            Ok(report.exit_code(strict))
         }
         Cmd::Compare { old, new } => {
             let c = report::compare(&load_report(&old)?, &load_report(&new)?);

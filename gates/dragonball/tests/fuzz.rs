@@ -1,7 +1,7 @@
 //! The `diff_mmio` fuzz body against Dragonball's virtio-blk, with the reference device as the
 //! differential oracle (`virtio_conform::fuzz::diff_mmio_against`), from this crate's own
 //! `cargo test`: the committed `diff_mmio` seeds, then `VIRTIO_CONFORM_FUZZ_INPUTS` inputs
-//! (default 300) made from them by a fixed-seed byte mutator, so a run is reproducible and
+//! (default 300) made from them by a fixed-seed byte mutator (`seeds::mutated_seeds`), so a run is reproducible and
 //! bounded by a count, not by time. The coverage-guided run is `fuzz/` next to this file
 //! (`cargo fuzz run -s none diff_mmio`).
 //!
@@ -16,50 +16,9 @@
 //! `VIRTIO_CONFORM_REQUIRE_KVM=1`.
 
 use std::collections::BTreeMap;
-use virtio_conform::fuzz::{diff_mmio_against, seeds::seeds};
+use virtio_conform::fuzz::diff_mmio_against;
+use virtio_conform::fuzz::seeds::{mutated_seeds, seeds};
 use virtio_conform_gate_dragonball::{Device, DragonballTarget};
-
-/// xorshift64*: a fixed-seed byte source for the mutator (no dependency for twenty lines).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-/// One input from `base`: a few byte flips, overwrites, inserts or deletes.
-fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
-    let mut v = base.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        match rng.below(4) {
-            0 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                v[i] ^= 1 << rng.below(8);
-            }
-            1 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                v[i] = rng.next() as u8;
-            }
-            2 => {
-                let i = rng.below(v.len() + 1);
-                v.insert(i, rng.next() as u8);
-            }
-            _ if v.len() > 1 => {
-                let i = rng.below(v.len());
-                v.remove(i);
-            }
-            _ => v.push(rng.next() as u8),
-        }
-    }
-    v
-}
 
 fn hex(data: &[u8]) -> String {
     data.iter().map(|b| format!("{b:02x}")).collect()
@@ -83,12 +42,8 @@ fn diff_mmio_against_dragonball_block() {
         .unwrap_or(300);
     let base = seeds("diff_mmio");
     assert!(!base.is_empty(), "the diff_mmio seeds exist");
-    let mut inputs: Vec<(String, Vec<u8>)> = base.clone();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for i in 0..extra {
-        let (name, data) = &base[rng.below(base.len())];
-        inputs.push((format!("mutated #{i} of {name}"), mutate(&mut rng, data)));
-    }
+    let mut inputs = base.clone();
+    inputs.extend(mutated_seeds("diff_mmio", extra, 1));
 
     let mut per_oracle: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut broken = Vec::new();

@@ -3,7 +3,8 @@
 # MmioV2Device, from the gate's own `cargo test`. Needs a usable /dev/kvm (Dragonball's
 # transport needs a KVM VM with an in-kernel irqchip) and cmake (libz-sys); prints that it
 # skipped, and why, where either cannot be had. Reports land in
-# gates/dragonball/target/virtio-conform/.
+# gates/dragonball/target/virtio-conform/. Also runs the diff_mmio fuzz body against the device
+# (tests/fuzz.rs: the seeds and 300 fixed-seed mutations, the reference as the oracle).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,4 +26,4 @@ if ! command -v cmake >/dev/null 2>&1; then
   exit 0
 fi
 cd gates/dragonball
-VIRTIO_CONFORM_REQUIRE_KVM=1 cargo test --locked --test gate -- --nocapture 2>&1
+VIRTIO_CONFORM_REQUIRE_KVM=1 cargo test --locked --test gate --test fuzz -- --nocapture 2>&1

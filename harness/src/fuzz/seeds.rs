@@ -569,3 +569,40 @@ fn mmio_seeds() -> Vec<(String, MmioCase)> {
     ));
     v
 }
+
+/// `n` inputs derived from the seeds of `target` by a small byte mutator (one to four bit
+/// flips, byte overwrites, insertions or deletions each) driven by a ChaCha8 stream from `seed`,
+/// as `(description, bytes)`: the same arguments give the same inputs on every machine.
+///
+/// For runs that are bounded by a count instead of by time and need no libFuzzer (a gate's
+/// `cargo test`, the QEMU reuse check); coverage-guided fuzzing is `cargo fuzz`'s job.
+pub fn mutated_seeds(target: &str, n: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let base = seeds(target);
+    if base.is_empty() {
+        return Vec::new();
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut below = |n: usize| (rng.next_u64() % n.max(1) as u64) as usize;
+    (0..n)
+        .map(|i| {
+            let (name, data) = &base[below(base.len())];
+            let mut v = data.clone();
+            for _ in 0..1 + below(4) {
+                let op = below(4);
+                let at = below(v.len() + 1);
+                let byte = below(256) as u8;
+                match op {
+                    0 if at < v.len() => v[at] ^= 1 << (byte % 8),
+                    1 if at < v.len() => v[at] = byte,
+                    2 => v.insert(at, byte),
+                    _ if at < v.len() && v.len() > 1 => {
+                        v.remove(at);
+                    }
+                    _ => v.push(byte),
+                }
+            }
+            (format!("mutation #{i} of {name}"), v)
+        })
+        .collect()
+}

@@ -137,6 +137,16 @@ pub enum Mutant {
     /// §2.8.8: a batched in-order used descriptor carries the id of the batch's first buffer
     /// instead of its last.
     PackedInOrderFirstId,
+    /// MMIO-REG-05 (§4.2.2): the queue size is one device-wide field, so a QueueNum write for
+    /// the selected queue also resizes every other queue, ready ones included.
+    QueueNumNotPerQueue,
+    /// NET-DEV-41 (§5.1.4.3): a legacy network device serves `status` and
+    /// `max_virtqueue_pairs` big-endian instead of in the guest's native (little-endian) order.
+    NetLegacyConfigBigEndian,
+    /// INIT-LEG-02 (§3.1.2): a legacy device drops driver writes to its configuration space
+    /// between ACKNOWLEDGE and DRIVER_OK, as if configuration were only writable once the
+    /// device is live.
+    LegacyConfigWriteBeforeDriverOkDropped,
 }
 
 impl Mutant {
@@ -202,6 +212,9 @@ impl Mutant {
         Mutant::PackedUsedFlagsBeforeId,
         Mutant::PackedIgnoresEventSuppression,
         Mutant::PackedInOrderFirstId,
+        Mutant::QueueNumNotPerQueue,
+        Mutant::NetLegacyConfigBigEndian,
+        Mutant::LegacyConfigWriteBeforeDriverOkDropped,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -267,6 +280,11 @@ impl Mutant {
             Mutant::PackedUsedFlagsBeforeId => "packed-used-flags-before-id",
             Mutant::PackedIgnoresEventSuppression => "packed-ignores-event-suppression",
             Mutant::PackedInOrderFirstId => "packed-in-order-first-id",
+            Mutant::QueueNumNotPerQueue => "queue-num-not-per-queue",
+            Mutant::NetLegacyConfigBigEndian => "net-legacy-config-big-endian",
+            Mutant::LegacyConfigWriteBeforeDriverOkDropped => {
+                "legacy-config-write-before-driver-ok-dropped"
+            }
         }
     }
 
@@ -333,6 +351,9 @@ impl Mutant {
             Mutant::PackedUsedFlagsBeforeId => "PK-publish-order",
             Mutant::PackedIgnoresEventSuppression => "PK-event",
             Mutant::PackedInOrderFirstId => "PK-in-order",
+            Mutant::QueueNumNotPerQueue => "REG-per-queue",
+            Mutant::NetLegacyConfigBigEndian => "REG-endian",
+            Mutant::LegacyConfigWriteBeforeDriverOkDropped => "LEG-init",
         }
     }
 

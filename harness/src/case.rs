@@ -322,6 +322,8 @@ pub fn feature_bit(name: &str) -> Option<u32> {
         "RING_RESET" => regs::VIRTIO_F_RING_RESET,
         "BLK_F_FLUSH" | "VIRTIO_BLK_F_FLUSH" => regs::VIRTIO_BLK_F_FLUSH,
         "BLK_F_BLK_SIZE" | "VIRTIO_BLK_F_BLK_SIZE" => regs::VIRTIO_BLK_F_BLK_SIZE,
+        "BLK_F_DISCARD" | "VIRTIO_BLK_F_DISCARD" => regs::VIRTIO_BLK_F_DISCARD,
+        "BLK_F_WRITE_ZEROES" | "VIRTIO_BLK_F_WRITE_ZEROES" => regs::VIRTIO_BLK_F_WRITE_ZEROES,
         "CONSOLE_F_SIZE" | "VIRTIO_CONSOLE_F_SIZE" => 0,
         "CONSOLE_F_MULTIPORT" | "VIRTIO_CONSOLE_F_MULTIPORT" => 1,
         "CONSOLE_F_EMERG_WRITE" | "VIRTIO_CONSOLE_F_EMERG_WRITE" => 2,
@@ -638,7 +640,7 @@ impl<'de> Deserialize<'de> for BlkType {
         impl serde::de::Visitor<'_> for V {
             type Value = BlkType;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a block request type (`in`, `out`, `flush`, `get_id` or a number)")
+                f.write_str("a block request type (`in`, `out`, `flush`, `get_id`, `discard`, `write_zeroes` or a number)")
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<BlkType, E> {
                 u32::try_from(v).map(BlkType).map_err(|_| {
@@ -654,9 +656,11 @@ impl<'de> Deserialize<'de> for BlkType {
                     "out" => 1,
                     "flush" => 4,
                     "get_id" => 8,
+                    "discard" => 11,
+                    "write_zeroes" => 13,
                     _ => {
                         return Err(E::custom(format!(
-                        "unknown block request `{s}`: expected in, out, flush, get_id or a number"
+                        "unknown block request `{s}`: expected in, out, flush, get_id, discard, write_zeroes or a number"
                     )))
                     }
                 }))

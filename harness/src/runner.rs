@@ -360,14 +360,20 @@ pub fn run_case_as(
                 }
             }
         }
-        // Block write requests: `blk` steps of type OUT, and raw chains whose header starts
-        // with type 1.
+        // Block write requests: `blk` steps of type OUT, DISCARD or WRITE_ZEROES, and raw
+        // chains whose header starts with one of those types (1, 11, 13).
         let writes = case.steps.iter().any(|s| match &s.op {
-            Op::Blk { kind, .. } => kind.0 == 1,
-            Op::Post { chain, .. } => chain
-                .first()
-                .and_then(|b| b.data.as_ref())
-                .is_some_and(|d| d.0.starts_with(&[1, 0, 0, 0])),
+            Op::Blk { kind, .. } => matches!(kind.0, 1 | 11 | 13),
+            Op::Post { chain, .. } => {
+                chain
+                    .first()
+                    .and_then(|b| b.data.as_ref())
+                    .is_some_and(|d| {
+                        [1u8, 11, 13]
+                            .iter()
+                            .any(|&t| d.0.starts_with(&[t, 0, 0, 0]))
+                    })
+            }
             _ => false,
         });
         if ex.inband_status && writes && !case.features.contains(&VIRTIO_BLK_F_RO) {
@@ -985,7 +991,8 @@ impl Exec<'_> {
                     });
                     at = end;
                 }
-                let out = kind.0 == 1;
+                // OUT carries sectors, DISCARD / WRITE_ZEROES their segments: driver-readable.
+                let out = matches!(kind.0, 1 | 11 | 13);
                 let len = match (data, data_len) {
                     (Some(d), _) if out => d.0.len() as u64,
                     (_, Some(n)) => n.0,

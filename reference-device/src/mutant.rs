@@ -147,6 +147,18 @@ pub enum Mutant {
     /// between ACKNOWLEDGE and DRIVER_OK, as if configuration were only writable once the
     /// device is live.
     LegacyConfigWriteBeforeDriverOkDropped,
+    /// BLK-DEV-DISCARD-UNMAP (§5.2.6.2): a discard request with the unmap flag set is carried
+    /// out and answered OK instead of VIRTIO_BLK_S_UNSUPP.
+    BlockDiscardUnmapAccepted,
+    /// BLK-DEV-WZ-ZEROES (§5.2.6.2): a write-zeroes segment with the unmap flag set is taken
+    /// as a discard and leaves the old data readable.
+    BlockWriteZeroesUnmapKeepsData,
+    /// LIVE-DEV-01: the segments of a discard / write-zeroes request go into a fixed table of
+    /// `max_*_seg` entries indexed without a bound, so a request with more segments panics.
+    BlockDwzSegmentsUnbounded,
+    /// BLK-DEV-UNSUPP (§5.2.6): a discard / write-zeroes segment past the end of the disk is
+    /// skipped and the request answered OK, as if sectors that do not exist had been handled.
+    BlockDwzRangeUnchecked,
 }
 
 impl Mutant {
@@ -215,6 +227,10 @@ impl Mutant {
         Mutant::QueueNumNotPerQueue,
         Mutant::NetLegacyConfigBigEndian,
         Mutant::LegacyConfigWriteBeforeDriverOkDropped,
+        Mutant::BlockDiscardUnmapAccepted,
+        Mutant::BlockWriteZeroesUnmapKeepsData,
+        Mutant::BlockDwzSegmentsUnbounded,
+        Mutant::BlockDwzRangeUnchecked,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -285,6 +301,10 @@ impl Mutant {
             Mutant::LegacyConfigWriteBeforeDriverOkDropped => {
                 "legacy-config-write-before-driver-ok-dropped"
             }
+            Mutant::BlockDiscardUnmapAccepted => "block-discard-unmap-accepted",
+            Mutant::BlockWriteZeroesUnmapKeepsData => "block-write-zeroes-unmap-keeps-data",
+            Mutant::BlockDwzSegmentsUnbounded => "block-dwz-segments-unbounded",
+            Mutant::BlockDwzRangeUnchecked => "block-dwz-range-unchecked",
         }
     }
 
@@ -354,6 +374,10 @@ impl Mutant {
             Mutant::QueueNumNotPerQueue => "REG-per-queue",
             Mutant::NetLegacyConfigBigEndian => "REG-endian",
             Mutant::LegacyConfigWriteBeforeDriverOkDropped => "LEG-init",
+            Mutant::BlockDiscardUnmapAccepted => "BLK-status",
+            Mutant::BlockWriteZeroesUnmapKeepsData => "BLK-wz",
+            Mutant::BlockDwzSegmentsUnbounded => "B-bounds",
+            Mutant::BlockDwzRangeUnchecked => "BLK-status",
         }
     }
 

@@ -1176,6 +1176,15 @@ impl MmioDevice {
                         self.driver_features =
                             (self.driver_features & 0xffff_ffff) | ((v as u64) << 32)
                     }
+                    sel if self.is(Mutant::DriverFeaturesSelUnchecked) => {
+                        // B17 pattern: the page index is not bounded.
+                        let mut pages = [0u32; 2];
+                        #[allow(clippy::indexing_slicing)]
+                        {
+                            pages[sel as usize] = v;
+                        }
+                        self.driver_features_beyond |= pages.iter().any(|&p| p != 0);
+                    }
                     _ => self.driver_features_beyond |= v != 0,
                 }
                 if legacy {

@@ -159,6 +159,9 @@ pub enum Mutant {
     /// BLK-DEV-UNSUPP (§5.2.6): a discard / write-zeroes segment past the end of the disk is
     /// skipped and the request answered OK, as if sectors that do not exist had been handled.
     BlockDwzRangeUnchecked,
+    /// LIVE-DEV-01 (§4.2.2): DriverFeatures indexes a two-page array with DriverFeaturesSel
+    /// unchecked, so a write on a page beyond 1 panics (the pattern of B17).
+    DriverFeaturesSelUnchecked,
 }
 
 impl Mutant {
@@ -231,6 +234,7 @@ impl Mutant {
         Mutant::BlockWriteZeroesUnmapKeepsData,
         Mutant::BlockDwzSegmentsUnbounded,
         Mutant::BlockDwzRangeUnchecked,
+        Mutant::DriverFeaturesSelUnchecked,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -305,6 +309,7 @@ impl Mutant {
             Mutant::BlockWriteZeroesUnmapKeepsData => "block-write-zeroes-unmap-keeps-data",
             Mutant::BlockDwzSegmentsUnbounded => "block-dwz-segments-unbounded",
             Mutant::BlockDwzRangeUnchecked => "block-dwz-range-unchecked",
+            Mutant::DriverFeaturesSelUnchecked => "driver-features-sel-unchecked",
         }
     }
 
@@ -378,6 +383,7 @@ impl Mutant {
             Mutant::BlockWriteZeroesUnmapKeepsData => "BLK-wz",
             Mutant::BlockDwzSegmentsUnbounded => "B-bounds",
             Mutant::BlockDwzRangeUnchecked => "BLK-status",
+            Mutant::DriverFeaturesSelUnchecked => "B17",
         }
     }
 

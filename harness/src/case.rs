@@ -624,6 +624,27 @@ pub enum Op {
         #[serde(flatten)]
         grade: Grade,
     },
+    /// Sets up split queue `index` (version 2) with its three parts placed at an edge of
+    /// guest RAM (`at`, see [`RingPlace`]) instead of the harness's ring area (§2.7, §4.2.2).
+    QueueAt {
+        #[serde(default)]
+        index: u16,
+        size: u16,
+        at: RingPlace,
+    },
+}
+
+/// Where [`Op::QueueAt`] puts a split queue's parts (guest physical addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RingPlace {
+    /// Packed at the top of RAM: the available ring (2-byte aligned) ends at the last byte
+    /// of RAM, the used ring (4-byte aligned) right below it, the descriptor table (16-byte
+    /// aligned) below that.
+    RamEnd,
+    /// As `ram_end`, moved 16 bytes up: the last 16 bytes of the available ring (its last
+    /// entries and `used_event`) lie past the end of RAM.
+    AcrossRamEnd,
 }
 
 fn control_receiveq() -> u16 {
@@ -924,7 +945,9 @@ impl Flow {
                 Some(qs) => qs.iter().for_each(|q| set_up(q.index, q.size)),
                 None => set_up(0, 8),
             },
-            Op::Queue { index, size, .. } => set_up(*index, *size),
+            Op::Queue { index, size, .. } | Op::QueueAt { index, size, .. } => {
+                set_up(*index, *size)
+            }
             Op::Read {
                 save,
                 expect_var,

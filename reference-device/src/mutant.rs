@@ -162,6 +162,9 @@ pub enum Mutant {
     /// LIVE-DEV-01 (§4.2.2): DriverFeatures indexes a two-page array with DriverFeaturesSel
     /// unchecked, so a write on a page beyond 1 panics (the pattern of B17).
     DriverFeaturesSelUnchecked,
+    /// B14 for rings (§2.7): a ring part that ends exactly at the last byte of guest RAM is
+    /// taken as lying outside it, so a queue placed at the top of RAM is refused.
+    RingEndOffByOne,
 }
 
 impl Mutant {
@@ -235,6 +238,7 @@ impl Mutant {
         Mutant::BlockDwzSegmentsUnbounded,
         Mutant::BlockDwzRangeUnchecked,
         Mutant::DriverFeaturesSelUnchecked,
+        Mutant::RingEndOffByOne,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -310,6 +314,7 @@ impl Mutant {
             Mutant::BlockDwzSegmentsUnbounded => "block-dwz-segments-unbounded",
             Mutant::BlockDwzRangeUnchecked => "block-dwz-range-unchecked",
             Mutant::DriverFeaturesSelUnchecked => "driver-features-sel-unchecked",
+            Mutant::RingEndOffByOne => "ring-end-off-by-one",
         }
     }
 
@@ -384,6 +389,7 @@ impl Mutant {
             Mutant::BlockDwzSegmentsUnbounded => "B-bounds",
             Mutant::BlockDwzRangeUnchecked => "BLK-status",
             Mutant::DriverFeaturesSelUnchecked => "B17",
+            Mutant::RingEndOffByOne => "B14",
         }
     }
 

@@ -322,6 +322,8 @@ pub fn feature_bit(name: &str) -> Option<u32> {
         "RING_RESET" => regs::VIRTIO_F_RING_RESET,
         "BLK_F_FLUSH" | "VIRTIO_BLK_F_FLUSH" => regs::VIRTIO_BLK_F_FLUSH,
         "BLK_F_BLK_SIZE" | "VIRTIO_BLK_F_BLK_SIZE" => regs::VIRTIO_BLK_F_BLK_SIZE,
+        "BLK_F_DISCARD" | "VIRTIO_BLK_F_DISCARD" => regs::VIRTIO_BLK_F_DISCARD,
+        "BLK_F_WRITE_ZEROES" | "VIRTIO_BLK_F_WRITE_ZEROES" => regs::VIRTIO_BLK_F_WRITE_ZEROES,
         "CONSOLE_F_SIZE" | "VIRTIO_CONSOLE_F_SIZE" => 0,
         "CONSOLE_F_MULTIPORT" | "VIRTIO_CONSOLE_F_MULTIPORT" => 1,
         "CONSOLE_F_EMERG_WRITE" | "VIRTIO_CONSOLE_F_EMERG_WRITE" => 2,
@@ -622,6 +624,27 @@ pub enum Op {
         #[serde(flatten)]
         grade: Grade,
     },
+    /// Sets up split queue `index` (version 2) with its three parts placed at an edge of
+    /// guest RAM (`at`, see [`RingPlace`]) instead of the harness's ring area (§2.7, §4.2.2).
+    QueueAt {
+        #[serde(default)]
+        index: u16,
+        size: u16,
+        at: RingPlace,
+    },
+}
+
+/// Where [`Op::QueueAt`] puts a split queue's parts (guest physical addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RingPlace {
+    /// Packed at the top of RAM: the available ring (2-byte aligned) ends at the last byte
+    /// of RAM, the used ring (4-byte aligned) right below it, the descriptor table (16-byte
+    /// aligned) below that.
+    RamEnd,
+    /// As `ram_end`, moved 16 bytes up: the last 16 bytes of the available ring (its last
+    /// entries and `used_event`) lie past the end of RAM.
+    AcrossRamEnd,
 }
 
 fn control_receiveq() -> u16 {
@@ -638,7 +661,7 @@ impl<'de> Deserialize<'de> for BlkType {
         impl serde::de::Visitor<'_> for V {
             type Value = BlkType;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a block request type (`in`, `out`, `flush`, `get_id` or a number)")
+                f.write_str("a block request type (`in`, `out`, `flush`, `get_id`, `discard`, `write_zeroes` or a number)")
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<BlkType, E> {
                 u32::try_from(v).map(BlkType).map_err(|_| {
@@ -654,9 +677,11 @@ impl<'de> Deserialize<'de> for BlkType {
                     "out" => 1,
                     "flush" => 4,
                     "get_id" => 8,
+                    "discard" => 11,
+                    "write_zeroes" => 13,
                     _ => {
                         return Err(E::custom(format!(
-                        "unknown block request `{s}`: expected in, out, flush, get_id or a number"
+                        "unknown block request `{s}`: expected in, out, flush, get_id, discard, write_zeroes or a number"
                     )))
                     }
                 }))
@@ -920,7 +945,9 @@ impl Flow {
                 Some(qs) => qs.iter().for_each(|q| set_up(q.index, q.size)),
                 None => set_up(0, 8),
             },
-            Op::Queue { index, size, .. } => set_up(*index, *size),
+            Op::Queue { index, size, .. } | Op::QueueAt { index, size, .. } => {
+                set_up(*index, *size)
+            }
             Op::Read {
                 save,
                 expect_var,

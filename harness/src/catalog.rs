@@ -27,6 +27,14 @@ pub struct Requirement {
     pub driver_obligation: bool,
 }
 
+impl Requirement {
+    /// Whether a driver can observe the statement at all: its `checkable` letters do not
+    /// include `N` (not observable from the driver side).
+    pub fn is_checkable(&self) -> bool {
+        !self.checkable.split(',').any(|l| l.trim() == "N")
+    }
+}
+
 /// How a failed check of a statement is graded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

@@ -682,7 +682,7 @@ fn shrink(
 /// | `resets` | initialization stopped in every device status state, then reset and re-initialized |
 /// | `event_idx` | used_event / avail flags with EVENT_IDX (offered) |
 /// | `queue_reset` | QueueReset of a live queue and re-enabling it (RING_RESET offered) |
-/// | `block` | block requests of every type (and unknown ones) in every framing of the header |
+/// | `block` | block requests of every type (and unknown ones) in every framing of the header, the header with its data in one descriptor, data and status in one; DISCARD / WRITE_ZEROES negotiated where offered, with 1 to 3 (rarely 40) segments inside and past the disk and every flag |
 /// | `legacy` | the legacy layout: QueueAlign values and re-setup of the queue (version 1) |
 pub const STREAM_CLASSES: &[&str] = &[
     "registers",
@@ -800,6 +800,15 @@ pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
         let legal = !legacy || b != VIRTIO_F_RING_RESET;
         if legal && offers(b) && (wanted || pick(2) == 0) {
             features.push(Feature::Bit(b));
+        }
+    }
+    // Block streams negotiate DISCARD and WRITE_ZEROES where offered (usually), so their
+    // segment requests reach the device's handling rather than only its UNSUPP answer.
+    if class == "block" && profile.device_id == 2 {
+        for b in [VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES] {
+            if offers(b) && pick(4) != 0 {
+                features.push(Feature::Bit(b));
+            }
         }
     }
     let init = |upto: Upto| Op::Init {
@@ -1035,7 +1044,7 @@ pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
                 _ => vec![post_op(chain(&mut pick, 2), false)],
             },
             (true, "block") => {
-                let kind = [0u32, 1, 4, 8, 8, 0, 1, 99, 11, 13][pick(10) as usize];
+                let kind = [0u32, 1, 4, 8, 8, 0, 1, 99, 11, 13, 11, 13][pick(12) as usize];
                 let split = match pick(4) {
                     0 => Some(vec![8, 8]),
                     1 => Some(vec![1, 15]),
@@ -1052,16 +1061,76 @@ pub fn random_case(profile: &Profile, seed: u64, index: usize) -> Case {
                     1 => 1 << 20,
                     _ => pick(8) as u64,
                 };
-                vec![Op::Blk {
-                    queue: 0,
-                    kind: crate::case::BlkType(kind),
-                    sector: Some(Num(sector)),
-                    data_len: Some(Num(data_len)),
-                    data: (kind == 1 && data_len > 0)
+                // DISCARD / WRITE_ZEROES: 1 to 3 segments (rarely 40, beyond any small
+                // max_*_seg), sectors inside and past the disk, flags 0, unmap or unknown.
+                let segments = matches!(kind, 11 | 13).then(|| {
+                    let n = if pick(8) == 0 { 40 } else { 1 + pick(3) };
+                    let mut d = Vec::new();
+                    for _ in 0..n {
+                        let sector = if pick(6) == 0 {
+                            1u64 << 40
+                        } else {
+                            pick(64) as u64
+                        };
+                        d.extend(sector.to_le_bytes());
+                        d.extend((1 + pick(16)).to_le_bytes());
+                        d.extend([0u32, 0, 1, 2][pick(4) as usize].to_le_bytes());
+                    }
+                    d
+                });
+                let data = match &segments {
+                    Some(d) => Some(Hex(d.clone())),
+                    None => (kind == 1 && data_len > 0)
                         .then(|| Hex(vec![pick(256) as u8; data_len as usize])),
-                    split,
-                    kick: Some(true),
-                }]
+                };
+                if pick(5) == 0 {
+                    // The framings the `blk` step does not build: the header and the
+                    // driver-readable data in one descriptor, or the data and the status
+                    // byte in one device-writable descriptor.
+                    let mut hdr = kind.to_le_bytes().to_vec();
+                    hdr.extend([0u8; 4]);
+                    hdr.extend(sector.to_le_bytes());
+                    let c = match &data {
+                        Some(d) => {
+                            hdr.extend(&d.0);
+                            vec![
+                                Buf {
+                                    len: Num(hdr.len() as u64),
+                                    data: Some(Hex(hdr)),
+                                    ..Buf::default()
+                                },
+                                Buf {
+                                    len: Num(1),
+                                    write: true,
+                                    ..Buf::default()
+                                },
+                            ]
+                        }
+                        None => vec![
+                            Buf {
+                                len: Num(16),
+                                data: Some(Hex(hdr)),
+                                ..Buf::default()
+                            },
+                            Buf {
+                                len: Num(data_len + 1),
+                                write: true,
+                                ..Buf::default()
+                            },
+                        ],
+                    };
+                    vec![post_op(c, false)]
+                } else {
+                    vec![Op::Blk {
+                        queue: 0,
+                        kind: crate::case::BlkType(kind),
+                        sector: Some(Num(sector)),
+                        data_len: Some(Num(data_len)),
+                        data,
+                        split,
+                        kick: Some(true),
+                    }]
+                }
             }
             (true, "legacy") => vec![
                 Op::Reset {

@@ -842,8 +842,21 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 c.covered,
                 c.device_statements
             );
+            outln!(
+                "{}/{} ({:.1} %) of the device-side statements a driver can observe (catalog `checkable` without N) have at least one case",
+                c.checkable_covered,
+                c.checkable_statements,
+                c.checkable_percent()
+            );
             if uncovered {
                 outln!("uncovered: {}", c.uncovered.join(", "));
+                let blind: Vec<&str> = suite
+                    .catalog
+                    .device_side()
+                    .filter(|r| !r.is_checkable())
+                    .map(|r| r.id.as_str())
+                    .collect();
+                outln!("not observable by a driver: {}", blind.join(", "));
             }
             Ok(0)
         }

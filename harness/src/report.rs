@@ -90,6 +90,22 @@ pub struct Coverage {
     pub by_section: BTreeMap<String, (usize, usize)>,
     /// Device-side statements no case checks.
     pub uncovered: Vec<String>,
+    /// Device-side statements a driver can observe (the catalog's `checkable` has no `N`).
+    #[serde(default)]
+    pub checkable_statements: usize,
+    /// Of those, how many at least one case checks.
+    #[serde(default)]
+    pub checkable_covered: usize,
+}
+
+impl Coverage {
+    /// Percentage of the checkable device-side statements with a case (0.0 without any).
+    pub fn checkable_percent(&self) -> f64 {
+        if self.checkable_statements == 0 {
+            return 0.0;
+        }
+        100.0 * self.checkable_covered as f64 / self.checkable_statements as f64
+    }
 }
 
 /// The JSON report.
@@ -233,8 +249,11 @@ pub fn coverage(catalog: &Catalog, cases: &[Case]) -> Coverage {
         let sec: String = r.section.split('.').take(2).collect::<Vec<_>>().join(".");
         let e = cov.by_section.entry(sec).or_default();
         e.1 += 1;
+        let checkable = r.is_checkable();
+        cov.checkable_statements += usize::from(checkable);
         if checked.contains(r.id.as_str()) {
             cov.covered += 1;
+            cov.checkable_covered += usize::from(checkable);
             e.0 += 1;
         } else {
             cov.uncovered.push(r.id.clone());
@@ -348,8 +367,13 @@ pub fn text_summary(report: &Report, catalog: &Catalog, verbose: bool) -> String
     if c.device_statements > 0 {
         let _ = writeln!(
             out,
-            "spec coverage: {}/{} device-side statements have at least one case ({})",
-            c.covered, c.device_statements, catalog.spec
+            "spec coverage: {}/{} device-side statements have at least one case; {}/{} ({:.1} %) of those a driver can observe ({})",
+            c.covered,
+            c.device_statements,
+            c.checkable_covered,
+            c.checkable_statements,
+            c.checkable_percent(),
+            catalog.spec
         );
     }
     for st in &report.stale_expectations {

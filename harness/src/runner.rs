@@ -234,6 +234,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::ReadRange { .. } => "read_range",
         Op::Require { .. } => "require",
         Op::SetDriverEvent { .. } => "set_driver_event",
+        Op::QueueAt { .. } => "queue_at",
     }
 }
 
@@ -360,14 +361,20 @@ pub fn run_case_as(
                 }
             }
         }
-        // Block write requests: `blk` steps of type OUT, and raw chains whose header starts
-        // with type 1.
+        // Block write requests: `blk` steps of type OUT, DISCARD or WRITE_ZEROES, and raw
+        // chains whose header starts with one of those types (1, 11, 13).
         let writes = case.steps.iter().any(|s| match &s.op {
-            Op::Blk { kind, .. } => kind.0 == 1,
-            Op::Post { chain, .. } => chain
-                .first()
-                .and_then(|b| b.data.as_ref())
-                .is_some_and(|d| d.0.starts_with(&[1, 0, 0, 0])),
+            Op::Blk { kind, .. } => matches!(kind.0, 1 | 11 | 13),
+            Op::Post { chain, .. } => {
+                chain
+                    .first()
+                    .and_then(|b| b.data.as_ref())
+                    .is_some_and(|d| {
+                        [1u8, 11, 13]
+                            .iter()
+                            .any(|&t| d.0.starts_with(&[t, 0, 0, 0]))
+                    })
+            }
             _ => false,
         });
         if ex.inband_status && writes && !case.features.contains(&VIRTIO_BLK_F_RO) {
@@ -941,6 +948,7 @@ impl Exec<'_> {
                 self.init(feats, order, *upto, &queues, grade)?;
             }
             Op::Queue { index, size, align } => self.setup_queue(*index, *size, *align)?,
+            Op::QueueAt { index, size, at } => self.setup_queue_at(*index, *size, *at)?,
             Op::Post {
                 queue,
                 chain,
@@ -986,7 +994,8 @@ impl Exec<'_> {
                     });
                     at = end;
                 }
-                let out = kind.0 == 1;
+                // OUT carries sectors, DISCARD / WRITE_ZEROES their segments: driver-readable.
+                let out = matches!(kind.0, 1 | 11 | 13);
                 let len = match (data, data_len) {
                     (Some(d), _) if out => d.0.len() as u64,
                     (_, Some(n)) => n.0,
@@ -1418,6 +1427,79 @@ impl Exec<'_> {
         } else {
             FeaturesOkReadBack::Lost
         })
+    }
+
+    /// Sets queue `index` up (version 2, split ring) with its parts at an edge of guest RAM
+    /// ([`crate::case::RingPlace`]): the parts' bytes inside RAM are zeroed, QueueNum, the
+    /// addresses and QueueReady written.
+    fn setup_queue_at(&mut self, index: u16, size: u16, at: crate::case::RingPlace) -> R {
+        if self.legacy || self.packed {
+            return Err(Stop::Unsupported(
+                "`queue_at` places split rings through the version 2 address registers".into(),
+            ));
+        }
+        self.w32(QUEUE_SEL, index as u32)?;
+        let max = self.r32o(QUEUE_NUM_MAX)?;
+        if max == 0 {
+            return Err(Stop::Unsupported(format!("queue {index} does not exist")));
+        }
+        let size = size.min(max.min(u16::MAX as u32) as u16);
+        let n = size as u64;
+        let shift = match at {
+            crate::case::RingPlace::RamEnd => 0,
+            crate::case::RingPlace::AcrossRamEnd => 16,
+        };
+        let room = 16 * n + 6 + 8 * n + 6 + 2 * n + 32;
+        if self.ram < room {
+            return Err(Stop::Case(format!(
+                "guest RAM is smaller than queue {index}'s rings"
+            )));
+        }
+        let avail = self.ram - (6 + 2 * n) + shift;
+        let used = (self.ram - (6 + 2 * n) - (6 + 8 * n)) / 4 * 4 + shift;
+        let desc = (used - shift - 16 * n) / 16 * 16 + shift;
+        let dq = DriverQueue {
+            size,
+            desc,
+            avail,
+            used,
+            avail_idx: 0,
+            last_used: 0,
+        };
+        for (addr, len) in [(desc, 16 * n), (avail, 6 + 2 * n), (used, 6 + 8 * n)] {
+            let inside = self.ram.saturating_sub(addr).min(len);
+            if inside > 0 {
+                virtio_reference_device::driver::DriverMemory::write_bytes(
+                    &mut self.mem(),
+                    addr,
+                    &vec![0u8; inside as usize],
+                )?;
+            }
+        }
+        self.w32(QUEUE_NUM, size as u32)?;
+        for (lo, v) in [
+            (QUEUE_DESC_LOW, desc),
+            (QUEUE_DRIVER_LOW, avail),
+            (QUEUE_DEVICE_LOW, used),
+        ] {
+            self.w32(lo, v as u32)?;
+            self.w32(lo + 4, (v >> 32) as u32)?;
+        }
+        self.w32(QUEUE_READY, 1)?;
+        self.allow(desc, 16 * n, Area::DescTable);
+        self.allow(avail, 6 + 2 * n, Area::AvailRing);
+        self.allow(used, 6 + 8 * n, Area::Ring);
+        self.queues.insert(
+            index,
+            QState {
+                dq,
+                pq: None,
+                next_desc: 0,
+                outstanding: Vec::new(),
+                last: None,
+            },
+        );
+        Ok(())
     }
 
     fn setup_queue(&mut self, index: u16, size: u16, align: Option<u32>) -> R {

@@ -128,6 +128,7 @@ fn random_streams_speak_the_whole_step_vocabulary() {
     let mut ops = BTreeSet::new();
     let (mut wide_notify, mut ram_end, mut wraps, mut page_2, mut split, mut unknown_blk) =
         (false, false, false, false, false, false);
+    let (mut segments, mut dwz_negotiated) = (false, false);
     let mut classes = BTreeSet::new();
     for (device, version) in [
         (DeviceKind::Entropy, TransportVersion::Modern),
@@ -154,10 +155,23 @@ fn random_streams_speak_the_whole_step_vocabulary() {
                         page_2 |= value.0 >= 2
                     }
                     Op::Blk {
-                        split: sp, kind, ..
+                        split: sp,
+                        kind,
+                        data,
+                        ..
                     } => {
                         split |= sp.is_some();
-                        unknown_blk |= ![0, 1, 4, 8].contains(&kind.0);
+                        unknown_blk |= ![0, 1, 4, 8, 11, 13].contains(&kind.0);
+                        segments |= [11, 13].contains(&kind.0)
+                            && data.as_ref().is_some_and(|d| d.0.len() % 16 == 0);
+                    }
+                    Op::Init {
+                        features: Some(f), ..
+                    } => {
+                        dwz_negotiated |= f
+                            .iter()
+                            .any(|f| matches!(f, virtio_conform::case::Feature::Bit(13 | 14)))
+                            && device == DeviceKind::Block
                     }
                     _ => {}
                 }
@@ -202,6 +216,10 @@ fn random_streams_speak_the_whole_step_vocabulary() {
     assert!(
         split && unknown_blk,
         "block headers split and unknown types"
+    );
+    assert!(
+        segments && dwz_negotiated,
+        "DISCARD / WRITE_ZEROES negotiated and sent with segments"
     );
     assert!(classes.len() >= 10, "{classes:?}");
 }

@@ -1109,9 +1109,18 @@ impl MmioDevice {
         if self.is(Mutant::NarrowConfigAccessIgnored) && data.len() < 4 {
             return;
         }
+        // NET-DEV-41 mutant: the le16 fields at 6 (status) and 8 (max_virtqueue_pairs) of a
+        // legacy network device served byte-swapped.
+        let swap = self.is(Mutant::NetLegacyConfigBigEndian)
+            && self.legacy()
+            && self.backend.name() == "net";
         for (k, b) in data.iter_mut().enumerate() {
             *b = off
                 .checked_add(k as u64)
+                .map(|o| match o {
+                    6..=9 if swap => o ^ 1,
+                    o => o,
+                })
                 .and_then(|o| usize::try_from(o).ok())
                 .and_then(|o| self.config.get(o).copied())
                 .unwrap_or(0);
@@ -1162,6 +1171,13 @@ impl MmioDevice {
     /// Never panics (the mutants excepted).
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG {
+            if self.is(Mutant::LegacyConfigWriteBeforeDriverOkDropped)
+                && self.legacy()
+                && self.status & ACKNOWLEDGE != 0
+                && self.status & DRIVER_OK == 0
+            {
+                return;
+            }
             // Driver-writable fields (the console's emerg_wr) belong to the device type.
             self.backend.write_config(offset - CONFIG, data);
             return;
@@ -1200,6 +1216,15 @@ impl MmioDevice {
                         self.driver_features =
                             (self.driver_features & 0xffff_ffff) | ((v as u64) << 32)
                     }
+                    sel if self.is(Mutant::DriverFeaturesSelUnchecked) => {
+                        // B17 pattern: the page index is not bounded.
+                        let mut pages = [0u32; 2];
+                        #[allow(clippy::indexing_slicing)]
+                        {
+                            pages[sel as usize] = v;
+                        }
+                        self.driver_features_beyond |= pages.iter().any(|&p| p != 0);
+                    }
                     _ => self.driver_features_beyond |= v != 0,
                 }
                 if legacy {
@@ -1208,6 +1233,11 @@ impl MmioDevice {
             }
             GUEST_PAGE_SIZE if legacy => self.guest_page_size = v,
             QUEUE_SEL => self.queue_sel = v,
+            QUEUE_NUM if self.is(Mutant::QueueNumNotPerQueue) => {
+                for slot in &mut self.queues {
+                    slot.num = v;
+                }
+            }
             QUEUE_NUM => {
                 let truncate = self.is(Mutant::QueueNumTruncated);
                 if let Some(slot) = self.selected().map(|i| &mut self.queues[i]) {

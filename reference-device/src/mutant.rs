@@ -149,6 +149,34 @@ pub enum Mutant {
     /// advances by the table's entries instead of the one ring descriptor, so the next used
     /// descriptor is written past a gap, not at the next used position.
     PackedUsedSkipsTableEntries,
+    /// MMIO-REG-05 (§4.2.2): the queue size is one device-wide field, so a QueueNum write for
+    /// the selected queue also resizes every other queue, ready ones included.
+    QueueNumNotPerQueue,
+    /// NET-DEV-41 (§5.1.4.3): a legacy network device serves `status` and
+    /// `max_virtqueue_pairs` big-endian instead of in the guest's native (little-endian) order.
+    NetLegacyConfigBigEndian,
+    /// INIT-LEG-02 (§3.1.2): a legacy device drops driver writes to its configuration space
+    /// between ACKNOWLEDGE and DRIVER_OK, as if configuration were only writable once the
+    /// device is live.
+    LegacyConfigWriteBeforeDriverOkDropped,
+    /// BLK-DEV-DISCARD-UNMAP (§5.2.6.2): a discard request with the unmap flag set is carried
+    /// out and answered OK instead of VIRTIO_BLK_S_UNSUPP.
+    BlockDiscardUnmapAccepted,
+    /// BLK-DEV-WZ-ZEROES (§5.2.6.2): a write-zeroes segment with the unmap flag set is taken
+    /// as a discard and leaves the old data readable.
+    BlockWriteZeroesUnmapKeepsData,
+    /// LIVE-DEV-01: the segments of a discard / write-zeroes request go into a fixed table of
+    /// `max_*_seg` entries indexed without a bound, so a request with more segments panics.
+    BlockDwzSegmentsUnbounded,
+    /// BLK-DEV-UNSUPP (§5.2.6): a discard / write-zeroes segment past the end of the disk is
+    /// skipped and the request answered OK, as if sectors that do not exist had been handled.
+    BlockDwzRangeUnchecked,
+    /// LIVE-DEV-01 (§4.2.2): DriverFeatures indexes a two-page array with DriverFeaturesSel
+    /// unchecked, so a write on a page beyond 1 panics (the pattern of B17).
+    DriverFeaturesSelUnchecked,
+    /// B14 for rings (§2.7): a ring part that ends exactly at the last byte of guest RAM is
+    /// taken as lying outside it, so a queue placed at the top of RAM is refused.
+    RingEndOffByOne,
 }
 
 impl Mutant {
@@ -217,6 +245,15 @@ impl Mutant {
         Mutant::PackedWriteFlagOfNext,
         Mutant::PackedDeviceEventInDriverArea,
         Mutant::PackedUsedSkipsTableEntries,
+        Mutant::QueueNumNotPerQueue,
+        Mutant::NetLegacyConfigBigEndian,
+        Mutant::LegacyConfigWriteBeforeDriverOkDropped,
+        Mutant::BlockDiscardUnmapAccepted,
+        Mutant::BlockWriteZeroesUnmapKeepsData,
+        Mutant::BlockDwzSegmentsUnbounded,
+        Mutant::BlockDwzRangeUnchecked,
+        Mutant::DriverFeaturesSelUnchecked,
+        Mutant::RingEndOffByOne,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -285,6 +322,17 @@ impl Mutant {
             Mutant::PackedWriteFlagOfNext => "packed-write-flag-of-next",
             Mutant::PackedDeviceEventInDriverArea => "packed-device-event-in-driver-area",
             Mutant::PackedUsedSkipsTableEntries => "packed-used-skips-table-entries",
+            Mutant::QueueNumNotPerQueue => "queue-num-not-per-queue",
+            Mutant::NetLegacyConfigBigEndian => "net-legacy-config-big-endian",
+            Mutant::LegacyConfigWriteBeforeDriverOkDropped => {
+                "legacy-config-write-before-driver-ok-dropped"
+            }
+            Mutant::BlockDiscardUnmapAccepted => "block-discard-unmap-accepted",
+            Mutant::BlockWriteZeroesUnmapKeepsData => "block-write-zeroes-unmap-keeps-data",
+            Mutant::BlockDwzSegmentsUnbounded => "block-dwz-segments-unbounded",
+            Mutant::BlockDwzRangeUnchecked => "block-dwz-range-unchecked",
+            Mutant::DriverFeaturesSelUnchecked => "driver-features-sel-unchecked",
+            Mutant::RingEndOffByOne => "ring-end-off-by-one",
         }
     }
 
@@ -354,6 +402,15 @@ impl Mutant {
             Mutant::PackedWriteFlagOfNext => "PK-write-flag",
             Mutant::PackedDeviceEventInDriverArea => "PK-event-area",
             Mutant::PackedUsedSkipsTableEntries => "PK-used-gap",
+            Mutant::QueueNumNotPerQueue => "REG-per-queue",
+            Mutant::NetLegacyConfigBigEndian => "REG-endian",
+            Mutant::LegacyConfigWriteBeforeDriverOkDropped => "LEG-init",
+            Mutant::BlockDiscardUnmapAccepted => "BLK-status",
+            Mutant::BlockWriteZeroesUnmapKeepsData => "BLK-wz",
+            Mutant::BlockDwzSegmentsUnbounded => "B-bounds",
+            Mutant::BlockDwzRangeUnchecked => "BLK-status",
+            Mutant::DriverFeaturesSelUnchecked => "B17",
+            Mutant::RingEndOffByOne => "B14",
         }
     }
 

@@ -335,7 +335,10 @@ impl SplitQueue {
             if addr % align != 0 {
                 return Err(QueueError::Misaligned { part, addr, align });
             }
-            if !ram.contains(addr, len) {
+            // RingEndOffByOne: a part ending at the last byte of RAM is taken as outside.
+            let off_by_one =
+                self.is(Mutant::RingEndOffByOne) && addr.checked_add(len) == Some(ram.end());
+            if !ram.contains(addr, len) || off_by_one {
                 return Err(QueueError::RingOutOfMemory { part, addr, len });
             }
         }

@@ -133,6 +133,12 @@ pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
 /// Block feature bit 11: the cache mode (`writeback`) is in the configuration space; it
 /// depends on VIRTIO_BLK_F_FLUSH (§5.2.5).
 pub const VIRTIO_BLK_F_CONFIG_WCE: u32 = 11;
+/// Block feature bit 13: the device supports discard requests; `max_discard_sectors`,
+/// `max_discard_seg` and `discard_sector_alignment` are valid (§5.2.3, §5.2.4).
+pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
+/// Block feature bit 14: the device supports write-zeroes requests;
+/// `max_write_zeroes_sectors`, `max_write_zeroes_seg` and `write_zeroes_may_unmap` are valid.
+pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
 
 /// Mask with only `bit` set.
 pub const fn bit(bit: u32) -> u64 {

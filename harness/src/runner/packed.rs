@@ -49,7 +49,8 @@ fn split_only(case: &Case) -> bool {
             Op::SetAvailIdx { .. }
             | Op::SetAvailFlags { .. }
             | Op::SetUsedEvent { .. }
-            | Op::SetDriverEvent { .. } => true,
+            | Op::SetDriverEvent { .. }
+            | Op::QueueAt { .. } => true,
             Op::MemWrite { addr, .. } | Op::MemExpect { addr, .. } => in_rings(addr.0),
             Op::Post {
                 chain,

@@ -164,9 +164,12 @@ impl QemuOptions {
             DeviceKind::Entropy => v(&["-device", "virtio-rng-device"]),
             DeviceKind::Block => vec![
                 "-device".into(),
-                "virtio-blk-device,drive=d0".into(),
+                "virtio-blk-device,drive=d0,discard=on,write-zeroes=on".into(),
                 "-drive".into(),
-                format!("if=none,id=d0,file={},format=raw", disk.display()),
+                format!(
+                    "if=none,id=d0,file={},format=raw,discard=unmap",
+                    disk.display()
+                ),
             ],
             DeviceKind::Net => super::qemu_net::qemu_args(net_sock),
             DeviceKind::Console => super::qemu_console::qemu_args(

@@ -362,11 +362,15 @@ fn trace_replay(
     let t0 = std::time::Instant::now();
     let results = trace::replay(&tr, t.as_mut(), catalog, &cmd)?;
     let mut info: report::TargetInfoOut = t.info().into();
-    info.driver = Some(format!(
-        "trace {} (traced device: {})",
-        tr.header.trace,
-        serde_json::to_string(&profile).map_err(|e| e.to_string())?
-    ));
+    // The personality the traced driver matches (traces/README.md).
+    info.driver = Some(
+        if tr.header.transport_version == 1 {
+            "legacy"
+        } else {
+            "linux"
+        }
+        .into(),
+    );
     Ok(Report {
         schema: report::REPORT_SCHEMA.into(),
         tool: format!("virtio-conform {}", env!("CARGO_PKG_VERSION")),

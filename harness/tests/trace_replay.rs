@@ -320,6 +320,16 @@ fn the_cli_exits_2_on_a_malformed_trace_and_0_on_a_committed_one() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The `run` report shape: it fits the committed report schema.
+    let schema_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/report.schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&schema_path).unwrap()).unwrap();
+    let v = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let errors: Vec<String> = v.iter_errors(&report).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
     assert_eq!(report["summary"]["pass"], 5);
     assert_eq!(report["target"]["version"], 1);
 

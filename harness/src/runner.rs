@@ -1072,7 +1072,7 @@ impl Exec<'_> {
                         got.is_some_and(|b| list.contains(&b)),
                         Severity::Low,
                         || format!("status byte one of {list:?}"),
-                        || format!("status byte {got:?}"),
+                        || status_byte(got),
                     );
                 }
                 if let Some(s) = status {
@@ -1083,7 +1083,7 @@ impl Exec<'_> {
                         got == Some(*s),
                         Severity::Low,
                         || format!("status byte {s}"),
-                        || format!("status byte {got:?}"),
+                        || status_byte(got),
                     );
                 }
             }
@@ -2065,5 +2065,14 @@ impl Exec<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Observed text of a request's status byte (the last writable byte of its chain):
+/// `status byte <n>`, or that the chain has no writable byte.
+fn status_byte(got: Option<u8>) -> String {
+    match got {
+        Some(b) => format!("status byte {b}"),
+        None => "no status byte (the chain has no writable bytes)".to_string(),
     }
 }

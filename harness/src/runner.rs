@@ -885,7 +885,7 @@ impl Exec<'_> {
                         &[],
                         want == Some(v),
                         Severity::Low,
-                        || format!("{name} = ${var} ({want:#x?})"),
+                        || format!("{name} = ${var} ({})", saved_text(want)),
                         obs,
                     );
                 }
@@ -896,7 +896,7 @@ impl Exec<'_> {
                         &[],
                         want != Some(v),
                         Severity::Low,
-                        || format!("{name} != ${var} ({want:#x?})"),
+                        || format!("{name} != ${var} ({})", saved_text(want)),
                         obs,
                     );
                 }
@@ -2074,5 +2074,13 @@ fn status_byte(got: Option<u8>) -> String {
     match got {
         Some(b) => format!("status byte {b}"),
         None => "no status byte (the chain has no writable bytes)".to_string(),
+    }
+}
+
+/// A saved register value for a message: `0x..`, or that no earlier step saved it.
+fn saved_text<T: std::fmt::LowerHex>(v: Option<T>) -> String {
+    match v {
+        Some(v) => format!("{v:#x}"),
+        None => "not saved by an earlier step".to_string(),
     }
 }

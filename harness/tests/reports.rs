@@ -478,6 +478,11 @@ fn no_report_text_shows_rust_option_debug_forms() {
             TransportVersion::Modern,
         ),
         (
+            "config-generation-static",
+            DeviceKind::Block,
+            TransportVersion::Modern,
+        ),
+        (
             "no-chain-length-cap",
             DeviceKind::Entropy,
             TransportVersion::Modern,

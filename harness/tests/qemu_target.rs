@@ -537,3 +537,18 @@ fn a_qemu_run_leaves_no_ram_file_in_dev_shm() {
         }
     }
 }
+
+/// The shared RAM's zero check (a reused QEMU is replaced when RAM changed after its reset)
+/// finds the first nonzero byte, past the first chunk too.
+#[test]
+fn shared_ram_finds_the_first_nonzero_byte() {
+    use virtio_conform::target::qemu_ram::SharedRam;
+    let dir = tempfile::tempdir().unwrap();
+    let ram = SharedRam::create(3 << 20, dir.path()).unwrap();
+    assert_eq!(ram.first_nonzero().unwrap(), None);
+    ram.write(0x10_1234, &[7]).unwrap();
+    ram.write(0x20_0000, &[1]).unwrap();
+    assert_eq!(ram.first_nonzero().unwrap(), Some(0x10_1234));
+    let path = ram.path().unwrap();
+    assert!(path.starts_with("/proc"), "{}", path.display());
+}

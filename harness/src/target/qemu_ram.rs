@@ -74,16 +74,9 @@ impl SharedRam {
                 .map(|i| p.swap_remove(i))
         };
         if let Some(m) = reused {
-            let zeros = vec![0u8; 1 << 20];
-            let mut at = 0u64;
-            while at < size {
-                let n = (size - at).min(zeros.len() as u64) as usize;
-                m.mem
-                    .write_slice(&zeros[..n], GuestAddress(at))
-                    .map_err(|e| std::io::Error::other(format!("zeroing guest RAM: {e}")))?;
-                at += n as u64;
-            }
-            return Ok(SharedRam { inner: Some(m) });
+            let ram = SharedRam { inner: Some(m) };
+            ram.zero().map_err(std::io::Error::other)?;
+            return Ok(ram);
         }
         Self::create_new(size, scratch)
     }
@@ -145,6 +138,37 @@ impl SharedRam {
             .mem
             .read_slice(buf, GuestAddress(gpa))
             .map_err(|e| format!("shared guest RAM read at {gpa:#x}: {e}"))
+    }
+
+    /// Writes zeros over all of guest RAM. Errors: the RAM was released or cannot be written.
+    pub fn zero(&self) -> Result<(), String> {
+        let size = self.mapped()?.size;
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < size {
+            let n = (size - at).min(zeros.len() as u64) as usize;
+            self.write(at, &zeros[..n])
+                .map_err(|e| format!("zeroing guest RAM: {e}"))?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The guest physical address of the first nonzero byte of guest RAM, or `None` when all
+    /// of it is zero. Errors: the RAM was released or cannot be read.
+    pub fn first_nonzero(&self) -> Result<Option<u64>, String> {
+        let m = self.mapped()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < m.size {
+            let n = (m.size - at).min(buf.len() as u64) as usize;
+            self.read(at, &mut buf[..n])?;
+            if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+                return Ok(Some(at + i as u64));
+            }
+            at += n as u64;
+        }
+        Ok(None)
     }
 
     /// Writes guest RAM at `gpa`.

@@ -454,7 +454,7 @@ fn shared_ram_file_has_no_name() {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     let mem_path = cmdline
-        .split(|c| c == ',' || c == ' ')
+        .split([',', ' '])
         .find_map(|a| a.strip_prefix("mem-path="))
         .unwrap_or_else(|| panic!("no mem-path in {cmdline}"));
     let want = format!("/proc/{}/fd/", std::process::id());

@@ -177,7 +177,7 @@ enum Cmd {
         #[arg(short, long)]
         verbose: bool,
         /// Run cases on N parallel workers, each with its own target instance (default: the
-        /// number of cores).
+        /// number of cores; twice that for `--target qemu`).
         #[arg(short = 'j', long)]
         jobs: Option<usize>,
         /// Driver personality of every `init` step that pins no order: spec, linux, netbsd,
@@ -785,7 +785,12 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                 replay: Some(format!("{prefix} --only '{{case}}'")),
                 on_result: Some(Box::new(record)),
                 progress: Some(Box::new(progress)),
-                jobs: jobs.unwrap_or_else(virtio_conform::suite::default_jobs),
+                jobs: jobs.unwrap_or_else(|| {
+                    // A QEMU case mostly waits (QEMU's start, qtest round trips, bounded
+                    // waits for completions), so two workers per core overlap those waits.
+                    let per_core = if t.target == "qemu" { 2 } else { 1 };
+                    per_core * virtio_conform::suite::default_jobs()
+                }),
                 driver,
                 ..Options::default()
             };

@@ -893,7 +893,7 @@ impl Exec<'_> {
                         &[],
                         want == Some(v),
                         Severity::Low,
-                        || format!("{name} = ${var} ({want:#x?})"),
+                        || format!("{name} = ${var} ({})", saved_text(want)),
                         obs,
                     );
                 }
@@ -904,7 +904,7 @@ impl Exec<'_> {
                         &[],
                         want != Some(v),
                         Severity::Low,
-                        || format!("{name} != ${var} ({want:#x?})"),
+                        || format!("{name} != ${var} ({})", saved_text(want)),
                         obs,
                     );
                 }
@@ -1082,7 +1082,7 @@ impl Exec<'_> {
                         got.is_some_and(|b| list.contains(&b)),
                         Severity::Low,
                         || format!("status byte one of {list:?}"),
-                        || format!("status byte {got:?}"),
+                        || status_byte(got),
                     );
                 }
                 if let Some(s) = status {
@@ -1093,7 +1093,7 @@ impl Exec<'_> {
                         got == Some(*s),
                         Severity::Low,
                         || format!("status byte {s}"),
-                        || format!("status byte {got:?}"),
+                        || status_byte(got),
                     );
                 }
             }
@@ -2148,5 +2148,22 @@ impl Exec<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Observed text of a request's status byte (the last writable byte of its chain):
+/// `status byte <n>`, or that the chain has no writable byte.
+fn status_byte(got: Option<u8>) -> String {
+    match got {
+        Some(b) => format!("status byte {b}"),
+        None => "no status byte (the chain has no writable bytes)".to_string(),
+    }
+}
+
+/// A saved register value for a message: `0x..`, or that no earlier step saved it.
+fn saved_text<T: std::fmt::LowerHex>(v: Option<T>) -> String {
+    match v {
+        Some(v) => format!("{v:#x}"),
+        None => "not saved by an earlier step".to_string(),
     }
 }

@@ -421,3 +421,147 @@ fn startup_failure_is_unavailable_with_stderr() {
         other => panic!("expected Unavailable, got {:?}", other.err()),
     }
 }
+
+/// Every path some live process holds open (the targets of `/proc/*/fd/*`).
+fn open_paths() -> std::collections::HashSet<std::path::PathBuf> {
+    let mut open = std::collections::HashSet::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(fds) = std::fs::read_dir(p.path().join("fd")) {
+            for fd in fds.flatten() {
+                if let Ok(t) = std::fs::read_link(fd.path()) {
+                    open.insert(t);
+                }
+            }
+        }
+    }
+    open
+}
+
+/// QEMU's guest RAM file, shared with the harness, has no name anywhere: QEMU opens it
+/// through the harness's descriptor, and the file has no link, so it cannot outlive the two
+/// processes.
+#[test]
+fn shared_ram_file_has_no_name() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(opts) = options(DeviceKind::Entropy, TransportVersion::Modern) else {
+        return;
+    };
+    let ram_bytes = opts.ram_mib << 20;
+    let mut t = QemuTarget::new(opts).expect("QEMU target starts");
+    assert!(t.bulk_cheap(), "shared RAM in use");
+    assert_eq!(t.read32(MAGIC).unwrap(), 0x7472_6976);
+    let pid = t.pid().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let mem_path = cmdline
+        .split([',', ' '])
+        .find_map(|a| a.strip_prefix("mem-path="))
+        .unwrap_or_else(|| panic!("no mem-path in {cmdline}"));
+    let want = format!("/proc/{}/fd/", std::process::id());
+    assert!(mem_path.starts_with(&want), "{mem_path}");
+    let meta = std::fs::metadata(mem_path).unwrap();
+    assert_eq!(meta.nlink(), 0, "the RAM file has a name");
+    assert_eq!(meta.len(), ram_bytes);
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(target) = std::fs::read_link(fd.path()) {
+            let target = target.display().to_string();
+            assert!(
+                !target.contains("virtio-conform-ram-"),
+                "QEMU holds {target}"
+            );
+        }
+    }
+}
+
+/// Named RAM files that earlier versions left in a folder are removed when no process holds
+/// them open; one that is open stays, and other names are untouched.
+#[test]
+fn orphaned_ram_files_are_removed_held_ones_stay() {
+    use virtio_conform::target::qemu_ram::{remove_orphaned_in, LEGACY_PREFIX};
+    let dir = tempfile::tempdir().unwrap();
+    let orphan = dir.path().join(format!("{LEGACY_PREFIX}orphan"));
+    let held = dir.path().join(format!("{LEGACY_PREFIX}held"));
+    let other = dir.path().join("someone-elses-file");
+    for p in [&orphan, &held, &other] {
+        std::fs::write(p, b"ram").unwrap();
+    }
+    let _holder = std::fs::File::open(&held).unwrap();
+    assert_eq!(remove_orphaned_in(dir.path()), 1);
+    assert!(!orphan.exists());
+    assert!(held.exists());
+    assert!(other.exists());
+}
+
+/// A run of the built binary against QEMU leaves no RAM file behind in `/dev/shm`, and removes
+/// one a killed earlier run left there: afterwards every `virtio-conform-ram-*` file that was
+/// there when the run started is gone or held open by a live process (a run of an earlier
+/// version in progress; files such runs create meanwhile are theirs, not this run's).
+#[test]
+fn a_qemu_run_leaves_no_ram_file_in_dev_shm() {
+    if options(DeviceKind::Entropy, TransportVersion::Modern).is_none() {
+        return;
+    }
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        println!("skipped: no /dev/shm");
+        return;
+    }
+    let orphan = shm.join(format!(
+        "virtio-conform-ram-left-by-a-killed-run-{}",
+        std::process::id()
+    ));
+    std::fs::write(&orphan, b"ram").unwrap();
+    let named = |e: &std::fs::DirEntry| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with("virtio-conform-ram-")
+    };
+    let before: Vec<std::path::PathBuf> = std::fs::read_dir(shm)
+        .unwrap()
+        .flatten()
+        .filter(named)
+        .map(|e| e.path())
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_virtio-conform"))
+        .args([
+            "run",
+            "--target",
+            "qemu",
+            "--device",
+            "entropy",
+            "--version",
+            "2",
+        ])
+        .args(["--only", "malformed.addr-len-overflow", "--format", "json"])
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(json.contains("all of guest RAM watched"), "{json}");
+    assert!(!orphan.exists(), "the orphaned RAM file is still there");
+    let open = open_paths();
+    for p in before {
+        assert!(
+            !p.exists() || open.contains(&p),
+            "{} outlived its process",
+            p.display()
+        );
+    }
+}
+
+/// The shared RAM's zero check (a reused QEMU is replaced when RAM changed after its reset)
+/// finds the first nonzero byte, past the first chunk too.
+#[test]
+fn shared_ram_finds_the_first_nonzero_byte() {
+    use virtio_conform::target::qemu_ram::SharedRam;
+    let dir = tempfile::tempdir().unwrap();
+    let ram = SharedRam::create(3 << 20, dir.path()).unwrap();
+    assert_eq!(ram.first_nonzero().unwrap(), None);
+    ram.write(0x10_1234, &[7]).unwrap();
+    ram.write(0x20_0000, &[1]).unwrap();
+    assert_eq!(ram.first_nonzero().unwrap(), Some(0x10_1234));
+    let path = ram.path().unwrap();
+    assert!(path.starts_with("/proc"), "{}", path.display());
+}

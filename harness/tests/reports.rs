@@ -414,3 +414,112 @@ fn the_summary_names_every_outcome() {
         );
     }
 }
+
+/// No report text shows a Rust debug form of an optional value (`Some(..)`, `None`): the run
+/// report in JSON, JUnit XML and the verbose terminal summary, against mutants that fail
+/// checks of every kind (registers, status, rings, malformed chains, block status bytes,
+/// console and net host-side checks, packed rings), on both transport versions.
+#[test]
+fn no_report_text_shows_rust_option_debug_forms() {
+    use virtio_conform::suite::{run_suite, Options, Suite};
+    use virtio_conform::target::{DeviceKind, ReferenceTarget};
+    use virtio_reference_device::{Mutant, TransportVersion};
+    let suite = Suite::load_default().unwrap();
+    let runs: &[(&str, DeviceKind, TransportVersion)] = &[
+        (
+            "reset-keeps-queue-ready",
+            DeviceKind::Entropy,
+            TransportVersion::Modern,
+        ),
+        (
+            "single-bit-status-writes",
+            DeviceKind::Entropy,
+            TransportVersion::Legacy,
+        ),
+        (
+            "buffer-end-off-by-one",
+            DeviceKind::Entropy,
+            TransportVersion::Modern,
+        ),
+        (
+            "malformed-request-not-returned",
+            DeviceKind::Block,
+            TransportVersion::Modern,
+        ),
+        (
+            "writes-readable-buffers",
+            DeviceKind::Entropy,
+            TransportVersion::Modern,
+        ),
+        (
+            "block-unknown-type-ok",
+            DeviceKind::Block,
+            TransportVersion::Modern,
+        ),
+        (
+            "read-only-writes-accepted",
+            DeviceKind::Block,
+            TransportVersion::Legacy,
+        ),
+        (
+            "console-rx-len-overstated",
+            DeviceKind::Console,
+            TransportVersion::Modern,
+        ),
+        (
+            "net-num-buffers-always-one",
+            DeviceKind::Net,
+            TransportVersion::Modern,
+        ),
+        ("wrong-device-id", DeviceKind::Net, TransportVersion::Legacy),
+        (
+            "packed-used-wrap-bit-constant",
+            DeviceKind::Entropy,
+            TransportVersion::Modern,
+        ),
+        (
+            "config-generation-static",
+            DeviceKind::Block,
+            TransportVersion::Modern,
+        ),
+        (
+            "no-chain-length-cap",
+            DeviceKind::Entropy,
+            TransportVersion::Modern,
+        ),
+    ];
+    let mut failures = 0;
+    for &(name, device, version) in runs {
+        let mutant = Mutant::from_name(name).unwrap_or_else(|| panic!("no mutant {name}"));
+        let report = run_suite(
+            &suite,
+            move || ReferenceTarget::new(device, version, Some(mutant)),
+            &Options::default(),
+        );
+        failures += report
+            .results
+            .iter()
+            .map(|r| r.failures.len())
+            .sum::<usize>();
+        let texts = [
+            ("JSON", serde_json::to_string_pretty(&report).unwrap()),
+            ("JUnit", virtio_conform::report::junit(&report)),
+            (
+                "terminal",
+                virtio_conform::report::text_summary(&report, &suite.catalog, true),
+            ),
+        ];
+        for (kind, text) in texts {
+            for line in text.lines() {
+                assert!(
+                    !line.contains("Some(") && !line.contains("None"),
+                    "{kind} report of mutant:{name} ({device:?}, {version:?}): {line}"
+                );
+            }
+        }
+    }
+    assert!(
+        failures >= runs.len(),
+        "the mutants fail checks: {failures}"
+    );
+}

@@ -711,9 +711,10 @@ struct Instance {
 
 impl Instance {
     /// Brings the running QEMU back to the state a new one starts in, for the next case: the
-    /// virtio device reset (§2.4: Status 0), DeviceFeaturesSel, DriverFeaturesSel and QueueSel
-    /// at 0, guest RAM zeroed (qtest `memset`), the disk image zeroed, pending interrupt events
-    /// dropped.
+    /// virtio device reset (§2.4: Status 0, read back), DeviceFeaturesSel, DriverFeaturesSel
+    /// and QueueSel at 0, guest RAM zeroed (through the shared mapping, else qtest `memset`),
+    /// the disk image zeroed, pending interrupt events dropped. Errors (the caller then starts
+    /// a new QEMU): Status does not read 0, or shared guest RAM changed after the reset.
     fn reset_in_place(&mut self, opts: &QemuOptions) -> Result<(), LinkError> {
         use virtio_reference_device::regs::{
             DEVICE_FEATURES_SEL, DRIVER_FEATURES_SEL, QUEUE_SEL, STATUS,
@@ -724,7 +725,9 @@ impl Instance {
         for r in [DEVICE_FEATURES_SEL, DRIVER_FEATURES_SEL, QUEUE_SEL] {
             cmds.push(format!("writel 0x{:x} 0x0", b + r));
         }
-        cmds.push(format!("memset 0x0 0x{:x} 0x0", opts.ram_mib << 20));
+        if self.ram.is_none() {
+            cmds.push(format!("memset 0x0 0x{:x} 0x0", opts.ram_mib << 20));
+        }
         self.conn.query_many(&cmds)?;
         if opts.device == DeviceKind::Block {
             fs::write(
@@ -735,6 +738,27 @@ impl Instance {
         }
         if let Some(net) = self.net.as_mut() {
             net.drain().map_err(LinkError::Reply)?;
+        }
+        // §2.4: the reset is complete when Status reads 0. One more round trip also lets QEMU
+        // run work it deferred (bottom halves) before the next case fills guest RAM.
+        let st = parse_u64(&self.conn.query(format!("readl 0x{:x}", b + STATUS))?)?;
+        if st != 0 {
+            return Err(LinkError::Reply(format!(
+                "Status reads {st:#x} after the reset; starting a new QEMU"
+            )));
+        }
+        if let Some(ram) = &self.ram {
+            // Zeroed through the harness's mapping: a qtest `memset` would leave the RAM under
+            // the BIOS's ROM alias below 1 MiB as it was (writes there go to the ROM).
+            ram.zero().map_err(LinkError::Reply)?;
+            self.conn.query(format!("readl 0x{:x}", b + STATUS))?;
+            // A device still writing after the reset (work of the previous case landing late)
+            // would reach the next case: such a QEMU is replaced by a new one.
+            if let Some(at) = ram.first_nonzero().map_err(LinkError::Reply)? {
+                return Err(LinkError::Reply(format!(
+                    "guest RAM at {at:#x} changed after the reset; starting a new QEMU"
+                )));
+            }
         }
         self.conn.poll_async()?;
         self.conn.irqs.clear();

@@ -197,6 +197,9 @@ struct QueueSlot {
     /// Used elements of chains holding part of a unit ([`Completion::Partial`]), published
     /// together with the chain that completes it.
     held: Vec<(u16, u32)>,
+    /// Packed buffers the backend holds ([`Completion::Held`]): buffer id and descriptor
+    /// count, used when the backend releases them.
+    held_packed: Vec<(u16, u16)>,
     /// VIRTIO_F_RING_PACKED was negotiated when the queue was activated: `p` is in use, and
     /// QueueDesc / QueueDriver / QueueDevice (kept in `q`) name the descriptor ring and the
     /// driver and device event suppression structures (§4.2.3).
@@ -227,6 +230,7 @@ impl QueueSlot {
             align: 4096,
             q,
             held: Vec::new(),
+            held_packed: Vec::new(),
             packed: false,
             p,
         }
@@ -695,7 +699,9 @@ impl MmioDevice {
                 cfg,
                 ..
             } = self;
-            let p = &mut queues[i].p;
+            let slot = &mut queues[i];
+            let p = &mut slot.p;
+            let held = &mut slot.held_packed;
             // An in-order batch not yet written: (first id, last id, len of last, descriptors).
             let mut batch: Option<(u16, u16, u32, u16)> = None;
             let first_id_mutant = cfg.mutant == Some(Mutant::PackedInOrderFirstId);
@@ -712,7 +718,24 @@ impl MmioDevice {
                     None => Ok(false),
                 }
             };
-            loop {
+            let release = |p: &mut PackedQueue,
+                           ram: &mut GuestRam,
+                           held: &mut Vec<(u16, u16)>,
+                           backend: &mut Box<dyn DeviceBackend>|
+             -> Result<bool, QueueError> {
+                if held.is_empty() || !backend.release_held(i as u16) {
+                    return Ok(false);
+                }
+                for (id, count) in held.drain(..) {
+                    p.add_used(ram, id, 0, count)?;
+                }
+                Ok(true)
+            };
+            match release(p, ram, held, backend) {
+                Ok(u) => used_any |= u,
+                Err(e) => failure = Some(e),
+            }
+            while failure.is_none() {
                 if !backend.ready_for(i as u16) {
                     break;
                 }
@@ -731,6 +754,10 @@ impl MmioDevice {
                             // buffers) are not modelled on the packed ring yet: each buffer
                             // is used on its own.
                             Completion::Partial(n) => n,
+                            Completion::Held => {
+                                held.push((c.id, c.count));
+                                continue;
+                            }
                             Completion::Malformed
                                 if cfg.mutant == Some(Mutant::MalformedRequestNotReturned) =>
                             {
@@ -795,6 +822,12 @@ impl MmioDevice {
             match flush(p, ram, &mut batch) {
                 Ok(u) => used_any |= u,
                 Err(e) => failure = failure.or(Some(e)),
+            }
+            if failure.is_none() {
+                match release(p, ram, held, backend) {
+                    Ok(u) => used_any |= u,
+                    Err(e) => failure = Some(e),
+                }
             }
         }
         let notify = used_any
@@ -916,7 +949,25 @@ impl MmioDevice {
             let slot = &mut queues[i];
             let q = &mut slot.q;
             let held = &mut slot.held;
-            loop {
+            // Chains the backend holds (the balloon's statsq buffer) go back when it says so.
+            let release = |q: &mut SplitQueue,
+                           ram: &mut GuestRam,
+                           held: &mut Vec<(u16, u32)>,
+                           backend: &mut Box<dyn DeviceBackend>|
+             -> Result<bool, QueueError> {
+                if held.is_empty() || !backend.release_held(i as u16) {
+                    return Ok(false);
+                }
+                for (h, l) in held.drain(..) {
+                    q.add_used(ram, h, l)?;
+                }
+                Ok(true)
+            };
+            match release(q, ram, held, backend) {
+                Ok(u) => used_any |= u,
+                Err(e) => failure = Some(e),
+            }
+            while failure.is_none() {
                 if !backend.ready_for(i as u16) {
                     break;
                 }
@@ -927,6 +978,10 @@ impl MmioDevice {
                             Completion::Written(n) => n,
                             Completion::Partial(n) => {
                                 held.push((head, n));
+                                continue;
+                            }
+                            Completion::Held => {
+                                held.push((head, 0));
                                 continue;
                             }
                             Completion::Malformed
@@ -988,6 +1043,12 @@ impl MmioDevice {
                         failure = Some(e);
                         break;
                     }
+                }
+            }
+            if failure.is_none() {
+                match release(q, ram, held, backend) {
+                    Ok(u) => used_any |= u,
+                    Err(e) => failure = Some(e),
                 }
             }
             if failure.is_none() {
@@ -1124,6 +1185,11 @@ impl MmioDevice {
         if offset >= CONFIG {
             // Driver-writable fields (the console's emerg_wr) belong to the device type.
             self.backend.write_config(offset - CONFIG, data);
+            if let Some((off, bytes)) = self.backend.take_driver_write() {
+                let start = off.min(self.config.len());
+                let end = off.saturating_add(bytes.len()).min(self.config.len());
+                self.config[start..end].copy_from_slice(&bytes[..end - start]);
+            }
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {

@@ -172,6 +172,7 @@ impl QemuOptions {
             DeviceKind::Console => super::qemu_console::qemu_args(
                 &disk.with_file_name(super::qemu_console::SOCKET_NAME),
             ),
+            DeviceKind::Balloon => super::qemu_balloon::qemu_args(),
         }
     }
 

@@ -80,11 +80,13 @@ pub fn balloon_value(offset: u64, data: &[u8], ram: u64) -> Result<u64, String> 
 
 /// The `actual` value (le32) behind a `query-balloon` reply on a guest of `ram` bytes.
 pub fn actual_from_query(reply: &Value, ram: u64) -> Result<Vec<u8>, String> {
+    // QEMU computes the logical size as a signed number: an `actual` beyond the RAM size
+    // makes it negative.
     let logical = reply
         .get("actual")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| format!("query-balloon reply without `actual`: {reply}"))?;
-    let pages = ram.saturating_sub(logical) / PAGE;
+        .and_then(Value::as_i64)
+        .ok_or_else(|| format!("query-balloon reply without a numeric `actual`: {reply}"))?;
+    let pages = (i128::from(ram) - i128::from(logical)) / PAGE as i128;
     let pages = u32::try_from(pages)
         .map_err(|_| format!("query-balloon `actual` {logical} gives {pages} pages"))?;
     Ok(pages.to_le_bytes().to_vec())
@@ -134,6 +136,11 @@ mod tests {
     fn actual_comes_back_in_pages() {
         let r = json!({ "actual": (16u64 << 20) - 3 * 4096 });
         assert_eq!(actual_from_query(&r, 16 << 20).unwrap(), vec![3, 0, 0, 0]);
+        let beyond = json!({ "actual": (16i64 << 20) - 0x1234 * 4096 });
+        assert_eq!(
+            actual_from_query(&beyond, 16 << 20).unwrap(),
+            vec![0x34, 0x12, 0, 0]
+        );
         assert!(actual_from_query(&json!({}), 16 << 20).is_err());
     }
 

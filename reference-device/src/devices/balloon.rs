@@ -349,3 +349,99 @@ impl DeviceBackend for BalloonBackend {
         self.negotiated = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rdesc(addr: u64, len: u32) -> Descriptor {
+        Descriptor {
+            addr,
+            len,
+            flags: 0,
+            next: 0,
+        }
+    }
+
+    fn stat(tag: u16, val: u64) -> Vec<u8> {
+        let mut v = tag.to_le_bytes().to_vec();
+        v.extend_from_slice(&val.to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn pfn_array_split_mid_entry_is_one_array() {
+        let mut ram = GuestRam::anonymous(1 << 20).unwrap();
+        let arr: Vec<u8> = [0x900u32, 0x901]
+            .iter()
+            .flat_map(|p| p.to_le_bytes())
+            .collect();
+        ram.write(0x1000, &arr[..3]).unwrap();
+        ram.write(0x2000, &arr[3..]).unwrap();
+        let mut b = BalloonBackend::default();
+        let chain = [rdesc(0x1000, 3), rdesc(0x2000, 5)];
+        assert_eq!(
+            b.process(INFLATEQ, &chain, &mut ram),
+            Completion::Written(0)
+        );
+        assert_eq!(b.pages(), vec![0x900, 0x901]);
+        assert_eq!(b.host_take(PORT_INFLATE).unwrap(), vec![arr.clone()]);
+        ram.write(0x1000, &arr[4..]).unwrap();
+        b.process(DEFLATEQ, &[rdesc(0x1000, 4)], &mut ram);
+        assert_eq!(b.pages(), vec![0x900]);
+    }
+
+    #[test]
+    fn stats_are_held_until_a_host_request() {
+        let mut ram = GuestRam::anonymous(1 << 20).unwrap();
+        let mut buf = stat(5, 7);
+        buf.extend(stat(0x7f3a, 1));
+        buf.extend(stat(0, 3));
+        ram.write(0x1000, &buf).unwrap();
+        let mut b = BalloonBackend::default();
+        b.negotiated(1 << crate::regs::VIRTIO_F_VERSION_1);
+        let chain = [rdesc(0x1000, buf.len() as u32)];
+        assert_eq!(b.process(STATSQ, &chain, &mut ram), Completion::Held);
+        assert!(!b.release_held(STATSQ));
+        let mut want = stat(0, 3);
+        want.extend(stat(5, 7));
+        assert_eq!(b.host_take(PORT_STATS).unwrap(), vec![want.clone()]);
+        assert_eq!(canonical_stats(&buf), want);
+        b.host_send(PORT_STATS, &[]).unwrap();
+        assert!(b.release_held(STATSQ));
+        assert!(!b.release_held(STATSQ));
+    }
+
+    #[test]
+    fn legacy_ignores_the_first_stats_buffer() {
+        let mut ram = GuestRam::anonymous(1 << 20).unwrap();
+        ram.write(0x1000, &stat(4, 9)).unwrap();
+        let mut b = BalloonBackend::default();
+        let chain = [rdesc(0x1000, 10)];
+        b.process(STATSQ, &chain, &mut ram);
+        assert!(b.host_take(PORT_STATS).unwrap().is_empty());
+        b.process(STATSQ, &chain, &mut ram);
+        assert_eq!(b.host_take(PORT_STATS).unwrap(), vec![stat(4, 9)]);
+    }
+
+    #[test]
+    fn actual_is_used_once_its_last_byte_is_written() {
+        let mut b = BalloonBackend::default();
+        b.write_config(4, &[0x34]);
+        assert_eq!(b.take_driver_write(), Some((4, vec![0x34])));
+        b.write_config(5, &[0x12]);
+        assert_eq!(b.host_take(PORT_ACTUAL).unwrap(), vec![vec![0, 0, 0, 0]]);
+        b.write_config(6, &[0, 0]);
+        assert_eq!(
+            b.host_take(PORT_ACTUAL).unwrap(),
+            vec![vec![0x34, 0x12, 0, 0]]
+        );
+        assert_eq!(b.take_driver_write(), Some((6, vec![0, 0])));
+        // num_pages is the host's: a driver write is ignored.
+        b.write_config(0, &[1, 2, 3, 4]);
+        assert_eq!(b.take_driver_write(), None);
+        assert_eq!(&b.config()[0..4], &[0, 0, 0, 0]);
+        assert!(b.host_take(9).is_err());
+        assert!(b.host_send(0, &[]).is_err());
+    }
+}

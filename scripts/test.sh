@@ -69,7 +69,7 @@ fi
 echo "== suite: reference target"
 cargo build --release --locked -p virtio-conform
 bin=target/release/virtio-conform
-for dev in entropy block console net; do
+for dev in entropy block console net balloon; do
   for ver in 2 1; do
     suite_run "$bin" run --target reference --device "$dev" --version "$ver" --strict
   done
@@ -80,7 +80,7 @@ done
 
 echo "== suite: reference target under each driver personality"
 for drv in linux netbsd freebsd rcore legacy; do
-  for dev in entropy block console net; do
+  for dev in entropy block console net balloon; do
     for ver in 2 1; do
       suite_run "$bin" run --target reference --device "$dev" --version "$ver" --driver "$drv" --strict
     done
@@ -123,6 +123,11 @@ if command -v qemu-system-x86_64 >/dev/null 2>&1; then
   for ver in 2 1; do
     suite_run "$bin" run --target qemu --device net --version "$ver" --strict \
       --expectations "specs/expectations/qemu-net-v$ver.json"
+  done
+  # virtio-balloon-device, its host side over QMP (balloon, query-balloon, guest-stats)
+  for ver in 2 1; do
+    suite_run "$bin" run --target qemu --device balloon --version "$ver" --strict \
+      --expectations "specs/expectations/qemu-balloon-v$ver.json"
   done
   echo "== suite: QEMU with packed=on, every layout-neutral case on a packed ring (§2.8)"
   for dev in entropy block; do

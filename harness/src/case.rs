@@ -328,6 +328,12 @@ pub fn feature_bit(name: &str) -> Option<u32> {
         "CONSOLE_F_MULTIPORT" | "VIRTIO_CONSOLE_F_MULTIPORT" => 1,
         "CONSOLE_F_EMERG_WRITE" | "VIRTIO_CONSOLE_F_EMERG_WRITE" => 2,
         "ANY_LAYOUT" => regs::VIRTIO_F_ANY_LAYOUT,
+        "BALLOON_F_MUST_TELL_HOST" | "VIRTIO_BALLOON_F_MUST_TELL_HOST" => 0,
+        "BALLOON_F_STATS_VQ" | "VIRTIO_BALLOON_F_STATS_VQ" => 1,
+        "BALLOON_F_DEFLATE_ON_OOM" | "VIRTIO_BALLOON_F_DEFLATE_ON_OOM" => 2,
+        "BALLOON_F_FREE_PAGE_HINT" | "VIRTIO_BALLOON_F_FREE_PAGE_HINT" => 3,
+        "BALLOON_F_PAGE_POISON" | "VIRTIO_BALLOON_F_PAGE_POISON" => 4,
+        "BALLOON_F_PAGE_REPORTING" | "VIRTIO_BALLOON_F_PAGE_REPORTING" => 5,
         _ => return net_feature_bit(n.strip_prefix("VIRTIO_").unwrap_or(n)),
     })
 }
@@ -766,7 +772,7 @@ pub struct Case {
 }
 
 /// Device types a case header may name.
-pub const DEVICE_NAMES: [&str; 5] = ["any", "entropy", "block", "net", "console"];
+pub const DEVICE_NAMES: [&str; 6] = ["any", "entropy", "block", "net", "console", "balloon"];
 /// Transport versions a case header may name.
 pub const TRANSPORT_VERSIONS: [u32; 2] = [1, 2];
 /// Largest register offset plus width a step may address: one 4 KiB page, the size of every

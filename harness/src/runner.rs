@@ -1,6 +1,7 @@
 //! The sequence interpreter: runs one [`Case`] against one [`Target`] with the driver model,
 //! grading every check against the spec catalog.
 
+mod balloon;
 pub mod canary;
 mod console;
 pub mod packed;
@@ -1641,6 +1642,7 @@ impl Exec<'_> {
             }
             descs.push((b, addr, len));
         }
+        self.balloon_inflate_pages(queue, chain);
         let n = descs.len() as u16;
         if self.is_packed(queue) {
             let table = if indirect {

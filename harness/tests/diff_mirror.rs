@@ -177,6 +177,8 @@ fn every_mutant_is_still_found() {
         (DeviceKind::Console, TransportVersion::Legacy),
         (DeviceKind::Net, TransportVersion::Modern),
         (DeviceKind::Net, TransportVersion::Legacy),
+        (DeviceKind::Balloon, TransportVersion::Modern),
+        (DeviceKind::Balloon, TransportVersion::Legacy),
     ];
     let mut missed = Vec::new();
     for &m in Mutant::ALL {

@@ -6,7 +6,7 @@ use virtio_conform::suite::{run_suite, Options, Suite};
 use virtio_conform::target::{DeviceKind, ReferenceTarget};
 use virtio_reference_device::{Mutant, TransportVersion};
 
-const COMBOS: [(DeviceKind, TransportVersion); 8] = [
+const COMBOS: [(DeviceKind, TransportVersion); 10] = [
     (DeviceKind::Entropy, TransportVersion::Modern),
     (DeviceKind::Block, TransportVersion::Modern),
     (DeviceKind::Entropy, TransportVersion::Legacy),
@@ -15,6 +15,8 @@ const COMBOS: [(DeviceKind, TransportVersion); 8] = [
     (DeviceKind::Console, TransportVersion::Legacy),
     (DeviceKind::Net, TransportVersion::Modern),
     (DeviceKind::Net, TransportVersion::Legacy),
+    (DeviceKind::Balloon, TransportVersion::Modern),
+    (DeviceKind::Balloon, TransportVersion::Legacy),
 ];
 
 fn suite() -> Suite {

@@ -8,6 +8,7 @@
 use crate::memory::{GuestRam, OutOfBounds};
 use crate::queue::Descriptor;
 
+pub use crate::devices::balloon::BalloonBackend;
 pub use crate::devices::block::{
     BlockBackend, BLK_HEADER_LEN, BLK_ID_LEN, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
@@ -31,6 +32,10 @@ pub enum Completion {
     /// The device holds the used element back and publishes it together with the elements
     /// of the chains that complete the unit, so the driver sees them used together.
     Partial(u32),
+    /// The device consumed the chain but keeps it: it is used (with `len` 0) only when the
+    /// backend releases it ([`DeviceBackend::release_held`]), for example the balloon's statsq
+    /// buffer, used when the host asks for statistics (§5.5.6.3).
+    Held,
 }
 
 /// A device type behind the virtio-mmio transport.
@@ -94,6 +99,18 @@ pub trait DeviceBackend: Send {
             "the {} device has no host-side output",
             self.name()
         ))
+    }
+    /// Whether the chains of `queue` the backend holds ([`Completion::Held`]) are to be used
+    /// now. Asked whenever the queue is serviced while it holds chains. Default: never.
+    fn release_held(&mut self, _queue: u16) -> bool {
+        false
+    }
+    /// A driver write the backend accepted into its configuration space since the last call
+    /// (byte offset and the bytes now there), for example the balloon's `actual`. The device
+    /// copies it into the configuration space the driver reads, without changing
+    /// ConfigGeneration (the driver made the change). Default: none.
+    fn take_driver_write(&mut self) -> Option<(usize, Vec<u8>)> {
+        None
     }
 }
 

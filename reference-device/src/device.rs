@@ -203,6 +203,10 @@ struct QueueSlot {
     /// together with the chain that completes it: (head index or buffer id, len, ring
     /// descriptors the buffer occupies on a packed ring; 1 on the split ring).
     held: Vec<(u16, u32, u16)>,
+    /// Buffers the backend holds ([`Completion::Held`], the balloon's statsq buffer): head
+    /// index or buffer id and descriptor count (1 on the split ring), used with len 0 when
+    /// the backend releases them.
+    held_by_backend: Vec<(u16, u16)>,
     /// VIRTIO_F_RING_PACKED was negotiated when the queue was activated: `p` is in use, and
     /// QueueDesc / QueueDriver / QueueDevice (kept in `q`) name the descriptor ring and the
     /// driver and device event suppression structures (§4.2.3).
@@ -233,6 +237,7 @@ impl QueueSlot {
             align: 4096,
             q,
             held: Vec::new(),
+            held_by_backend: Vec::new(),
             packed: false,
             p,
         }
@@ -719,7 +724,12 @@ impl MmioDevice {
                 config_generation,
                 ..
             } = self;
-            let QueueSlot { p, held, .. } = &mut queues[i];
+            let QueueSlot {
+                p,
+                held,
+                held_by_backend,
+                ..
+            } = &mut queues[i];
             // An in-order batch not yet written: (first id, last id, len of last, descriptors).
             let mut batch: Option<(u16, u16, u32, u16)> = None;
             let first_id_mutant = cfg.mutant == Some(Mutant::PackedInOrderFirstId);
@@ -736,7 +746,24 @@ impl MmioDevice {
                     None => Ok(false),
                 }
             };
-            loop {
+            let release = |p: &mut PackedQueue,
+                           ram: &mut GuestRam,
+                           kept: &mut Vec<(u16, u16)>,
+                           backend: &mut Box<dyn DeviceBackend>|
+             -> Result<bool, QueueError> {
+                if kept.is_empty() || !backend.release_held(i as u16) {
+                    return Ok(false);
+                }
+                for (id, count) in kept.drain(..) {
+                    p.add_used(ram, id, 0, count)?;
+                }
+                Ok(true)
+            };
+            match release(p, ram, held_by_backend, backend) {
+                Ok(u) => used_any |= u,
+                Err(e) => failure = Some(e),
+            }
+            while failure.is_none() {
                 if !backend.ready_for(i as u16) {
                     break;
                 }
@@ -755,6 +782,10 @@ impl MmioDevice {
                             // receive buffers): used together with the buffer completing it.
                             Completion::Partial(n) => {
                                 held.push((c.id, n, c.count));
+                                continue;
+                            }
+                            Completion::Held => {
+                                held_by_backend.push((c.id, c.count));
                                 continue;
                             }
                             Completion::Malformed
@@ -827,6 +858,12 @@ impl MmioDevice {
             match flush(p, ram, &mut batch) {
                 Ok(u) => used_any |= u,
                 Err(e) => failure = failure.or(Some(e)),
+            }
+            if failure.is_none() {
+                match release(p, ram, held_by_backend, backend) {
+                    Ok(u) => used_any |= u,
+                    Err(e) => failure = Some(e),
+                }
             }
         }
         let wrong_area = self.is(Mutant::PackedDeviceEventInDriverArea);
@@ -960,10 +997,31 @@ impl MmioDevice {
                 config_generation,
                 ..
             } = self;
-            let slot = &mut queues[i];
-            let q = &mut slot.q;
-            let held = &mut slot.held;
-            loop {
+            let QueueSlot {
+                q,
+                held,
+                held_by_backend,
+                ..
+            } = &mut queues[i];
+            // Chains the backend holds (the balloon's statsq buffer) go back when it says so.
+            let release = |q: &mut SplitQueue,
+                           ram: &mut GuestRam,
+                           kept: &mut Vec<(u16, u16)>,
+                           backend: &mut Box<dyn DeviceBackend>|
+             -> Result<bool, QueueError> {
+                if kept.is_empty() || !backend.release_held(i as u16) {
+                    return Ok(false);
+                }
+                for (h, _) in kept.drain(..) {
+                    q.add_used(ram, h, 0)?;
+                }
+                Ok(true)
+            };
+            match release(q, ram, held_by_backend, backend) {
+                Ok(u) => used_any |= u,
+                Err(e) => failure = Some(e),
+            }
+            while failure.is_none() {
                 if !backend.ready_for(i as u16) {
                     break;
                 }
@@ -974,6 +1032,10 @@ impl MmioDevice {
                             Completion::Written(n) => n,
                             Completion::Partial(n) => {
                                 held.push((head, n, 1));
+                                continue;
+                            }
+                            Completion::Held => {
+                                held_by_backend.push((head, 1));
                                 continue;
                             }
                             Completion::Malformed
@@ -1028,6 +1090,12 @@ impl MmioDevice {
                         failure = Some(e);
                         break;
                     }
+                }
+            }
+            if failure.is_none() {
+                match release(q, ram, held_by_backend, backend) {
+                    Ok(u) => used_any |= u,
+                    Err(e) => failure = Some(e),
                 }
             }
             if failure.is_none() {
@@ -1180,6 +1248,11 @@ impl MmioDevice {
             }
             // Driver-writable fields (the console's emerg_wr) belong to the device type.
             self.backend.write_config(offset - CONFIG, data);
+            if let Some((off, bytes)) = self.backend.take_driver_write() {
+                let start = off.min(self.config.len());
+                let end = off.saturating_add(bytes.len()).min(self.config.len());
+                self.config[start..end].copy_from_slice(&bytes[..end - start]);
+            }
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {

@@ -35,8 +35,8 @@ pub mod queue;
 pub mod regs;
 
 pub use backend::{
-    BlockBackend, ChainReader, ChainWriter, Completion, ConsoleBackend, DeviceBackend,
-    EntropyBackend, NetBackend, NetOptions,
+    BalloonBackend, BlockBackend, ChainReader, ChainWriter, Completion, ConsoleBackend,
+    DeviceBackend, EntropyBackend, NetBackend, NetOptions,
 };
 pub use device::{
     DeviceConfig, Interrupt, Knobs, MalformedChainPolicy, MmioDevice, OpenRead, ShmRegion,

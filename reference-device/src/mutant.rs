@@ -177,6 +177,22 @@ pub enum Mutant {
     /// B14 for rings (§2.7): a ring part that ends exactly at the last byte of guest RAM is
     /// taken as lying outside it, so a queue placed at the top of RAM is refused.
     RingEndOffByOne,
+    /// BAL-DEV-05 (§5.5.6, §2.7.4): inflate and deflate read page frame numbers from the first descriptor only, assuming the whole array sits in one buffer.
+    BalloonPfnFirstDescriptorOnly,
+    /// BAL-DEV-03 (§5.5.3.2.1): without VIRTIO_BALLOON_F_MUST_TELL_HOST negotiated, inflate and deflate requests are used but never reach the host.
+    BalloonNeedsMustTellHost,
+    /// BAL-DEV-13 (§5.5.6.3.3): on the legacy interface the values of the first statsq buffer (historically uninitialized) are passed to the host.
+    BalloonLegacyFirstStatsUsed,
+    /// BAL-DEV-11 (§5.5.6.3.2): statistics parsing stops at the first tag the device does not recognize, dropping the entries after it.
+    BalloonStatsStopAtUnknownTag,
+    /// BAL-DEV-12 (§5.5.6.3.2): statistics parsing stops when a tag is lower than the one before, assuming the driver sorts its entries.
+    BalloonStatsAssumeAscendingTags,
+    /// BAL-DEV-10 (§5.5.6.3): a host request for statistics never uses the held statsq buffer, so the driver is never asked.
+    BalloonStatsRequestIgnored,
+    /// BAL-DEV-09 (§5.5.6.2.1): `actual` is used after every byte the driver writes, so the host sees half-written values.
+    BalloonActualTornWrite,
+    /// BAL-DEV-08 (§5.5.4, §5.5.6): the driver's writes to `actual` never reach the host.
+    BalloonActualIgnored,
 }
 
 impl Mutant {
@@ -254,6 +270,14 @@ impl Mutant {
         Mutant::BlockDwzRangeUnchecked,
         Mutant::DriverFeaturesSelUnchecked,
         Mutant::RingEndOffByOne,
+        Mutant::BalloonPfnFirstDescriptorOnly,
+        Mutant::BalloonNeedsMustTellHost,
+        Mutant::BalloonLegacyFirstStatsUsed,
+        Mutant::BalloonStatsStopAtUnknownTag,
+        Mutant::BalloonStatsAssumeAscendingTags,
+        Mutant::BalloonStatsRequestIgnored,
+        Mutant::BalloonActualTornWrite,
+        Mutant::BalloonActualIgnored,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -333,6 +357,14 @@ impl Mutant {
             Mutant::BlockDwzRangeUnchecked => "block-dwz-range-unchecked",
             Mutant::DriverFeaturesSelUnchecked => "driver-features-sel-unchecked",
             Mutant::RingEndOffByOne => "ring-end-off-by-one",
+            Mutant::BalloonPfnFirstDescriptorOnly => "balloon-pfn-first-descriptor-only",
+            Mutant::BalloonNeedsMustTellHost => "balloon-needs-must-tell-host",
+            Mutant::BalloonLegacyFirstStatsUsed => "balloon-legacy-first-stats-used",
+            Mutant::BalloonStatsStopAtUnknownTag => "balloon-stats-stop-at-unknown-tag",
+            Mutant::BalloonStatsAssumeAscendingTags => "balloon-stats-assume-ascending-tags",
+            Mutant::BalloonStatsRequestIgnored => "balloon-stats-request-ignored",
+            Mutant::BalloonActualTornWrite => "balloon-actual-torn-write",
+            Mutant::BalloonActualIgnored => "balloon-actual-ignored",
         }
     }
 
@@ -411,6 +443,14 @@ impl Mutant {
             Mutant::BlockDwzRangeUnchecked => "BLK-status",
             Mutant::DriverFeaturesSelUnchecked => "B17",
             Mutant::RingEndOffByOne => "B14",
+            Mutant::BalloonPfnFirstDescriptorOnly => "BAL-layout",
+            Mutant::BalloonNeedsMustTellHost => "BAL-legacy",
+            Mutant::BalloonLegacyFirstStatsUsed => "BAL-legacy",
+            Mutant::BalloonStatsStopAtUnknownTag => "BAL-stats",
+            Mutant::BalloonStatsAssumeAscendingTags => "BAL-stats",
+            Mutant::BalloonStatsRequestIgnored => "BAL-stats",
+            Mutant::BalloonActualTornWrite => "BAL-actual",
+            Mutant::BalloonActualIgnored => "BAL-actual",
         }
     }
 

@@ -1216,7 +1216,7 @@ impl<'m> Run<'m> {
                     }
                     let len = match self.backend.process(0, self.rq.chain(), self.ram) {
                         Completion::Written(n) | Completion::Partial(n) => n,
-                        Completion::Malformed => 0,
+                        Completion::Malformed | Completion::Held => 0,
                     };
                     self.readable.clear();
                     self.writable.clear();

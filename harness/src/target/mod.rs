@@ -4,6 +4,7 @@
 pub mod guard;
 pub mod layout;
 pub mod qemu;
+pub mod qemu_balloon;
 pub mod qemu_console;
 pub mod qemu_net;
 pub mod qemu_ram;
@@ -406,6 +407,8 @@ pub enum DeviceKind {
     Net,
     /// virtio-console, DeviceID 3.
     Console,
+    /// virtio-balloon (traditional memory balloon), DeviceID 5.
+    Balloon,
 }
 
 impl DeviceKind {
@@ -416,6 +419,7 @@ impl DeviceKind {
             DeviceKind::Block => "block",
             DeviceKind::Net => "net",
             DeviceKind::Console => "console",
+            DeviceKind::Balloon => "balloon",
         }
     }
 
@@ -426,6 +430,7 @@ impl DeviceKind {
             DeviceKind::Block => 2,
             DeviceKind::Console => 3,
             DeviceKind::Entropy => 4,
+            DeviceKind::Balloon => 5,
         }
     }
 }
@@ -438,8 +443,9 @@ impl std::str::FromStr for DeviceKind {
             "block" | "blk" => Ok(DeviceKind::Block),
             "net" => Ok(DeviceKind::Net),
             "console" => Ok(DeviceKind::Console),
+            "balloon" => Ok(DeviceKind::Balloon),
             _ => Err(format!(
-                "unknown device `{s}`: expected entropy, block, net or console"
+                "unknown device `{s}`: expected entropy, block, net, console or balloon"
             )),
         }
     }

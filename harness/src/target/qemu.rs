@@ -175,14 +175,19 @@ impl QemuOptions {
             DeviceKind::Console => super::qemu_console::qemu_args(
                 &disk.with_file_name(super::qemu_console::SOCKET_NAME),
             ),
+            DeviceKind::Balloon => super::qemu_balloon::qemu_args(),
         }
     }
 
     /// Whether the host can change the device's configuration space over QMP: a block
-    /// device on the harness's own drive (`block_resize` changes its capacity), or a net
-    /// device (`set_link` and `announce-self` change `status`).
+    /// device on the harness's own drive (`block_resize` changes its capacity), a net
+    /// device (`set_link` and `announce-self` change `status`), or a balloon (`balloon`
+    /// changes `num_pages`).
     pub fn host_config_changes(&self) -> bool {
-        matches!(self.device, DeviceKind::Block | DeviceKind::Net) && self.device_override.is_none()
+        matches!(
+            self.device,
+            DeviceKind::Block | DeviceKind::Net | DeviceKind::Balloon
+        ) && self.device_override.is_none()
     }
 
     /// Whether the harness holds the device's network backend (a net device, not overridden).
@@ -1106,6 +1111,62 @@ impl QemuTarget {
         Ok(inst.qmp.as_mut().expect("connected above"))
     }
 
+    /// Balloon statistics request on `port` 2 (see `qemu_balloon`): the polling timer is
+    /// switched off and on again, which makes QEMU ask at once.
+    fn balloon_stats_request(&mut self, port: u32) -> Result<(), TargetError> {
+        use super::qemu_balloon::{PORT_STATS, QOM_PATH, STATS_INTERVAL_S};
+        if port != PORT_STATS {
+            return Err(TargetError::Unsupported(format!(
+                "balloon host input on port {port} (QEMU: statistics requests on port 2 only)"
+            )));
+        }
+        self.sync()?;
+        let qmp = self.qmp()?;
+        for value in [0, STATS_INTERVAL_S] {
+            qmp.execute(
+                "qom-set",
+                serde_json::json!({ "path": QOM_PATH, "property": "guest-stats-polling-interval", "value": value }),
+            )
+            .map_err(TargetError::Protocol)?;
+        }
+        // One qtest round trip lets QEMU's main loop run the timer.
+        self.read32(0).map(|_| ())
+    }
+
+    /// What the balloon's host sees on `port` (see `qemu_balloon`).
+    fn balloon_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, TargetError> {
+        use super::qemu_balloon::{actual_from_query, stats_from_qom, PORT_ACTUAL, PORT_STATS};
+        self.sync()?;
+        let ram = self.ram_size();
+        match port {
+            PORT_STATS => {
+                let reply = self
+                    .qmp()?
+                    .execute(
+                        "qom-get",
+                        serde_json::json!({ "path": super::qemu_balloon::QOM_PATH, "property": "guest-stats" }),
+                    )
+                    .map_err(TargetError::Protocol)?;
+                let now = stats_from_qom(&reply).map_err(TargetError::Protocol)?;
+                if now == self.balloon_stats {
+                    return Ok(Vec::new());
+                }
+                self.balloon_stats = now.clone();
+                Ok(vec![now])
+            }
+            PORT_ACTUAL => {
+                let reply = self
+                    .qmp()?
+                    .execute("query-balloon", serde_json::json!({}))
+                    .map_err(TargetError::Protocol)?;
+                Ok(vec![actual_from_query(&reply, ram).map_err(TargetError::Protocol)?])
+            }
+            _ => Err(TargetError::Unsupported(format!(
+                "balloon host port {port} (QEMU has no host view of inflated or deflated page frame numbers)"
+            ))),
+        }
+    }
+
     /// Net `status` (le16 at configuration offset 6, §5.1.4) changed by the host: bit 0
     /// (LINK_UP) through `set_link`, bit 1 (ANNOUNCE) through one round of `announce-self`
     /// (QEMU sets the bit when the driver negotiated GUEST_ANNOUNCE). QEMU updates `status`
@@ -1150,6 +1211,15 @@ impl QemuTarget {
         }
         if self.opts.device == DeviceKind::Net {
             return self.qmp_net_status(offset, data);
+        }
+        if self.opts.device == DeviceKind::Balloon {
+            let value = super::qemu_balloon::balloon_value(offset, data, self.ram_size())
+                .map_err(TargetError::Unsupported)?;
+            self.sync()?;
+            self.qmp()?
+                .execute("balloon", serde_json::json!({ "value": value }))
+                .map_err(TargetError::Protocol)?;
+            return self.read32(0).map(|_| ());
         }
         let capacity: [u8; 8] = match (offset, data.try_into()) {
             (0, Ok(c)) => c,
@@ -1255,6 +1325,8 @@ pub struct QemuTarget {
     broken: Option<TargetError>,
     /// stderr tail of the last QEMU that went away with an error.
     last_tail: Option<String>,
+    /// Balloon: the statistics view last returned by `host_take` (see `qemu_balloon`).
+    balloon_stats: Vec<u8>,
 }
 
 impl QemuTarget {
@@ -1270,6 +1342,7 @@ impl QemuTarget {
             inst: None,
             broken: None,
             last_tail: None,
+            balloon_stats: Vec::new(),
         };
         t.fresh()?;
         Ok(t)
@@ -1465,7 +1538,12 @@ impl Target for QemuTarget {
     fn fresh(&mut self) -> Result<(), TargetError> {
         // A console is always restarted: input QEMU has not read yet stays in its chardev and
         // would reach the next case.
-        if self.opts.reuse && self.broken.is_none() && self.opts.device != DeviceKind::Console {
+        // A balloon too: QEMU keeps the last statistics across a device reset.
+        self.balloon_stats.clear();
+        if self.opts.reuse
+            && self.broken.is_none()
+            && !matches!(self.opts.device, DeviceKind::Console | DeviceKind::Balloon)
+        {
             if let Some(inst) = self.inst.as_mut() {
                 if inst.reset_in_place(&self.opts).is_ok() {
                     return Ok(());
@@ -1483,6 +1561,9 @@ impl Target for QemuTarget {
     }
 
     fn host_send(&mut self, port: u32, data: &[u8]) -> Result<(), TargetError> {
+        if self.opts.device == DeviceKind::Balloon {
+            return self.balloon_stats_request(port);
+        }
         if self.device_is_console() {
             return self.console_socket(port)?.send(data);
         }
@@ -1494,6 +1575,9 @@ impl Target for QemuTarget {
     }
 
     fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, TargetError> {
+        if self.opts.device == DeviceKind::Balloon {
+            return self.balloon_take(port);
+        }
         if self.device_is_console() {
             // Every pipelined command (a notification among them) is processed first.
             self.sync()?;

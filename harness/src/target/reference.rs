@@ -3,8 +3,8 @@
 use super::{Capabilities, DeviceKind, IrqEvent, Target, TargetError, TargetInfo};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use virtio_reference_device::{
-    BlockBackend, ConsoleBackend, DeviceBackend, DeviceConfig, EntropyBackend, GuestRam,
-    MemoryAccess, MmioDevice, Mutant, NetBackend, NetOptions, TransportVersion,
+    BalloonBackend, BlockBackend, ConsoleBackend, DeviceBackend, DeviceConfig, EntropyBackend,
+    GuestRam, MemoryAccess, MmioDevice, Mutant, NetBackend, NetOptions, TransportVersion,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -44,6 +44,7 @@ pub fn backend_with_disk(
         DeviceKind::Block => Ok(Box::new(BlockBackend::new(sectors))),
         DeviceKind::Console => Ok(Box::new(ConsoleBackend::default())),
         DeviceKind::Net => Ok(Box::new(NetBackend::new(NetOptions::default()))),
+        DeviceKind::Balloon => Ok(Box::new(BalloonBackend::default())),
     }
 }
 

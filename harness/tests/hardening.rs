@@ -480,6 +480,47 @@ fn sigint_and_sigterm_leave_a_partial_report_and_a_summary() {
 }
 
 #[test]
+fn sigkill_leaves_a_records_file_that_reads_as_the_partial_report() {
+    // SIGKILL gives the run no chance to finalise: what ran must still be on disk.
+    let d = slow_specs();
+    let report = d.path().join("killed.json");
+    let mut child = bin()
+        .arg("--specs")
+        .arg(d.path())
+        .args(["run", "-j", "1", "--format", "json", "-o"])
+        .arg(&report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = virtio_conform::records::partial_path(&report);
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&partial)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "the quick case was never recorded"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The writability check may have created the report file; it cannot hold a report.
+    let finished = std::fs::read_to_string(&report).unwrap_or_default();
+    assert!(
+        serde_json::from_str::<virtio_conform::report::Report>(&finished).is_err(),
+        "a killed run cannot have finalised: {finished}"
+    );
+    let recovered = virtio_conform::records::read_partial(&partial).unwrap();
+    assert_eq!(recovered.results.len(), 1);
+    assert_eq!(recovered.results[0].case, "a.quick");
+    assert_eq!(recovered.results[0].outcome, Outcome::Pass);
+}
+
+#[test]
 fn an_unwritable_report_path_fails_before_the_run() {
     let d = tempfile::tempdir().unwrap();
     let out = bin()

@@ -9,83 +9,37 @@ use virtio_conform::report::Report;
 use virtio_conform::suite::{run_suite, Options, Suite};
 use virtio_conform::target::reference::DeviceFactory;
 use virtio_conform::target::{DeviceKind, ReferenceTarget};
+mod common;
+use common::Hooked;
 use virtio_reference_device::{
-    BalloonBackend, ChainReader, Completion, Descriptor, DeviceBackend, DeviceConfig, GuestRam,
-    MmioDevice, Mutant, TransportVersion,
+    BalloonBackend, ChainReader, DeviceBackend, DeviceConfig, MmioDevice, TransportVersion,
 };
 
 /// The reference balloon that zeroes pages of each inflate request before using it; with
 /// `off_by_one`, the page after each named one instead (forbidden).
-struct Discarding {
-    inner: BalloonBackend,
-    off_by_one: bool,
-}
-
-impl DeviceBackend for Discarding {
-    fn device_id(&self) -> u32 {
-        self.inner.device_id()
-    }
-    fn features(&self) -> u64 {
-        self.inner.features()
-    }
-    fn num_queues(&self) -> u16 {
-        self.inner.num_queues()
-    }
-    fn config(&self) -> &[u8] {
-        self.inner.config()
-    }
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn set_mutant(&mut self, m: Mutant) {
-        self.inner.set_mutant(m)
-    }
-    fn process(&mut self, queue: u16, chain: &[Descriptor], ram: &mut GuestRam) -> Completion {
-        if queue == 0 {
-            let mut buf = vec![0u8; ChainReader::available(chain) as usize];
-            let n = ChainReader::new(chain).read(ram, &mut buf).unwrap_or(0);
-            for e in buf[..n].chunks_exact(4) {
-                let pfn = u64::from(u32::from_le_bytes([e[0], e[1], e[2], e[3]]));
-                let page = pfn + u64::from(self.off_by_one);
-                let _ = ram.write(page * 4096, &[0u8; 4096]);
+fn discarding(off_by_one: bool) -> Hooked {
+    Hooked::new(
+        BalloonBackend::default(),
+        Box::new(move |inner, queue, chain, ram| {
+            if queue == 0 {
+                let mut buf = vec![0u8; ChainReader::available(chain) as usize];
+                let n = ChainReader::new(chain).read(ram, &mut buf).unwrap_or(0);
+                for e in buf[..n].chunks_exact(4) {
+                    let pfn = u64::from(u32::from_le_bytes([e[0], e[1], e[2], e[3]]));
+                    let page = pfn + u64::from(off_by_one);
+                    let _ = ram.write(page * 4096, &[0u8; 4096]);
+                }
             }
-        }
-        self.inner.process(queue, chain, ram)
-    }
-    fn release_held(&mut self, queue: u16) -> bool {
-        self.inner.release_held(queue)
-    }
-    fn host_send(&mut self, port: u32, data: &[u8]) -> Result<Vec<u16>, String> {
-        self.inner.host_send(port, data)
-    }
-    fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, String> {
-        self.inner.host_take(port)
-    }
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        self.inner.write_config(offset, data)
-    }
-    fn take_driver_write(&mut self) -> Option<(usize, Vec<u8>)> {
-        self.inner.take_driver_write()
-    }
-    fn host_config_changed(&mut self, offset: usize, data: &[u8]) {
-        self.inner.host_config_changed(offset, data)
-    }
-    fn negotiated(&mut self, features: u64) {
-        self.inner.negotiated(features)
-    }
-    fn reset(&mut self) {
-        self.inner.reset()
-    }
+            inner.process(queue, chain, ram)
+        }),
+    )
 }
 
 fn run_variant(version: TransportVersion, off_by_one: bool) -> Report {
     let suite = Suite::load_default().unwrap();
     let factory = move || {
         let f: DeviceFactory = Box::new(move |ram| {
-            let b = Discarding {
-                inner: BalloonBackend::default(),
-                off_by_one,
-            };
+            let b = discarding(off_by_one);
             let mut cfg = DeviceConfig::new(version);
             cfg.queue_num_max = vec![256; usize::from(b.num_queues())];
             MmioDevice::new(cfg, Box::new(b), ram)

@@ -8,80 +8,47 @@ use virtio_conform::report::Report;
 use virtio_conform::suite::{run_suite, Options, Suite};
 use virtio_conform::target::reference::DeviceFactory;
 use virtio_conform::target::{DeviceKind, ReferenceTarget};
+mod common;
+use common::Hooked;
 use virtio_reference_device::{
-    ChainReader, Completion, ConsoleBackend, Descriptor, DeviceBackend, DeviceConfig, GuestRam,
-    MmioDevice, Mutant, TransportVersion,
+    ChainReader, Completion, ConsoleBackend, Descriptor, DeviceBackend, DeviceConfig, MmioDevice,
+    Mutant, TransportVersion,
 };
 
-/// The reference console with one permitted variation.
-struct Variant {
-    inner: ConsoleBackend,
-    /// Receive: at most one byte per chain.
-    trickle: bool,
-    /// Control: PORT_READY is accepted but answered with nothing.
-    quiet: bool,
-    /// Receive: input is never delivered (forbidden: CON-DEV-10).
-    hold: bool,
-}
-
-impl DeviceBackend for Variant {
-    fn device_id(&self) -> u32 {
-        self.inner.device_id()
-    }
-    fn features(&self) -> u64 {
-        self.inner.features()
-    }
-    fn num_queues(&self) -> u16 {
-        self.inner.num_queues()
-    }
-    fn config(&self) -> &[u8] {
-        self.inner.config()
-    }
-    fn name(&self) -> &'static str {
-        "console"
-    }
-    fn set_mutant(&mut self, m: Mutant) {
-        self.inner.set_mutant(m)
-    }
-    fn ready_for(&self, queue: u16) -> bool {
-        !(self.hold && queue == 0) && self.inner.ready_for(queue)
-    }
-    fn process(&mut self, queue: u16, chain: &[Descriptor], ram: &mut GuestRam) -> Completion {
-        if self.trickle && queue == 0 {
-            let first: Vec<Descriptor> = chain
-                .iter()
-                .filter(|d| d.is_write_only())
-                .take(1)
-                .map(|d| Descriptor {
-                    len: d.len.min(1),
-                    ..*d
-                })
-                .collect();
-            return self.inner.process(queue, &first, ram);
-        }
-        if self.quiet && queue == 3 {
-            let mut m = [0u8; 8];
-            if ChainReader::new(chain).read(ram, &mut m) == Ok(8) && m[4] == 3 {
-                return Completion::Written(0);
+/// The reference console with one variation: `trickle` fills receive buffers at most one
+/// byte per chain; `quiet` accepts PORT_READY but answers nothing; `hold` never delivers
+/// input (forbidden: CON-DEV-10).
+fn variant(trickle: bool, quiet: bool, hold: bool) -> Hooked {
+    let mut b = Hooked::new(
+        ConsoleBackend::default(),
+        Box::new(move |inner, queue, chain, ram| {
+            if trickle && queue == 0 {
+                let first: Vec<Descriptor> = chain
+                    .iter()
+                    .filter(|d| d.is_write_only())
+                    .take(1)
+                    .map(|d| Descriptor {
+                        len: d.len.min(1),
+                        ..*d
+                    })
+                    .collect();
+                return inner.process(queue, &first, ram);
             }
-        }
-        self.inner.process(queue, chain, ram)
+            if quiet && queue == 3 {
+                let mut m = [0u8; 8];
+                if ChainReader::new(chain).read(ram, &mut m) == Ok(8) && m[4] == 3 {
+                    return Completion::Written(0);
+                }
+            }
+            inner.process(queue, chain, ram)
+        }),
+    );
+    if hold {
+        b.ready = Some(Box::new(|inner, queue| {
+            queue != 0 && inner.ready_for(queue)
+        }));
     }
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        self.inner.write_config(offset, data)
-    }
-    fn take_wakeups(&mut self) -> Vec<u16> {
-        self.inner.take_wakeups()
-    }
-    fn reset(&mut self) {
-        self.inner.reset()
-    }
-    fn host_send(&mut self, port: u32, data: &[u8]) -> Result<Vec<u16>, String> {
-        self.inner.host_send(port, data)
-    }
-    fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, String> {
-        self.inner.host_take(port)
-    }
+    b
 }
 
 fn run_variant(
@@ -92,12 +59,7 @@ fn run_variant(
     let suite = Suite::load_default().unwrap();
     let factory = move || {
         let f: DeviceFactory = Box::new(move |ram| {
-            let b = Variant {
-                inner: ConsoleBackend::default(),
-                trickle,
-                quiet,
-                hold,
-            };
+            let b = variant(trickle, quiet, hold);
             let mut cfg = DeviceConfig::new(version);
             cfg.mutant = mutant;
             cfg.queue_num_max = vec![256; usize::from(b.num_queues())];

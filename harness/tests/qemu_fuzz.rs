@@ -5,25 +5,15 @@
 //! in reverse order, so no state leaks from one input into the next.
 //! Throughput: `cargo run --release -p virtio-conform --example qemu_fuzz`.
 
+mod common;
+use common::qemu_or_skip;
 use virtio_conform::fuzz::diff_mmio_against;
 use virtio_conform::fuzz::mmio::{reg_selector, MmioCase, MmioHeader, MmioOp};
 use virtio_conform::fuzz::seeds::{mutated_seeds, seeds};
-use virtio_conform::target::qemu::{qemu_version, QemuOptions, QemuTarget};
+use virtio_conform::target::qemu::{QemuOptions, QemuTarget};
 use virtio_conform::target::{Capabilities, DeviceKind, IrqEvent, Target, TargetError, TargetInfo};
 use virtio_reference_device::regs::{CONFIG, INTERRUPT_STATUS, QUEUE_NUM_MAX, QUEUE_READY, STATUS};
 use virtio_reference_device::TransportVersion;
-
-fn qemu_or_skip() -> bool {
-    if qemu_version(std::path::Path::new("qemu-system-x86_64")).is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("VIRTIO_CONFORM_REQUIRE_QEMU").is_none(),
-        "QEMU required but missing"
-    );
-    eprintln!("skipped: qemu-system-x86_64 unavailable (install it with scripts/install-qemu.sh)");
-    false
-}
 
 /// A target that forwards everything to `inner` and logs what the harness observes: every
 /// register read (offset, bytes), every interrupt, and every guest-memory read (the bytes for

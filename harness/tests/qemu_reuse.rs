@@ -2,9 +2,11 @@
 //! independent: the same cases run in suite order and in reverse order on one reused QEMU
 //! give exactly the results of a fresh QEMU per case.
 
+mod common;
+use common::qemu_or_skip;
 use virtio_conform::outcome::Outcome;
 use virtio_conform::suite::{run_suite, Options, Suite};
-use virtio_conform::target::qemu::{qemu_version, QemuOptions, QemuTarget};
+use virtio_conform::target::qemu::{QemuOptions, QemuTarget};
 use virtio_conform::target::DeviceKind;
 use virtio_reference_device::TransportVersion;
 
@@ -45,18 +47,6 @@ fn run(
             (r.case, (r.outcome, checks))
         })
         .collect()
-}
-
-fn qemu_or_skip() -> bool {
-    if qemu_version(std::path::Path::new("qemu-system-x86_64")).is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("VIRTIO_CONFORM_REQUIRE_QEMU").is_none(),
-        "QEMU required but missing"
-    );
-    eprintln!("skipped: qemu-system-x86_64 unavailable (install it with scripts/install-qemu.sh)");
-    false
 }
 
 #[test]

@@ -86,3 +86,112 @@ impl Target for Logged {
         self.inner.synchronous()
     }
 }
+
+use virtio_reference_device::{Completion, Descriptor, DeviceBackend, GuestRam};
+
+/// What a [`Hooked`] backend does with a chain instead of (or before) the inner backend.
+pub type ProcessHook =
+    Box<dyn FnMut(&mut dyn DeviceBackend, u16, &[Descriptor], &mut GuestRam) -> Completion + Send>;
+
+/// Whether a [`Hooked`] backend takes buffers from a queue now.
+pub type ReadyHook = Box<dyn Fn(&dyn DeviceBackend, u16) -> bool + Send>;
+
+/// A reference backend with one behaviour replaced, to show a check passes what the spec
+/// permits (or fails what it forbids): every method goes to `inner` except `process` (through
+/// `process`) and, when set, `ready_for`.
+pub struct Hooked {
+    pub inner: Box<dyn DeviceBackend>,
+    pub process: ProcessHook,
+    pub ready: Option<ReadyHook>,
+}
+
+impl Hooked {
+    pub fn new(inner: impl DeviceBackend + 'static, process: ProcessHook) -> Self {
+        Hooked {
+            inner: Box::new(inner),
+            process,
+            ready: None,
+        }
+    }
+}
+
+impl DeviceBackend for Hooked {
+    fn device_id(&self) -> u32 {
+        self.inner.device_id()
+    }
+    fn features(&self) -> u64 {
+        self.inner.features()
+    }
+    fn num_queues(&self) -> u16 {
+        self.inner.num_queues()
+    }
+    fn config(&self) -> &[u8] {
+        self.inner.config()
+    }
+    fn process(&mut self, queue: u16, chain: &[Descriptor], ram: &mut GuestRam) -> Completion {
+        (self.process)(&mut *self.inner, queue, chain, ram)
+    }
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn set_writes_readable(&mut self, on: bool) {
+        self.inner.set_writes_readable(on)
+    }
+    fn set_mutant(&mut self, m: virtio_reference_device::Mutant) {
+        self.inner.set_mutant(m)
+    }
+    fn ready_for(&self, queue: u16) -> bool {
+        match &self.ready {
+            Some(f) => f(&*self.inner, queue),
+            None => self.inner.ready_for(queue),
+        }
+    }
+    fn host_send(&mut self, port: u32, data: &[u8]) -> Result<Vec<u16>, String> {
+        self.inner.host_send(port, data)
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.inner.write_config(offset, data)
+    }
+    fn take_wakeups(&mut self) -> Vec<u16> {
+        self.inner.take_wakeups()
+    }
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+    fn negotiated(&mut self, features: u64) {
+        self.inner.negotiated(features)
+    }
+    fn take_config_update(&mut self) -> Option<(usize, Vec<u8>)> {
+        self.inner.take_config_update()
+    }
+    fn host_config_changed(&mut self, offset: usize, data: &[u8]) {
+        self.inner.host_config_changed(offset, data)
+    }
+    fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, String> {
+        self.inner.host_take(port)
+    }
+    fn release_held(&mut self, queue: u16) -> bool {
+        self.inner.release_held(queue)
+    }
+    fn take_driver_write(&mut self) -> Option<(usize, Vec<u8>)> {
+        self.inner.take_driver_write()
+    }
+}
+
+/// Whether `qemu-system-x86_64` works here; when it does not, prints why the caller is
+/// skipped (or panics when `VIRTIO_CONFORM_REQUIRE_QEMU` is set).
+pub fn qemu_or_skip() -> bool {
+    match virtio_conform::target::qemu::qemu_version(std::path::Path::new("qemu-system-x86_64")) {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(
+                std::env::var_os("VIRTIO_CONFORM_REQUIRE_QEMU").is_none(),
+                "QEMU required but missing: {e}"
+            );
+            eprintln!(
+                "skipped: qemu-system-x86_64 unavailable ({e}; install it with scripts/install-qemu.sh)"
+            );
+            false
+        }
+    }
+}

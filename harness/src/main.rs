@@ -135,10 +135,15 @@ struct TargetArgs {
     /// QEMU binary for `--target qemu`.
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
-    /// Keep one QEMU per worker across cases, reset between cases (device reset, guest RAM
-    /// and disk zeroed), instead of starting a fresh QEMU for every case.
-    #[arg(long)]
+    /// Keep one QEMU per worker across cases, reset between cases (device reset read back,
+    /// guest RAM and disk zeroed, a QEMU whose RAM changes after the reset replaced). The
+    /// default; `harness/tests/qemu_reuse.rs` shows cases stay independent.
+    #[arg(long, conflicts_with = "fresh_qemu")]
     reuse_qemu: bool,
+    /// Start a fresh QEMU for every case instead of reusing one per worker (slower: a QEMU
+    /// start costs about 50 ms of CPU time).
+    #[arg(long)]
+    fresh_qemu: bool,
     /// For `--target qemu`: this `-device` argument instead of the one `--device` implies
     /// (the run still expects `--device`; a different DeviceID fails the identity cases).
     #[arg(long)]
@@ -336,6 +341,7 @@ fn trace_replay(
         version: tr.header.transport_version,
         qemu: qemu.to_path_buf(),
         reuse_qemu: false,
+        fresh_qemu: true,
         qemu_device: None,
         qemu_packed: false,
     };
@@ -473,7 +479,7 @@ fn make_target(t: &TargetArgs) -> Result<Box<dyn Target + Send>, String> {
             use virtio_conform::target::qemu::{QemuOptions, QemuTarget};
             let opts = QemuOptions {
                 qemu: t.qemu.clone(),
-                reuse: t.reuse_qemu,
+                reuse: !t.fresh_qemu,
                 device_override: t.qemu_device.clone(),
                 packed: t.qemu_packed,
                 ..QemuOptions::new(device, version)
@@ -1000,6 +1006,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                             version,
                             qemu: qemu.clone(),
                             reuse_qemu: false,
+                            fresh_qemu: true,
                             qemu_device: None,
                             qemu_packed: false,
                         };

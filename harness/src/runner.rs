@@ -938,14 +938,16 @@ impl Exec<'_> {
                     None if self.legacy => 0,
                     None => bit(VIRTIO_F_VERSION_1),
                 };
+                let order = order.unwrap_or(self.driver);
+                // A case that pins no queue gets queue 0 at the size the driver picks.
                 let queues = queues.clone().unwrap_or_else(|| {
+                    let device = self.t.info().device;
                     vec![QueueSpec {
                         index: 0,
-                        size: 8,
+                        size: personality::queue_size(order, &device),
                         align: None,
                     }]
                 });
-                let order = order.unwrap_or(self.driver);
                 self.init(feats, order, *upto, &queues, grade)?;
             }
             Op::Queue { index, size, align } => self.setup_queue(*index, *size, *align)?,

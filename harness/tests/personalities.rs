@@ -233,3 +233,35 @@ fn a_device_that_needs_the_spec_feature_order_passes_spec_and_fails_linux() {
         assert_eq!(run.outcome, want, "{driver:?}: {run:?}");
     }
 }
+
+#[test]
+fn each_personality_asks_for_the_queue_size_its_driver_does() {
+    // `blk.unknown-type-not-ok` pins no queue, so the driver picks QueueNum: Linux, NetBSD, FreeBSD
+    // (and Linux's legacy path) take the reference's whole queue (QueueNumMax 256); rcore's
+    // blk driver its compile-time 16; the spec personality the suite's 8.
+    for (driver, version, want) in [
+        (Order::Spec, MODERN, 8),
+        (Order::Linux, MODERN, 256),
+        (Order::Netbsd, MODERN, 256),
+        (Order::Freebsd, MODERN, 256),
+        (Order::Rcore, MODERN, 16),
+        (Order::Legacy, LEGACY, 256),
+        (Order::Rcore, LEGACY, 16),
+    ] {
+        let t = trace(
+            driver,
+            "blk.unknown-type-not-ok",
+            DeviceKind::Block,
+            version,
+        );
+        let sizes = writes_to(&t, QUEUE_NUM);
+        assert!(
+            !sizes.is_empty(),
+            "{driver:?} {version:?}: no QueueNum write"
+        );
+        assert!(
+            sizes.iter().all(|&n| n == want),
+            "{driver:?} {version:?}: {sizes:?}"
+        );
+    }
+}

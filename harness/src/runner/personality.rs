@@ -153,6 +153,26 @@ pub(super) fn acks_zero(order: Order) -> bool {
     }
 }
 
+/// The queue size the driver `order` asks for when a case pins none (`init` without
+/// `queues`), for a `device` of that type: larger than QueueNumMax means QueueNumMax (the
+/// queue setup caps it there).
+///
+/// Linux (`virtio_mmio.c:vm_setup_vq`, `virtio_ring.c:vring_create_virtqueue` from
+/// QueueNumMax, halved only when the allocation fails), NetBSD (`virtio_mmio.c:
+/// virtio_mmio_v2_setup_queue` writes QueueNumMax back) and FreeBSD (`virtio_mmio.c:
+/// vtmmio_set_virtqueue`, QueueNum = QueueNumMax) use the whole queue; rcore-os
+/// `virtio-drivers` fixes the size per driver at compile time (`VirtQueue<_, SIZE>`: 8 for
+/// rng, 16 for blk; 16 here for every other device type too); the spec personality keeps
+/// the suite's 8.
+pub(super) fn queue_size(order: Order, device: &str) -> u16 {
+    match order {
+        Order::Spec | Order::Combined => 8,
+        Order::Rcore if device == "entropy" => 8,
+        Order::Rcore => 16,
+        Order::Linux | Order::Legacy | Order::Netbsd | Order::Freebsd => u16::MAX,
+    }
+}
+
 /// Bound on ConfigGeneration retries at probe: past it the driver would spin for ever; the
 /// harness stops retrying and grades the instability (MMIO-DEV-07).
 const GENERATION_TRIES: usize = 8;

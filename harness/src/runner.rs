@@ -154,6 +154,19 @@ struct QState {
     last: Option<Posted>,
 }
 
+impl QState {
+    /// A queue just set up: nothing posted yet.
+    fn new(dq: DriverQueue, pq: Option<DriverPackedQueue>) -> Self {
+        QState {
+            dq,
+            pq,
+            next_desc: 0,
+            outstanding: Vec::new(),
+            last: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Area {
     Ring,
@@ -1492,16 +1505,7 @@ impl Exec<'_> {
         self.allow(desc, 16 * n, Area::DescTable);
         self.allow(avail, 6 + 2 * n, Area::AvailRing);
         self.allow(used, 6 + 8 * n, Area::Ring);
-        self.queues.insert(
-            index,
-            QState {
-                dq,
-                pq: None,
-                next_desc: 0,
-                outstanding: Vec::new(),
-                last: None,
-            },
-        );
+        self.queues.insert(index, QState::new(dq, None));
         Ok(())
     }
 
@@ -1583,16 +1587,7 @@ impl Exec<'_> {
                 self.allow(alt.used, 6 + 8 * n, Area::Ring);
             }
         }
-        self.queues.insert(
-            index,
-            QState {
-                dq,
-                pq: None,
-                next_desc: 0,
-                outstanding: Vec::new(),
-                last: None,
-            },
-        );
+        self.queues.insert(index, QState::new(dq, None));
         Ok(())
     }
 
@@ -2016,13 +2011,21 @@ impl Exec<'_> {
             dq.last_used = dq.last_used.wrapping_add(k);
             self.q(queue)?.dq = dq;
             done += k as u32;
-            if done >= count {
-                self.observe(format!("cycle q{queue} completed"), done.to_string());
-            }
-            if done % 4096 < k as u32 {
-                let isr = self.r32(INTERRUPT_STATUS)?;
-                self.w32(INTERRUPT_ACK, isr)?;
-            }
+            self.cycle_round_done(queue, done, count, k as u32)?;
+        }
+        Ok(())
+    }
+
+    /// After a `cycle` round that completed `k` buffers (`done` of `count` so far) on either
+    /// ring layout: records the end of the cycle, and acknowledges interrupts every 4096
+    /// completions so InterruptStatus does not stay raised for the whole cycle.
+    fn cycle_round_done(&mut self, queue: u16, done: u32, count: u32, k: u32) -> R {
+        if done >= count {
+            self.observe(format!("cycle q{queue} completed"), done.to_string());
+        }
+        if done % 4096 < k {
+            let isr = self.r32(INTERRUPT_STATUS)?;
+            self.w32(INTERRUPT_ACK, isr)?;
         }
         Ok(())
     }

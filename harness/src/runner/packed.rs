@@ -143,13 +143,7 @@ impl Exec<'_> {
         self.allow(pq.device_event, 4, Area::Ring);
         self.queues.insert(
             index,
-            QState {
-                dq: DriverQueue::modern(base, size),
-                pq: Some(pq),
-                next_desc: 0,
-                outstanding: Vec::new(),
-                last: None,
-            },
+            QState::new(DriverQueue::modern(base, size), Some(pq)),
         );
         Ok(())
     }
@@ -373,13 +367,7 @@ impl Exec<'_> {
                 }
             }
             done += k as u32;
-            if done >= count {
-                self.observe(format!("cycle q{queue} completed"), done.to_string());
-            }
-            if done % 4096 < k as u32 {
-                let isr = self.r32(INTERRUPT_STATUS)?;
-                self.w32(INTERRUPT_ACK, isr)?;
-            }
+            self.cycle_round_done(queue, done, count, k as u32)?;
         }
         Ok(())
     }

@@ -1493,20 +1493,27 @@ impl Exec<'_> {
             }
         }
         self.w32(QUEUE_NUM, size as u32)?;
-        for (lo, v) in [
-            (QUEUE_DESC_LOW, desc),
-            (QUEUE_DRIVER_LOW, avail),
-            (QUEUE_DEVICE_LOW, used),
-        ] {
-            self.w32(lo, v as u32)?;
-            self.w32(lo + 4, (v >> 32) as u32)?;
-        }
-        self.w32(QUEUE_READY, 1)?;
+        self.enable_queue(desc, avail, used)?;
         self.allow(desc, 16 * n, Area::DescTable);
         self.allow(avail, 6 + 2 * n, Area::AvailRing);
         self.allow(used, 6 + 8 * n, Area::Ring);
         self.queues.insert(index, QState::new(dq, None));
         Ok(())
+    }
+
+    /// Version 2 queue enable for the selected queue (§4.2.3.2): QueueDesc, QueueDriver and
+    /// QueueDevice (guest physical addresses, low word then high word of each), then
+    /// QueueReady = 1. On a packed ring the last two name the event suppression structures.
+    fn enable_queue(&mut self, desc: u64, driver: u64, device: u64) -> R {
+        for (lo, v) in [
+            (QUEUE_DESC_LOW, desc),
+            (QUEUE_DRIVER_LOW, driver),
+            (QUEUE_DEVICE_LOW, device),
+        ] {
+            self.w32(lo, v as u32)?;
+            self.w32(lo + 4, (v >> 32) as u32)?;
+        }
+        self.w32(QUEUE_READY, 1)
     }
 
     fn setup_queue(&mut self, index: u16, size: u16, align: Option<u32>) -> R {
@@ -1563,15 +1570,7 @@ impl Exec<'_> {
             self.w32(QUEUE_ALIGN, align.unwrap_or(PAGE))?;
             self.w32(QUEUE_PFN, (base / PAGE as u64) as u32)?;
         } else {
-            for (lo, v) in [
-                (QUEUE_DESC_LOW, dq.desc),
-                (QUEUE_DRIVER_LOW, dq.avail),
-                (QUEUE_DEVICE_LOW, dq.used),
-            ] {
-                self.w32(lo, v as u32)?;
-                self.w32(lo + 4, (v >> 32) as u32)?;
-            }
-            self.w32(QUEUE_READY, 1)?;
+            self.enable_queue(dq.desc, dq.avail, dq.used)?;
         }
         let n = size as u64;
         self.allow(dq.desc, 16 * n, Area::DescTable);

@@ -129,15 +129,7 @@ impl Exec<'_> {
         pq.in_order = self.in_order;
         pq.clear(&mut self.mem())?;
         self.w32(QUEUE_NUM, size as u32)?;
-        for (lo, v) in [
-            (QUEUE_DESC_LOW, pq.desc),
-            (QUEUE_DRIVER_LOW, pq.driver_event),
-            (QUEUE_DEVICE_LOW, pq.device_event),
-        ] {
-            self.w32(lo, v as u32)?;
-            self.w32(lo + 4, (v >> 32) as u32)?;
-        }
-        self.w32(QUEUE_READY, 1)?;
+        self.enable_queue(pq.desc, pq.driver_event, pq.device_event)?;
         self.allow(pq.desc, 16 * size as u64, Area::Ring);
         self.allow(pq.driver_event, 4, Area::DriverEvent);
         self.allow(pq.device_event, 4, Area::Ring);

@@ -38,6 +38,47 @@ pub enum Completion {
     Held,
 }
 
+/// A host-side operation on the peer of a connection-oriented device (virtio-vsock, §5.10):
+/// what the host application at the other end of the device does to a stream connection.
+///
+/// A connection is named by one port number on the host side: the host port the driver
+/// connects to for connections the driver requests ([`HostOp::Listen`]), the driver's port
+/// for connections the host opens ([`HostOp::Connect`]). [`DeviceBackend::host_send`],
+/// [`DeviceBackend::host_take`] and [`DeviceBackend::host_conn`] use the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostOp {
+    /// The host accepts connection requests the driver sends to host port `port`.
+    Listen {
+        /// Host port (vsock port number on CID 2).
+        port: u32,
+    },
+    /// The host opens a stream connection to the driver's port `port`.
+    Connect {
+        /// Port on the driver's side (the guest CID).
+        port: u32,
+    },
+    /// The host closes its end of the connection named `port` (both directions).
+    Close {
+        /// The connection's name (see the enum's description).
+        port: u32,
+    },
+}
+
+/// What the host side sees of the connection named `port` (see [`HostOp`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostConn {
+    /// No connection by that name: never opened, or listening with nobody connected yet.
+    None,
+    /// The host asked to connect and has no answer yet.
+    Pending,
+    /// The connection is established and the driver has not closed it.
+    Open,
+    /// The driver refused the host's connection (the device answered with RST).
+    Refused,
+    /// The connection was established and the driver's side has since shut it down or reset it.
+    Closed,
+}
+
 /// A device type behind the virtio-mmio transport.
 pub trait DeviceBackend: Send {
     /// DeviceID (chapter 5): 4 for entropy, 2 for block.
@@ -97,6 +138,24 @@ pub trait DeviceBackend: Send {
     fn host_take(&mut self, _port: u32) -> Result<Vec<Vec<u8>>, String> {
         Err(format!(
             "the {} device has no host-side output",
+            self.name()
+        ))
+    }
+    /// The host side does `op` on a connection-oriented device's peer ([`HostOp`]). Returns
+    /// the queues the device should service now, or why the backend has no such host side.
+    fn host_op(&mut self, op: HostOp) -> Result<Vec<u16>, String> {
+        let _ = op;
+        Err(format!(
+            "the {} device has no host-side connections",
+            self.name()
+        ))
+    }
+    /// What the host side sees of the connection named `port` ([`HostConn`]), or why the
+    /// backend has no such host side.
+    fn host_conn(&self, port: u32) -> Result<HostConn, String> {
+        let _ = port;
+        Err(format!(
+            "the {} device has no host-side connections",
             self.name()
         ))
     }

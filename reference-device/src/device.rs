@@ -922,6 +922,34 @@ impl MmioDevice {
     /// The backend's reason when this device type has no host-side input.
     pub fn host_send(&mut self, port: u32, data: &[u8]) -> Result<(), String> {
         let queues = self.backend.host_send(port, data)?;
+        self.service_host_queues(queues);
+        Ok(())
+    }
+
+    /// The host side does `op` on a connection-oriented device's peer (see
+    /// [`DeviceBackend::host_op`]); the device then services the queues the backend names,
+    /// under the same conditions as [`MmioDevice::host_send`].
+    ///
+    /// # Errors
+    /// The backend's reason when this device type has no host-side connections.
+    pub fn host_op(&mut self, op: crate::backend::HostOp) -> Result<(), String> {
+        let queues = self.backend.host_op(op)?;
+        self.service_host_queues(queues);
+        Ok(())
+    }
+
+    /// What the host side sees of the connection named `port` (see
+    /// [`DeviceBackend::host_conn`]).
+    ///
+    /// # Errors
+    /// The backend's reason when this device type has no host-side connections.
+    pub fn host_conn(&self, port: u32) -> Result<crate::backend::HostConn, String> {
+        self.backend.host_conn(port)
+    }
+
+    /// Services the queues a host-side event made ready, once the driver has set DRIVER_OK
+    /// (§2.1.2) and the device is not in DEVICE_NEEDS_RESET or FAILED.
+    fn service_host_queues(&mut self, queues: Vec<u16>) {
         let live = self.status & (DEVICE_NEEDS_RESET | FAILED) == 0
             && (self.status & DRIVER_OK != 0
                 || self.legacy()
@@ -942,7 +970,6 @@ impl MmioDevice {
                 }
             }
         }
-        Ok(())
     }
 
     /// What the device passed to the host on `port` since the last call (see

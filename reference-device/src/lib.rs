@@ -36,7 +36,7 @@ pub mod regs;
 
 pub use backend::{
     BalloonBackend, BlockBackend, ChainReader, ChainWriter, Completion, ConsoleBackend,
-    DeviceBackend, EntropyBackend, NetBackend, NetOptions,
+    DeviceBackend, EntropyBackend, HostConn, HostOp, NetBackend, NetOptions,
 };
 pub use device::{
     DeviceConfig, Interrupt, Knobs, MalformedChainPolicy, MmioDevice, OpenRead, ShmRegion,

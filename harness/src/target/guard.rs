@@ -141,6 +141,12 @@ impl<T: Target> Target for Guarded<T> {
     fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, TargetError> {
         self.call(|t| t.host_take(port))
     }
+    fn host_op(&mut self, op: virtio_reference_device::HostOp) -> Result<(), TargetError> {
+        self.call(|t| t.host_op(op))
+    }
+    fn host_conn(&mut self, port: u32) -> Result<virtio_reference_device::HostConn, TargetError> {
+        self.call(|t| t.host_conn(port))
+    }
     fn synchronous(&self) -> bool {
         self.inner.synchronous()
     }

@@ -192,6 +192,20 @@ pub trait Target {
     fn host_take(&mut self, _port: u32) -> Result<Vec<Vec<u8>>, TargetError> {
         Err(TargetError::Unsupported("host-side output".into()))
     }
+    /// The host side of a connection-oriented device (virtio-vsock, §5.10) does `op`: listens
+    /// on a host port, connects to a driver's port, or closes a connection; see
+    /// [`HostOp`](virtio_reference_device::HostOp) for how connections are named. Default:
+    /// [`TargetError::Unsupported`].
+    fn host_op(&mut self, op: virtio_reference_device::HostOp) -> Result<(), TargetError> {
+        let _ = op;
+        Err(TargetError::Unsupported("host-side connections".into()))
+    }
+    /// What the host side sees of the connection named `port`. Default:
+    /// [`TargetError::Unsupported`].
+    fn host_conn(&mut self, port: u32) -> Result<virtio_reference_device::HostConn, TargetError> {
+        let _ = port;
+        Err(TargetError::Unsupported("host-side connections".into()))
+    }
     /// Whether the device finishes all work inside the call that triggered it (in-process
     /// targets). The harness then never waits for completions that cannot come later.
     fn synchronous(&self) -> bool {
@@ -293,6 +307,12 @@ impl<T: Target + ?Sized> Target for Box<T> {
     }
     fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, TargetError> {
         (**self).host_take(port)
+    }
+    fn host_op(&mut self, op: virtio_reference_device::HostOp) -> Result<(), TargetError> {
+        (**self).host_op(op)
+    }
+    fn host_conn(&mut self, port: u32) -> Result<virtio_reference_device::HostConn, TargetError> {
+        (**self).host_conn(port)
     }
     fn synchronous(&self) -> bool {
         (**self).synchronous()

@@ -255,4 +255,12 @@ impl Target for ReferenceTarget {
         self.call(|d| d.host_take(port))?
             .map_err(TargetError::Unsupported)
     }
+    fn host_op(&mut self, op: virtio_reference_device::HostOp) -> Result<(), TargetError> {
+        self.call(|d| d.host_op(op))?
+            .map_err(TargetError::Unsupported)
+    }
+    fn host_conn(&mut self, port: u32) -> Result<virtio_reference_device::HostConn, TargetError> {
+        self.call(|d| d.host_conn(port))?
+            .map_err(TargetError::Unsupported)
+    }
 }

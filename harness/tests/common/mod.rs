@@ -170,6 +170,12 @@ impl DeviceBackend for Hooked {
     fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, String> {
         self.inner.host_take(port)
     }
+    fn host_op(&mut self, op: virtio_reference_device::HostOp) -> Result<Vec<u16>, String> {
+        self.inner.host_op(op)
+    }
+    fn host_conn(&self, port: u32) -> Result<virtio_reference_device::HostConn, String> {
+        self.inner.host_conn(port)
+    }
     fn release_held(&mut self, queue: u16) -> bool {
         self.inner.release_held(queue)
     }

@@ -334,6 +334,9 @@ pub fn feature_bit(name: &str) -> Option<u32> {
         "BALLOON_F_FREE_PAGE_HINT" | "VIRTIO_BALLOON_F_FREE_PAGE_HINT" => 3,
         "BALLOON_F_PAGE_POISON" | "VIRTIO_BALLOON_F_PAGE_POISON" => 4,
         "BALLOON_F_PAGE_REPORTING" | "VIRTIO_BALLOON_F_PAGE_REPORTING" => 5,
+        "VSOCK_F_STREAM" | "VIRTIO_VSOCK_F_STREAM" => 0,
+        "VSOCK_F_SEQPACKET" | "VIRTIO_VSOCK_F_SEQPACKET" => 1,
+        "VSOCK_F_NO_IMPLIED_STREAM" | "VIRTIO_VSOCK_F_NO_IMPLIED_STREAM" => 2,
         _ => return net_feature_bit(n.strip_prefix("VIRTIO_").unwrap_or(n)),
     })
 }

@@ -33,6 +33,7 @@ const HOST_CID: u64 = 2;
 const TYPE_STREAM: u16 = 1;
 /// `op` values the steps treat specially.
 const OP_REQUEST: u16 = 1;
+const OP_RST: u16 = 3;
 const OP_RW: u16 = 5;
 const OP_CREDIT_UPDATE: u16 = 6;
 /// `buf_alloc` a driver port advertises until a step gives another.
@@ -315,9 +316,11 @@ impl Exec<'_> {
         self.check(
             None,
             &["VSOCK-DEV-19"],
-            h.src_cid == HOST_CID && h.dst_cid == guest_cid && h.type_ == TYPE_STREAM,
+            h.src_cid == HOST_CID
+                && h.dst_cid == guest_cid
+                && (h.type_ == TYPE_STREAM || h.op == OP_RST),
             Severity::Low,
-            || format!("src_cid {HOST_CID} (host), dst_cid {guest_cid} (guest_cid), type 1"),
+            || format!("src_cid {HOST_CID} (host), dst_cid {guest_cid} (guest_cid), type 1 (an RST may echo the type it answers)"),
             || describe(&h),
         );
         let payload = payload[..payload.len().min(h.len as usize)].to_vec();

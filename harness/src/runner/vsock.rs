@@ -97,6 +97,8 @@ pub(super) struct VsockState {
     conns: BTreeMap<u32, ConnView>,
     /// Non-RW packets taken from the rx queue and not yet matched by `vsock_expect`.
     backlog: VecDeque<VsockHeader>,
+    /// Descriptors of each tx chain `vsock_send` posted, by (queue, head).
+    tx_descs: BTreeMap<(u16, u16), usize>,
 }
 
 impl Exec<'_> {
@@ -217,14 +219,6 @@ impl Exec<'_> {
         let mut bytes = h.to_bytes().to_vec();
         bytes.extend_from_slice(&payload);
         self.observe(format!("vsock q{queue} sent"), describe(&h));
-        // Keep the tx queue from filling up: take back what the device used once half of
-        // it is outstanding (a case that checks tx completions does so before then).
-        let size = self.q(*queue)?.dq.size;
-        if self.q(*queue)?.outstanding.len() >= usize::from(size / 2).max(1) {
-            for (id, l) in self.take_used(*queue)? {
-                self.checked_used(*queue, id, l)?;
-            }
-        }
         let mut chain = Vec::new();
         let mut at = 0usize;
         for &p in split.as_deref().unwrap_or(&[]) {
@@ -243,8 +237,44 @@ impl Exec<'_> {
                 ..Buf::default()
             });
         }
+        self.make_room(*queue, chain.len())?;
         self.post(*queue, &chain, false, None, None, None)?;
+        if let Some(p) = self.q(*queue)?.outstanding.last() {
+            let head = p.head;
+            self.vsock.tx_descs.insert((*queue, head), chain.len());
+        }
         self.notify(u32::from(*queue))
+    }
+
+    /// Before `need` more descriptors go on tx queue `queue`: when the chains still
+    /// outstanding there would leave too few free entries, takes back what the device used
+    /// (waiting for it up to the used-ring wait). A case that checks tx completions itself
+    /// does so before the queue fills.
+    fn make_room(&mut self, queue: u16, need: usize) -> R {
+        let size = usize::from(self.q(queue)?.dq.size);
+        let start = Instant::now();
+        loop {
+            let heads: Vec<u16> = self.q(queue)?.outstanding.iter().map(|p| p.head).collect();
+            self.vsock
+                .tx_descs
+                .retain(|&(q, h), _| q != queue || heads.contains(&h));
+            let busy: usize = heads
+                .iter()
+                .map(|h| self.vsock.tx_descs.get(&(queue, *h)).copied().unwrap_or(1))
+                .sum();
+            if busy + need <= size || heads.is_empty() {
+                return Ok(());
+            }
+            self.t.settle()?;
+            for (id, l) in self.take_used(queue)? {
+                self.checked_used(queue, id, l)?;
+            }
+            if start.elapsed() >= USED_WAIT || self.t.synchronous() {
+                return Ok(());
+            }
+            self.check_deadline()?;
+            std::thread::sleep(POLL_INTERVAL);
+        }
     }
 
     /// Takes the rx buffers the device used on `queue`, checks every packet in them, files

@@ -146,7 +146,7 @@ fn credit_ignored_fails_even_with_small_packets() {
     assert!(c
         .failures
         .iter()
-        .any(|f| f.requirements.iter().any(|id| id == "VSOCK-DEV-10")));
+        .any(|f| f.requirements.iter().any(|r| r.id == "VSOCK-DEV-10")));
 }
 
 #[test]

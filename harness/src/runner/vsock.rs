@@ -437,6 +437,7 @@ impl Exec<'_> {
             data,
             save_src_port,
             none,
+            skip_unmatched,
             grade,
         } = op
         else {
@@ -449,15 +450,65 @@ impl Exec<'_> {
         if let Some(p) = packet {
             ops.push(p.0);
         }
+        let src_port = match src_port {
+            Some(p) => Some(self.resolve(p)? as u32),
+            None => None,
+        };
+        let dst_port = match dst_port {
+            Some(p) => Some(self.resolve(p)? as u32),
+            None => None,
+        };
+        let flags = flags.map(|f| f.0);
+        let len = len.map(|l| l.0);
+        // Control packets carry no payload: `data` can only ask for an empty one.
+        let empty = data.as_ref().map(|d| d.0.is_empty());
+        let matches = |h: &VsockHeader| {
+            (ops.is_empty() || ops.contains(&h.op))
+                && src_port.is_none_or(|p| h.src_port == p)
+                && dst_port.is_none_or(|p| h.dst_port == p)
+                && flags.is_none_or(|f| u64::from(h.flags) == f)
+                && len.is_none_or(|l| u64::from(h.len) == l)
+                && empty.is_none_or(|e| e && h.len == 0)
+        };
+        let mut want = Vec::new();
+        if !ops.is_empty() {
+            want.push(
+                ops.iter()
+                    .map(|&o| op_name(o))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            );
+        }
+        if let Some(p) = src_port {
+            want.push(format!("src_port {p}"));
+        }
+        if let Some(p) = dst_port {
+            want.push(format!("dst_port {p}"));
+        }
+        if let Some(f) = flags {
+            want.push(format!("flags {f:#x}"));
+        }
+        if let Some(l) = len {
+            want.push(format!("len {l}"));
+        }
+        if empty.is_some() {
+            want.push("no payload".into());
+        }
         let skip_credit = !ops.contains(&OP_CREDIT_UPDATE);
         let candidate = |s: &Self| {
-            s.vsock
-                .backlog
-                .iter()
-                .position(|h| !(skip_credit && h.op == OP_CREDIT_UPDATE))
+            s.vsock.backlog.iter().position(|h| {
+                !(skip_credit && h.op == OP_CREDIT_UPDATE) && (!*skip_unmatched || matches(h))
+            })
         };
         let wait = if *none { NONE_WAIT } else { USED_WAIT };
         self.vsock_wait(*queue, wait, |s| candidate(s).is_some())?;
+        let skipped: Vec<String> = match candidate(self) {
+            Some(i) => self.vsock.backlog.iter().take(i).map(describe).collect(),
+            None => Vec::new(),
+        };
+        if !skipped.is_empty() {
+            self.observe("vsock skipped", skipped.join("; "));
+        }
         let found = candidate(self).map(|i| {
             let h = self.vsock.backlog[i];
             self.vsock.backlog.drain(..=i);
@@ -469,7 +520,16 @@ impl Exec<'_> {
                 &[],
                 found.is_none(),
                 Severity::Low,
-                || "no packet".into(),
+                || {
+                    format!(
+                        "no packet{}",
+                        if *skip_unmatched {
+                            format!(" with {}", want.join(", "))
+                        } else {
+                            String::new()
+                        }
+                    )
+                },
                 || found.map(|h| describe(&h)).unwrap_or_default(),
             );
             return Ok(());
@@ -480,49 +540,15 @@ impl Exec<'_> {
                 &[],
                 false,
                 Severity::Low,
-                || "a packet on the rx queue".into(),
+                || format!("a packet on the rx queue: {}", want.join(", ")),
                 || "no packet".into(),
             );
             return Ok(());
         };
-        let mut want = Vec::new();
-        let mut ok = true;
-        if !ops.is_empty() {
-            ok &= ops.contains(&h.op);
-            want.push(
-                ops.iter()
-                    .map(|&o| op_name(o))
-                    .collect::<Vec<_>>()
-                    .join(" or "),
-            );
-        }
-        if let Some(p) = src_port {
-            let p = self.resolve(p)? as u32;
-            ok &= h.src_port == p;
-            want.push(format!("src_port {p}"));
-        }
-        if let Some(p) = dst_port {
-            let p = self.resolve(p)? as u32;
-            ok &= h.dst_port == p;
-            want.push(format!("dst_port {p}"));
-        }
-        if let Some(f) = flags {
-            ok &= u64::from(h.flags) == f.0;
-            want.push(format!("flags {:#x}", f.0));
-        }
-        if let Some(l) = len {
-            ok &= u64::from(h.len) == l.0;
-            want.push(format!("len {}", l.0));
-        }
-        if let Some(d) = data {
-            // Control packets carry no payload.
-            ok &= d.0.is_empty() && h.len == 0;
-            want.push(format!("payload {}", hex(&d.0)));
-        }
         self.check(
             Some(grade),
             &[],
-            ok,
+            matches(&h),
             Severity::Low,
             || want.join(", "),
             || describe(&h),

@@ -171,6 +171,8 @@ struct Conn {
     out: VecDeque<u8>,
     inbound: Vec<Vec<u8>>,
     shutdown_sent: bool,
+    /// SHUTDOWN flags the driver sent so far (the hints are permanent, §5.10.6.5).
+    driver_shutdown: u32,
 }
 
 impl Conn {
@@ -187,6 +189,7 @@ impl Conn {
             out: VecDeque::new(),
             inbound: Vec::new(),
             shutdown_sent: false,
+            driver_shutdown: 0,
         }
     }
 
@@ -427,7 +430,11 @@ impl VsockBackend {
             }
             (VIRTIO_VSOCK_OP_SHUTDOWN, Some(c)) if self.conns[c].state != State::Connecting => {
                 // The hints are cumulative (§5.10.6.5); both set: the driver is done.
-                if h.flags & 3 == 3 || self.conns[c].state == State::HostClosing {
+                if self.is(Mutant::VsockShutdownNotCumulative) {
+                    self.conns[c].driver_shutdown = 0;
+                }
+                self.conns[c].driver_shutdown |= h.flags & 3;
+                if self.conns[c].driver_shutdown == 3 || self.conns[c].state == State::HostClosing {
                     self.conns[c].state = State::Closed;
                     self.reply(c, VIRTIO_VSOCK_OP_RST);
                 }

@@ -130,6 +130,8 @@ impl Exec<'_> {
             .map(|&l| Buf {
                 len: Num(u64::from(l)),
                 write: true,
+                // Zeroed, so a buffer the device claims to have filled but left alone shows.
+                fill: Some(0),
                 ..Buf::default()
             })
             .collect();
@@ -332,6 +334,24 @@ impl Exec<'_> {
             );
             return;
         };
+        if hdr.iter().all(|&b| b == 0) {
+            // Not a packet: the buffer was posted zeroed and no header was written into it.
+            self.observe(format!("vsock q{queue} packet"), hex(bytes));
+            self.check(
+                None,
+                &["VQ-DEV-15"],
+                false,
+                Severity::Low,
+                || "a used rx buffer holds the packet its used len counts".into(),
+                || {
+                    format!(
+                        "used len {} but the header bytes are untouched (zero)",
+                        bytes.len()
+                    )
+                },
+            );
+            return;
+        }
         let h = VsockHeader::from_bytes(&hdr);
         self.observe(format!("vsock q{queue} packet"), describe(&h));
         let payload = &bytes[HDR_LEN..];

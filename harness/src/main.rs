@@ -126,7 +126,7 @@ struct TargetArgs {
     /// `reference`, `mutant:<name>` or `qemu`.
     #[arg(long, default_value = "reference")]
     target: String,
-    /// Device type: entropy, block, net, console or balloon.
+    /// Device type: entropy, block, net, console, balloon or vsock.
     #[arg(long, default_value = "entropy")]
     device: String,
     /// Transport version: 1 (legacy) or 2.
@@ -403,6 +403,12 @@ fn check_target_args(t: &TargetArgs) -> Result<(), String> {
             || version != virtio_reference_device::TransportVersion::Modern)
     {
         return Err("the virtio-queue target is an entropy device over transport version 2".into());
+    }
+    if device == DeviceKind::Vsock && version == virtio_reference_device::TransportVersion::Legacy {
+        return Err(
+            "the socket device (vsock) is unsupported over transport version 1: §5.10 defines no legacy interface; use --version 2"
+                .into(),
+        );
     }
     Ok(())
 }

@@ -17,6 +17,15 @@ if command -v qemu-system-x86_64 >/dev/null 2>&1; then
   export VIRTIO_CONFORM_REQUIRE_QEMU=1
 fi
 
+echo "== install: vhost-device-vsock (the vhost-user backend of QEMU's vsock device)"
+sh scripts/install-vhost-device-vsock.sh
+if [ -d "${CARGO_HOME:-$HOME/.cargo}/bin" ]; then
+  export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
+fi
+if command -v vhost-device-vsock >/dev/null 2>&1; then
+  export VIRTIO_CONFORM_REQUIRE_VHOST_DEVICE_VSOCK=1
+fi
+
 echo "== install: Chromium (renders the matrix page in a test)"
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive

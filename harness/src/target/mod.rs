@@ -2,6 +2,7 @@
 //! guest memory with the harness.
 
 pub mod guard;
+pub mod hybrid_vsock;
 pub mod layout;
 pub mod qemu;
 pub mod qemu_balloon;

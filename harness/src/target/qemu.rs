@@ -236,7 +236,7 @@ pub fn qemu_version(qemu: &Path) -> Result<String, TargetError> {
 // Child processes: spawning with a parent-death signal, and a registry for Ctrl-C.
 
 /// A QEMU process shared between its target and the Ctrl-C registry.
-type SharedChild = Arc<Mutex<Child>>;
+pub(crate) type SharedChild = Arc<Mutex<Child>>;
 
 #[derive(Default)]
 struct Registry {
@@ -252,7 +252,7 @@ fn registry() -> MutexGuard<'static, Registry> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
-fn lock_child(c: &SharedChild) -> MutexGuard<'_, Child> {
+pub(crate) fn lock_child(c: &SharedChild) -> MutexGuard<'_, Child> {
     c.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -348,6 +348,38 @@ fn spawn_long_lived(cmd: Command) -> io::Result<Child> {
         .unwrap_or_else(|_| Err(io::Error::other("the QEMU spawner thread is gone")))
 }
 
+/// Starts `program` with `args` the way QEMU is started (parent-death signal through
+/// `setpriv` when available, its own process group, stdin and stdout to `/dev/null`, stderr
+/// to `stderr`) and registers it, with its scratch folder `dir`, for [`kill_all_qemu`].
+/// Returns the child and its registry id for [`kill_and_forget`]. Used for helper processes
+/// that live as long as one QEMU (the vhost-user vsock backend).
+pub(crate) fn spawn_registered(
+    program: &Path,
+    args: &[std::ffi::OsString],
+    stderr: fs::File,
+    dir: &Path,
+) -> io::Result<(SharedChild, u64)> {
+    let mut cmd = if have_setpriv() {
+        let mut c = Command::new("setpriv");
+        c.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr));
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    install_interrupt_handler();
+    let child: SharedChild = Arc::new(Mutex::new(spawn_long_lived(cmd)?));
+    let mut r = registry();
+    r.next += 1;
+    let id = r.next;
+    r.children.insert(id, (child.clone(), dir.to_path_buf()));
+    Ok((child, id))
+}
+
 /// Removes the scratch folders under `tmp` left by earlier runs whose process is gone
 /// (killed with SIGKILL, or a crash): their name carries the owner's process id. Runs once
 /// per process; returns how many folders it removed.
@@ -390,7 +422,7 @@ fn with_stderr_tail(msg: String, stderr: &Path) -> String {
 }
 
 /// The last `n` lines of the file at `path` (empty when unreadable).
-fn file_tail(path: &Path, n: usize) -> String {
+pub(crate) fn file_tail(path: &Path, n: usize) -> String {
     let text = fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
@@ -1299,7 +1331,7 @@ fn kill_group(c: &mut Child) {
     let _ = c.wait();
 }
 
-fn kill_and_forget(registry_id: u64, child: &SharedChild) {
+pub(crate) fn kill_and_forget(registry_id: u64, child: &SharedChild) {
     registry().children.remove(&registry_id);
     kill_group(&mut lock_child(child));
 }

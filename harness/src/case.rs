@@ -334,6 +334,9 @@ pub fn feature_bit(name: &str) -> Option<u32> {
         "BALLOON_F_FREE_PAGE_HINT" | "VIRTIO_BALLOON_F_FREE_PAGE_HINT" => 3,
         "BALLOON_F_PAGE_POISON" | "VIRTIO_BALLOON_F_PAGE_POISON" => 4,
         "BALLOON_F_PAGE_REPORTING" | "VIRTIO_BALLOON_F_PAGE_REPORTING" => 5,
+        "VSOCK_F_STREAM" | "VIRTIO_VSOCK_F_STREAM" => 0,
+        "VSOCK_F_SEQPACKET" | "VIRTIO_VSOCK_F_SEQPACKET" => 1,
+        "VSOCK_F_NO_IMPLIED_STREAM" | "VIRTIO_VSOCK_F_NO_IMPLIED_STREAM" => 2,
         _ => return net_feature_bit(n.strip_prefix("VIRTIO_").unwrap_or(n)),
     })
 }
@@ -638,6 +641,205 @@ pub enum Op {
         size: u16,
         at: RingPlace,
     },
+    /// virtio-vsock (§5.10.6): posts `count` (default 1) receive buffers on rx queue `queue`
+    /// (default 0), each a chain of writable descriptors of the byte sizes in `split`
+    /// (default one of 4096), and kicks. Later vsock steps post one more buffer of the same
+    /// layout for every rx buffer they take, as a driver replenishes its rx queue.
+    VsockRx {
+        #[serde(default)]
+        queue: u16,
+        count: Option<u16>,
+        split: Option<Vec<u32>>,
+    },
+    /// virtio-vsock (§5.10.6): posts one packet, a 44-byte header built from the fields plus
+    /// `data`, on tx queue `queue` (default 1) as readable descriptors of the byte sizes in
+    /// `split` (the rest in one last descriptor), and kicks. Defaults: `src_cid` the device's
+    /// `guest_cid`, `dst_cid` 2 (the host), `len` the payload length, `type` 1 (stream),
+    /// `buf_alloc` the last value this driver port advertised (65536 at first), `fwd_cnt`
+    /// the payload bytes the harness took on this connection. Ports may be `"$var"`.
+    VsockSend {
+        #[serde(default = "vsock_txq")]
+        queue: u16,
+        packet: VsockOp,
+        src_cid: Option<VarNum>,
+        dst_cid: Option<VarNum>,
+        src_port: VarNum,
+        dst_port: VarNum,
+        len: Option<Num>,
+        #[serde(rename = "type")]
+        type_: Option<Num>,
+        flags: Option<Num>,
+        buf_alloc: Option<Num>,
+        fwd_cnt: Option<Num>,
+        data: Option<Hex>,
+        split: Option<Vec<u32>>,
+    },
+    /// virtio-vsock (§5.10.6): waits for the next packet the device sends on rx queue `queue`
+    /// (default 0) other than an unsolicited CREDIT_UPDATE, and checks the fields given; RW
+    /// payloads taken meanwhile are kept for `vsock_expect_data`. `save_src_port` stores the
+    /// packet's `src_port` (e.g. the host port of a host-initiated connection) as a variable.
+    /// With `none`, no such packet may arrive.
+    VsockExpect {
+        #[serde(default)]
+        queue: u16,
+        packet: Option<VsockOp>,
+        /// Any of these ops matches (where the spec allows several answers).
+        packet_in: Option<Vec<VsockOp>>,
+        src_port: Option<VarNum>,
+        dst_port: Option<VarNum>,
+        flags: Option<Num>,
+        len: Option<Num>,
+        data: Option<Hex>,
+        save_src_port: Option<String>,
+        #[serde(default)]
+        none: bool,
+        #[serde(flatten)]
+        grade: Grade,
+    },
+    /// virtio-vsock (§5.10.6): the RW payloads the device sent to driver port `port` on rx
+    /// queue `queue` (default 0), joined in order, begin with `data` (bytes beyond it stay
+    /// for the next such step). Waits until that many bytes arrived.
+    VsockExpectData {
+        #[serde(default)]
+        queue: u16,
+        port: u32,
+        data: Hex,
+        #[serde(flatten)]
+        grade: Grade,
+    },
+    /// The host side of a connection-oriented device does `action` (`listen`, `connect`,
+    /// `close`) on `port`; see `Target::host_op`.
+    HostOp {
+        action: HostAction,
+        port: u32,
+    },
+    /// The host side sees the connection named `port` in `state` (`none`, `pending`,
+    /// `open`, `refused`, `closed`); waits for it up to the used-ring wait.
+    ExpectHostConn {
+        port: u32,
+        state: HostState,
+        #[serde(flatten)]
+        grade: Grade,
+    },
+}
+
+fn vsock_txq() -> u16 {
+    1
+}
+
+/// A number, or `"$name"`: a variable an earlier step saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum VarNum {
+    /// A literal.
+    Num(Num),
+    /// A variable name (without the `$`).
+    Var(String),
+}
+
+impl<'de> Deserialize<'de> for VarNum {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = VarNum;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or \"$name\" (a saved variable)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<VarNum, E> {
+                Ok(VarNum::Num(Num(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<VarNum, E> {
+                u64::try_from(v)
+                    .map(|v| VarNum::Num(Num(v)))
+                    .map_err(|_| E::custom(format!("`{v}` is negative; expected a number >= 0")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<VarNum, E> {
+                match s.strip_prefix('$') {
+                    Some(name) if !name.is_empty() => Ok(VarNum::Var(name.to_string())),
+                    _ => {
+                        let n: Num =
+                            Num::deserialize(serde::de::value::StrDeserializer::<E>::new(s))?;
+                        Ok(VarNum::Num(n))
+                    }
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A virtio-vsock packet operation (§5.10.6), by name or number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VsockOp(pub u16);
+
+impl Serialize for VsockOp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u16(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for VsockOp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = VsockOp;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a vsock op (`request`, `response`, `rst`, `shutdown`, `rw`, `credit_update`, `credit_request` or a number)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<VsockOp, E> {
+                u16::try_from(v)
+                    .map(VsockOp)
+                    .map_err(|_| E::custom(format!("vsock op {v} does not fit in 16 bits")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<VsockOp, E> {
+                Err(E::custom(format!("vsock op {v} is negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<VsockOp, E> {
+                Ok(VsockOp(match s {
+                    "invalid" => 0,
+                    "request" => 1,
+                    "response" => 2,
+                    "rst" => 3,
+                    "shutdown" => 4,
+                    "rw" => 5,
+                    "credit_update" => 6,
+                    "credit_request" => 7,
+                    _ => return Err(E::custom(format!(
+                        "unknown vsock op `{s}`: expected request, response, rst, shutdown, rw, credit_update, credit_request or a number"
+                    ))),
+                }))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What the host side does in a `host_op` step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostAction {
+    /// `HostOp::Listen`.
+    Listen,
+    /// `HostOp::Connect`.
+    Connect,
+    /// `HostOp::Close`.
+    Close,
+}
+
+/// A host-side connection state in an `expect_host_conn` step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    /// `HostConn::None`.
+    None,
+    /// `HostConn::Pending`.
+    Pending,
+    /// `HostConn::Open`.
+    Open,
+    /// `HostConn::Refused`.
+    Refused,
+    /// `HostConn::Closed`.
+    Closed,
 }
 
 /// Where [`Op::QueueAt`] puts a split queue's parts (guest physical addresses).
@@ -772,7 +974,9 @@ pub struct Case {
 }
 
 /// Device types a case header may name.
-pub const DEVICE_NAMES: [&str; 6] = ["any", "entropy", "block", "net", "console", "balloon"];
+pub const DEVICE_NAMES: [&str; 7] = [
+    "any", "entropy", "block", "net", "console", "balloon", "vsock",
+];
 /// Transport versions a case header may name.
 pub const TRANSPORT_VERSIONS: [u32; 2] = [1, 2];
 /// Largest register offset plus width a step may address: one 4 KiB page, the size of every

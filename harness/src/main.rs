@@ -126,7 +126,7 @@ struct TargetArgs {
     /// `reference`, `mutant:<name>` or `qemu`.
     #[arg(long, default_value = "reference")]
     target: String,
-    /// Device type: entropy, block, net, console or balloon.
+    /// Device type: entropy, block, net, console, balloon or vsock.
     #[arg(long, default_value = "entropy")]
     device: String,
     /// Transport version: 1 (legacy) or 2.

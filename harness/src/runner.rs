@@ -6,6 +6,7 @@ pub mod canary;
 mod console;
 pub mod packed;
 mod personality;
+mod vsock;
 
 use crate::case::{Buf, Case, Grade, Op, Order, QueueSpec, Reg, Upto};
 use crate::catalog::{Catalog, Level};
@@ -212,6 +213,8 @@ struct Exec<'a> {
     driver: Order,
     /// Console ports announced so far (§5.3.6.2).
     console: console::ConsoleState,
+    /// What the harness remembers of the socket device's connections (§5.10.6).
+    vsock: vsock::VsockState,
     /// The last `init` negotiated VIRTIO_F_RING_PACKED: queues set up after it are packed.
     packed: bool,
     /// The last `init` negotiated VIRTIO_F_IN_ORDER.
@@ -249,6 +252,12 @@ fn op_name(op: &Op) -> &'static str {
         Op::Require { .. } => "require",
         Op::SetDriverEvent { .. } => "set_driver_event",
         Op::QueueAt { .. } => "queue_at",
+        Op::VsockRx { .. } => "vsock_rx",
+        Op::VsockSend { .. } => "vsock_send",
+        Op::VsockExpect { .. } => "vsock_expect",
+        Op::VsockExpectData { .. } => "vsock_expect_data",
+        Op::HostOp { .. } => "host_op",
+        Op::ExpectHostConn { .. } => "expect_host_conn",
     }
 }
 
@@ -280,6 +289,7 @@ fn lets_device_run(op: &Op) -> bool {
             | Op::ExpectControl { .. }
             | Op::ReadRange { .. }
             | Op::Require { .. }
+            | Op::ExpectHostConn { .. }
     )
 }
 
@@ -343,6 +353,7 @@ pub fn run_case_as(
         memory_log: caps.memory_log,
         driver,
         console: Default::default(),
+        vsock: Default::default(),
         packed: false,
         in_order: false,
     };
@@ -825,6 +836,7 @@ impl Exec<'_> {
         if matches!(op, Op::Init { .. } | Op::Reset { .. }) {
             // A device reset forgets the console ports announced (§5.3.6.2).
             self.console = Default::default();
+            self.vsock = Default::default();
         }
         match op {
             Op::Read {
@@ -1258,6 +1270,23 @@ impl Exec<'_> {
                 value,
                 grade,
             } => self.expect_control(*queue, *event, *id, *value, grade)?,
+            Op::VsockRx {
+                queue,
+                count,
+                split,
+            } => self.vsock_rx(*queue, count.unwrap_or(1), split.as_deref())?,
+            Op::VsockSend { .. } => self.vsock_send(op)?,
+            Op::VsockExpect { .. } => self.vsock_expect(op)?,
+            Op::VsockExpectData {
+                queue,
+                port,
+                data,
+                grade,
+            } => self.vsock_expect_data(*queue, *port, &data.0, grade)?,
+            Op::HostOp { action, port } => self.host_op(*action, *port)?,
+            Op::ExpectHostConn { port, state, grade } => {
+                self.expect_host_conn(*port, *state, grade)?
+            }
             Op::Require { at, mask, expect } => {
                 let (name, raw) = self.read_field(at)?;
                 let v = raw & mask.map_or(u64::MAX, |m| m.0);

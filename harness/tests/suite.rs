@@ -6,7 +6,7 @@ use virtio_conform::suite::{run_suite, Options, Suite};
 use virtio_conform::target::{DeviceKind, ReferenceTarget};
 use virtio_reference_device::{Mutant, TransportVersion};
 
-const COMBOS: [(DeviceKind, TransportVersion); 10] = [
+const COMBOS: [(DeviceKind, TransportVersion); 11] = [
     (DeviceKind::Entropy, TransportVersion::Modern),
     (DeviceKind::Block, TransportVersion::Modern),
     (DeviceKind::Entropy, TransportVersion::Legacy),
@@ -17,6 +17,7 @@ const COMBOS: [(DeviceKind, TransportVersion); 10] = [
     (DeviceKind::Net, TransportVersion::Legacy),
     (DeviceKind::Balloon, TransportVersion::Modern),
     (DeviceKind::Balloon, TransportVersion::Legacy),
+    (DeviceKind::Vsock, TransportVersion::Modern),
 ];
 
 fn suite() -> Suite {

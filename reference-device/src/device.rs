@@ -458,6 +458,11 @@ impl MmioDevice {
         if self.status & DRIVER_OK != 0 {
             self.raise(Interrupt::ConfigChange);
         }
+        // Work the change caused (the socket device's transport-reset event, §5.10.6.7).
+        let wakeups = self.backend.take_wakeups();
+        if !wakeups.is_empty() {
+            self.service_host_queues(wakeups);
+        }
     }
 
     fn raise(&mut self, irq: Interrupt) {

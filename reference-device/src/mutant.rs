@@ -193,6 +193,20 @@ pub enum Mutant {
     BalloonActualTornWrite,
     /// BAL-DEV-08 (§5.5.4, §5.5.6): the driver's writes to `actual` never reach the host.
     BalloonActualIgnored,
+    /// VSOCK-DEV-19 (§5.10.6.2): device packets carry the guest's CID as source and the host's as destination.
+    VsockCidsSwapped,
+    /// VSOCK-DEV-10 (§5.10.6.3.2): host data goes to the driver without regard to the driver's free buffer space.
+    VsockIgnoresCredit,
+    /// VSOCK-DEV-13 (§5.10.6.4.2): a packet of unknown type is dropped without an RST reply.
+    VsockUnknownTypeIgnored,
+    /// VSOCK-DEV-16 (§5.10.6.5): a connection request to a host port nobody listens on is accepted.
+    VsockAcceptsWithoutListener,
+    /// VSOCK-DEV-12 (§5.10.6.3): CREDIT_REQUEST is never answered with CREDIT_UPDATE.
+    VsockCreditRequestIgnored,
+    /// VSOCK-DEV-14 (§5.10.6.4, §2.7.4): a tx packet whose header does not fit in its first descriptor is dropped.
+    VsockTxHeaderFirstDescriptorOnly,
+    /// VSOCK-DEV-21 (§5.10.6.7): a guest_cid change (migration) drops the connections without a TRANSPORT_RESET event.
+    VsockNoTransportReset,
 }
 
 impl Mutant {
@@ -278,6 +292,13 @@ impl Mutant {
         Mutant::BalloonStatsRequestIgnored,
         Mutant::BalloonActualTornWrite,
         Mutant::BalloonActualIgnored,
+        Mutant::VsockCidsSwapped,
+        Mutant::VsockIgnoresCredit,
+        Mutant::VsockUnknownTypeIgnored,
+        Mutant::VsockAcceptsWithoutListener,
+        Mutant::VsockCreditRequestIgnored,
+        Mutant::VsockTxHeaderFirstDescriptorOnly,
+        Mutant::VsockNoTransportReset,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -365,6 +386,13 @@ impl Mutant {
             Mutant::BalloonStatsRequestIgnored => "balloon-stats-request-ignored",
             Mutant::BalloonActualTornWrite => "balloon-actual-torn-write",
             Mutant::BalloonActualIgnored => "balloon-actual-ignored",
+            Mutant::VsockCidsSwapped => "vsock-cids-swapped",
+            Mutant::VsockIgnoresCredit => "vsock-ignores-credit",
+            Mutant::VsockUnknownTypeIgnored => "vsock-unknown-type-ignored",
+            Mutant::VsockAcceptsWithoutListener => "vsock-accepts-without-listener",
+            Mutant::VsockCreditRequestIgnored => "vsock-credit-request-ignored",
+            Mutant::VsockTxHeaderFirstDescriptorOnly => "vsock-tx-header-first-descriptor-only",
+            Mutant::VsockNoTransportReset => "vsock-no-transport-reset",
         }
     }
 
@@ -451,6 +479,13 @@ impl Mutant {
             Mutant::BalloonStatsRequestIgnored => "BAL-stats",
             Mutant::BalloonActualTornWrite => "BAL-actual",
             Mutant::BalloonActualIgnored => "BAL-actual",
+            Mutant::VsockCidsSwapped => "VSOCK-addr",
+            Mutant::VsockIgnoresCredit => "VSOCK-credit",
+            Mutant::VsockUnknownTypeIgnored => "VSOCK-rst",
+            Mutant::VsockAcceptsWithoutListener => "VSOCK-rst",
+            Mutant::VsockCreditRequestIgnored => "VSOCK-credit",
+            Mutant::VsockTxHeaderFirstDescriptorOnly => "B-layout",
+            Mutant::VsockNoTransportReset => "VSOCK-event",
         }
     }
 

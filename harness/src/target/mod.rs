@@ -430,6 +430,8 @@ pub enum DeviceKind {
     Console,
     /// virtio-balloon (traditional memory balloon), DeviceID 5.
     Balloon,
+    /// virtio-vsock (socket device), DeviceID 19; version 2 (modern) only.
+    Vsock,
 }
 
 impl DeviceKind {
@@ -441,6 +443,7 @@ impl DeviceKind {
             DeviceKind::Net => "net",
             DeviceKind::Console => "console",
             DeviceKind::Balloon => "balloon",
+            DeviceKind::Vsock => "vsock",
         }
     }
 
@@ -452,6 +455,7 @@ impl DeviceKind {
             DeviceKind::Console => 3,
             DeviceKind::Entropy => 4,
             DeviceKind::Balloon => 5,
+            DeviceKind::Vsock => 19,
         }
     }
 }
@@ -465,8 +469,9 @@ impl std::str::FromStr for DeviceKind {
             "net" => Ok(DeviceKind::Net),
             "console" => Ok(DeviceKind::Console),
             "balloon" => Ok(DeviceKind::Balloon),
+            "vsock" => Ok(DeviceKind::Vsock),
             _ => Err(format!(
-                "unknown device `{s}`: expected entropy, block, net, console or balloon"
+                "unknown device `{s}`: expected entropy, block, net, console, balloon or vsock"
             )),
         }
     }

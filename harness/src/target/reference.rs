@@ -5,6 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use virtio_reference_device::{
     BalloonBackend, BlockBackend, ConsoleBackend, DeviceBackend, DeviceConfig, EntropyBackend,
     GuestRam, MemoryAccess, MmioDevice, Mutant, NetBackend, NetOptions, TransportVersion,
+    VsockBackend,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -45,6 +46,7 @@ pub fn backend_with_disk(
         DeviceKind::Console => Ok(Box::new(ConsoleBackend::default())),
         DeviceKind::Net => Ok(Box::new(NetBackend::new(NetOptions::default()))),
         DeviceKind::Balloon => Ok(Box::new(BalloonBackend::default())),
+        DeviceKind::Vsock => Ok(Box::new(VsockBackend::default())),
     }
 }
 
@@ -68,6 +70,12 @@ impl ReferenceTarget {
         disk_sectors: u64,
     ) -> Result<Self, TargetError> {
         backend_with_disk(device, disk_sectors)?;
+        if device == DeviceKind::Vsock && version == TransportVersion::Legacy {
+            // §5.10 defines no legacy interface for the socket device.
+            return Err(TargetError::Unsupported(
+                "virtio-vsock has no legacy interface: run it with --version 2".into(),
+            ));
+        }
         let name = match mutant {
             Some(m) => format!("mutant:{}", m.name()),
             None => "reference".to_string(),

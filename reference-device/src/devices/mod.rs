@@ -6,3 +6,4 @@ pub mod block;
 pub mod console;
 pub mod entropy;
 pub mod net;
+pub mod vsock;

@@ -80,6 +80,15 @@ fn host_initiated_connection_opens_carries_bytes_and_sees_the_close() {
         wait_leaves(&mut peer, 1234, HostConn::Open),
         HostConn::Closed
     );
+    // Bytes for a connection the backend closed go nowhere (a verdict for the case's next
+    // expectation, not a harness error).
+    peer.send(1234, b"late").unwrap();
+    assert!(peer.take(1234).unwrap().is_empty());
+    // Never opened: an error of the case.
+    assert!(matches!(
+        peer.send(4321, b"x"),
+        Err(TargetError::Protocol(_))
+    ));
 }
 
 #[test]

@@ -9,6 +9,7 @@ pub mod qemu_balloon;
 pub mod qemu_console;
 pub mod qemu_net;
 pub mod qemu_ram;
+pub mod qemu_vsock;
 pub mod qmp;
 pub mod reference;
 pub mod virtio_queue;

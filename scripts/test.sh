@@ -138,6 +138,14 @@ if command -v qemu-system-x86_64 >/dev/null 2>&1; then
     suite_run "$bin" run --target qemu --device balloon --version "$ver" --strict \
       --expectations "specs/expectations/qemu-balloon-v$ver.json"
   done
+  # vhost-user-vsock-device served by rust-vmm's vhost-device-vsock; the host side of its
+  # connections through the backend's hybrid vsock sockets (version 2 only: vsock is modern).
+  if command -v vhost-device-vsock >/dev/null 2>&1; then
+    suite_run "$bin" run --target qemu --device vsock --version 2 --strict \
+      --expectations specs/expectations/qemu-vsock-v2.json
+  else
+    echo "== suite: QEMU vsock skipped: vhost-device-vsock unavailable (see install step above)"
+  fi
   echo "== suite: QEMU with packed=on, every layout-neutral case on a packed ring (§2.8)"
   for dev in entropy block; do
     suite_run "$bin" run --target qemu --device "$dev" --version 2 --ring packed --strict \

@@ -2,12 +2,14 @@
 //! guest memory with the harness.
 
 pub mod guard;
+pub mod hybrid_vsock;
 pub mod layout;
 pub mod qemu;
 pub mod qemu_balloon;
 pub mod qemu_console;
 pub mod qemu_net;
 pub mod qemu_ram;
+pub mod qemu_vsock;
 pub mod qmp;
 pub mod reference;
 pub mod virtio_queue;

@@ -144,12 +144,14 @@ impl QemuOptions {
     /// reference block device), so written sectors read back. A console gets a `virtconsole`
     /// on a chardev socket next to `disk` in the scratch folder (see
     /// [`super::qemu_console`]); a net device a stream netdev on `net_sock` (see
-    /// [`super::qemu_net`]). With [`QemuOptions::packed`] the device offers the packed ring.
-    fn device_args(&self, disk: &Path, net_sock: &Path) -> Vec<String> {
+    /// [`super::qemu_net`]); a vsock device a `vhost-user-vsock-device` whose backend
+    /// listens on `vsock_sock` (see [`super::qemu_vsock`]). With [`QemuOptions::packed`] the
+    /// device offers the packed ring.
+    fn device_args(&self, disk: &Path, net_sock: &Path, vsock_sock: &Path) -> Vec<String> {
         if let Some(d) = &self.device_override {
             return vec!["-device".into(), d.clone()];
         }
-        let mut args = self.device_args_plain(disk, net_sock);
+        let mut args = self.device_args_plain(disk, net_sock, vsock_sock);
         if self.packed {
             if let Some(dev) = args.get_mut(1) {
                 dev.push_str(",packed=on");
@@ -158,7 +160,7 @@ impl QemuOptions {
         args
     }
 
-    fn device_args_plain(&self, disk: &Path, net_sock: &Path) -> Vec<String> {
+    fn device_args_plain(&self, disk: &Path, net_sock: &Path, vsock_sock: &Path) -> Vec<String> {
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         match self.device {
             DeviceKind::Entropy => v(&["-device", "virtio-rng-device"]),
@@ -176,9 +178,7 @@ impl QemuOptions {
                 &disk.with_file_name(super::qemu_console::SOCKET_NAME),
             ),
             DeviceKind::Balloon => super::qemu_balloon::qemu_args(),
-            // Placeholder until the qemuvsock branch lands its device arm: QEMU's in-kernel
-            // vsock device (needs the host's vhost-vsock module).
-            DeviceKind::Vsock => vec!["-device".into(), "vhost-vsock-device,guest-cid=3".into()],
+            DeviceKind::Vsock => super::qemu_vsock::qemu_args(vsock_sock),
         }
     }
 
@@ -196,6 +196,12 @@ impl QemuOptions {
     /// Whether the harness holds the device's network backend (a net device, not overridden).
     fn owns_netdev(&self) -> bool {
         self.device == DeviceKind::Net && self.device_override.is_none()
+    }
+
+    /// Whether the harness runs the device's vhost-user vsock backend (a vsock device, not
+    /// overridden); such a device always gets its RAM through the shared file.
+    fn owns_vsock_backend(&self) -> bool {
+        self.device == DeviceKind::Vsock && self.device_override.is_none()
     }
 
     /// The DeviceID the device presents (§5).
@@ -239,7 +245,7 @@ pub fn qemu_version(qemu: &Path) -> Result<String, TargetError> {
 // Child processes: spawning with a parent-death signal, and a registry for Ctrl-C.
 
 /// A QEMU process shared between its target and the Ctrl-C registry.
-type SharedChild = Arc<Mutex<Child>>;
+pub(crate) type SharedChild = Arc<Mutex<Child>>;
 
 #[derive(Default)]
 struct Registry {
@@ -255,7 +261,7 @@ fn registry() -> MutexGuard<'static, Registry> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
-fn lock_child(c: &SharedChild) -> MutexGuard<'_, Child> {
+pub(crate) fn lock_child(c: &SharedChild) -> MutexGuard<'_, Child> {
     c.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -351,6 +357,38 @@ fn spawn_long_lived(cmd: Command) -> io::Result<Child> {
         .unwrap_or_else(|_| Err(io::Error::other("the QEMU spawner thread is gone")))
 }
 
+/// Starts `program` with `args` the way QEMU is started (parent-death signal through
+/// `setpriv` when available, its own process group, stdin and stdout to `/dev/null`, stderr
+/// to `stderr`) and registers it, with its scratch folder `dir`, for [`kill_all_qemu`].
+/// Returns the child and its registry id for [`kill_and_forget`]. Used for helper processes
+/// that live as long as one QEMU (the vhost-user vsock backend).
+pub(crate) fn spawn_registered(
+    program: &Path,
+    args: &[std::ffi::OsString],
+    stderr: fs::File,
+    dir: &Path,
+) -> io::Result<(SharedChild, u64)> {
+    let mut cmd = if have_setpriv() {
+        let mut c = Command::new("setpriv");
+        c.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr));
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    install_interrupt_handler();
+    let child: SharedChild = Arc::new(Mutex::new(spawn_long_lived(cmd)?));
+    let mut r = registry();
+    r.next += 1;
+    let id = r.next;
+    r.children.insert(id, (child.clone(), dir.to_path_buf()));
+    Ok((child, id))
+}
+
 /// Removes the scratch folders under `tmp` left by earlier runs whose process is gone
 /// (killed with SIGKILL, or a crash): their name carries the owner's process id. Runs once
 /// per process; returns how many folders it removed.
@@ -393,7 +431,7 @@ fn with_stderr_tail(msg: String, stderr: &Path) -> String {
 }
 
 /// The last `n` lines of the file at `path` (empty when unreadable).
-fn file_tail(path: &Path, n: usize) -> String {
+pub(crate) fn file_tail(path: &Path, n: usize) -> String {
     let text = fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
@@ -715,6 +753,9 @@ struct Instance {
     console: Option<super::qemu_console::ConsoleSocket>,
     /// The harness's end of the net device's backend ([`QemuOptions::owns_netdev`]).
     net: Option<super::qemu_net::NetLink>,
+    /// The vsock device's backend process and host side
+    /// ([`QemuOptions::owns_vsock_backend`]); dropped after QEMU is killed.
+    vsock: Option<super::qemu_vsock::VsockHost>,
 }
 
 impl Instance {
@@ -849,7 +890,21 @@ impl Instance {
         } else {
             None
         };
-        for a in opts.device_args(&disk, &net_sock) {
+        // The vhost-user backend runs before QEMU starts: QEMU connects to it at startup.
+        let vsock = if opts.owns_vsock_backend() {
+            if ram.is_none() {
+                return Err(TargetError::Unavailable(
+                    "QEMU vsock target: vhost-user needs guest RAM in a shared file, which could not be created".into(),
+                ));
+            }
+            Some(super::qemu_vsock::VsockHost::start(
+                opts.timeout.max(MIN_STARTUP),
+            )?)
+        } else {
+            None
+        };
+        let vsock_sock = vsock.as_ref().map(|v| v.socket_path()).unwrap_or_default();
+        for a in opts.device_args(&disk, &net_sock, &vsock_sock) {
             push(&a);
         }
         if opts.version == TransportVersion::Modern {
@@ -944,6 +999,7 @@ impl Instance {
             qmp: None,
             console: None,
             net,
+            vsock,
         };
         inst.setup(opts, spawned).map_err(|e| {
             let msg = match e {
@@ -1041,7 +1097,7 @@ fn shared_ram_args(
     scratch: &Path,
     machine: &mut String,
 ) -> Option<(super::qemu_ram::SharedRam, String)> {
-    if !opts.shared_ram {
+    if !opts.shared_ram && !opts.owns_vsock_backend() {
         return None;
     }
     let size = opts.ram_mib.checked_mul(1 << 20)?;
@@ -1075,6 +1131,16 @@ impl QemuTarget {
             .net
             .as_mut()
             .ok_or_else(|| TargetError::Unsupported(format!("host-side {what}")))
+    }
+
+    /// The vsock device's host side, after every pipelined command reached QEMU and one
+    /// qtest round trip let QEMU's main loop forward the backend's interrupts.
+    fn vsock_host(&mut self) -> Result<&mut super::qemu_vsock::VsockHost, TargetError> {
+        self.read32(0)?;
+        self.inst
+            .as_mut()
+            .and_then(|i| i.vsock.as_mut())
+            .ok_or_else(|| TargetError::Unavailable("QEMU is not running".into()))
     }
 
     /// Whether this target runs the harness's own console (a `virtconsole` on its socket).
@@ -1302,7 +1368,7 @@ fn kill_group(c: &mut Child) {
     let _ = c.wait();
 }
 
-fn kill_and_forget(registry_id: u64, child: &SharedChild) {
+pub(crate) fn kill_and_forget(registry_id: u64, child: &SharedChild) {
     registry().children.remove(&registry_id);
     kill_group(&mut lock_child(child));
 }
@@ -1348,6 +1414,9 @@ impl QemuTarget {
             balloon_stats: Vec::new(),
         };
         t.fresh()?;
+        if let Some(v) = t.inst.as_ref().and_then(|i| i.vsock.as_ref()) {
+            t.implementation = format!("{} + {}", t.implementation, v.version());
+        }
         Ok(t)
     }
 
@@ -1542,10 +1611,15 @@ impl Target for QemuTarget {
         // A console is always restarted: input QEMU has not read yet stays in its chardev and
         // would reach the next case.
         // A balloon too: QEMU keeps the last statistics across a device reset.
+        // A vsock device too (with a new backend): the backend keeps its connections across a
+        // device reset.
         self.balloon_stats.clear();
         if self.opts.reuse
             && self.broken.is_none()
-            && !matches!(self.opts.device, DeviceKind::Console | DeviceKind::Balloon)
+            && !matches!(
+                self.opts.device,
+                DeviceKind::Console | DeviceKind::Balloon | DeviceKind::Vsock
+            )
         {
             if let Some(inst) = self.inst.as_mut() {
                 if inst.reset_in_place(&self.opts).is_ok() {
@@ -1570,6 +1644,9 @@ impl Target for QemuTarget {
         if self.device_is_console() {
             return self.console_socket(port)?.send(data);
         }
+        if self.opts.owns_vsock_backend() {
+            return self.vsock_host()?.send(port, data);
+        }
         // Everything the driver did before reaches QEMU first.
         let net = self.net_link(port, "input")?;
         net.send(data).map_err(TargetError::Protocol)?;
@@ -1586,8 +1663,25 @@ impl Target for QemuTarget {
             self.sync()?;
             return self.console_socket(port)?.take();
         }
+        if self.opts.owns_vsock_backend() {
+            return self.vsock_host()?.take(port);
+        }
         let net = self.net_link(port, "output")?;
         net.take().map_err(TargetError::Protocol)
+    }
+
+    fn host_op(&mut self, op: virtio_reference_device::HostOp) -> Result<(), TargetError> {
+        if !self.opts.owns_vsock_backend() {
+            return Err(TargetError::Unsupported("host-side connections".into()));
+        }
+        self.vsock_host()?.op(op)
+    }
+
+    fn host_conn(&mut self, port: u32) -> Result<virtio_reference_device::HostConn, TargetError> {
+        if !self.opts.owns_vsock_backend() {
+            return Err(TargetError::Unsupported("host-side connections".into()));
+        }
+        self.vsock_host()?.conn(port)
     }
 
     fn bulk_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), TargetError> {
@@ -1634,10 +1728,16 @@ impl Target for QemuTarget {
     }
 
     fn diagnostics(&mut self) -> Option<String> {
-        let tail = match &self.inst {
+        let mut tail = match &self.inst {
             Some(i) => file_tail(&i.stderr_path(), STDERR_TAIL_LINES),
             None => self.last_tail.clone().unwrap_or_default(),
         };
+        if let Some(v) = self.inst.as_ref().and_then(|i| i.vsock.as_ref()) {
+            let d = v.diagnostics();
+            if !d.is_empty() {
+                tail = format!("{tail}\n{d}");
+            }
+        }
         (!tail.trim().is_empty()).then_some(tail)
     }
 }

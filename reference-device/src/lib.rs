@@ -36,7 +36,8 @@ pub mod regs;
 
 pub use backend::{
     BalloonBackend, BlockBackend, ChainReader, ChainWriter, Completion, ConsoleBackend,
-    DeviceBackend, EntropyBackend, HostConn, HostOp, NetBackend, NetOptions,
+    DeviceBackend, EntropyBackend, HostConn, HostOp, NetBackend, NetOptions, QueueRing,
+    QueueServicer,
 };
 pub use device::{
     DeviceConfig, Interrupt, Knobs, MalformedChainPolicy, MmioDevice, OpenRead, ShmRegion,

@@ -592,9 +592,6 @@ impl MmioDevice {
 
     /// Makes queue `i` usable: copies negotiated ring features and validates its layout.
     fn activate(&mut self, i: usize) {
-        if self.external_start(i) {
-            return;
-        }
         let event_idx = self.negotiated(VIRTIO_F_EVENT_IDX);
         let indirect = self.negotiated(VIRTIO_F_INDIRECT_DESC);
         let legacy = self.legacy();
@@ -663,6 +660,10 @@ impl MmioDevice {
         slot.q.set_indices(0, 0);
         slot.broken = false;
         slot.active = true;
+        if err.is_none() {
+            // A valid ring goes to the external servicer, if there is one.
+            self.external_start(i);
+        }
         if let Some(e) = err {
             if self.is(Mutant::InvalidQueueActivated) {
                 return;
@@ -701,6 +702,9 @@ impl MmioDevice {
         } else {
             p.validate(&self.ram, slot.max).err()
         };
+        if err.is_none() {
+            self.external_start(i);
+        }
         if let Some(e) = err {
             self.queues[i].broken = true;
             if self.is(Mutant::ActivationFailureSilent) {
@@ -936,7 +940,9 @@ impl MmioDevice {
         }
     }
 
-    /// Hands ready queue `i` to the backend's queue servicer, if it has one.
+    /// Hands ready queue `i`, whose size and layout the transport has validated, to the
+    /// backend's queue servicer, if it has one. An invalid ring is never handed over: the
+    /// transport treats it as it would its own (DEVICE_NEEDS_RESET).
     fn external_start(&mut self, i: usize) -> bool {
         let slot = &self.queues[i];
         let ring = crate::backend::QueueRing {
@@ -945,11 +951,7 @@ impl MmioDevice {
             driver: slot.q.avail_ring,
             device: slot.q.used_ring,
         };
-        let started = self.external(|s| s.start(i as u16, ring));
-        if started {
-            self.queues[i].active = true;
-        }
-        started
+        self.external(|s| s.start(i as u16, ring))
     }
 
     /// Raises the used-buffer notification (InterruptStatus bit 0) for every queue whose

@@ -186,8 +186,13 @@ impl Connection {
             return;
         }
         let vhost = self.backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        if let Err(e) = self.frontend.set_features(features | vhost) {
-            self.fail("SET_FEATURES", e);
+        if let Err((what, e)) = self
+            .frontend
+            .set_features(features | vhost)
+            .map_err(|e| ("SET_FEATURES", e))
+            .and_then(|_| self.barrier())
+        {
+            self.fail(what, e);
         }
         self.acked_protocol = vhost != 0;
     }
@@ -243,10 +248,20 @@ impl Connection {
                     Ok(())
                 }
             });
-        match r {
+        match r.and_then(|_| self.barrier()) {
             Ok(()) => self.started[i] = true,
             Err((what, e)) => self.fail(what, e),
         }
+    }
+
+    /// Waits until the back-end has handled every request sent so far. Requests without
+    /// REPLY_ACK get no answer, so a kick could otherwise overtake the SET_VRING_* that set
+    /// the ring up; GET_FEATURES always has one, and a back-end handles requests in order.
+    fn barrier(&mut self) -> Result<(), (&'static str, vhost::Error)> {
+        self.frontend
+            .get_features()
+            .map(|_| ())
+            .map_err(|e| ("GET_FEATURES (barrier)", e))
     }
 
     fn stop(&mut self, q: u16) {

@@ -268,6 +268,12 @@ impl VhostUserTarget {
         Ok(t)
     }
 
+    /// Process id of the back-end the target started (`None` with `--socket`), for
+    /// diagnostics and for tests that end it behind the target's back.
+    pub fn backend_pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.child.id())
+    }
+
     fn socket(&self) -> PathBuf {
         match (&self.source, &self.process) {
             (BackendSource::Socket(p), _) => p.clone(),
@@ -430,6 +436,12 @@ impl Target for VhostUserTarget {
             .into_iter()
             .map(IrqEvent::from)
             .collect()
+    }
+
+    /// Guest RAM is a mapping in this process: sweeping all of it costs milliseconds, so the
+    /// canary oracle watches every byte.
+    fn bulk_cheap(&self) -> bool {
+        true
     }
 
     fn diagnostics(&mut self) -> Option<String> {

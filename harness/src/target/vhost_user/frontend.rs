@@ -33,6 +33,83 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// declared hung (a reply that never comes becomes a verdict, not a hang).
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Ends a request the back-end does not answer within [`REPLY_TIMEOUT`]: the `vhost` crate
+/// retries a timed-out receive forever, so a thread of the watchdog's own shuts the socket
+/// down instead, which makes the pending request fail.
+struct Watchdog {
+    state: Arc<(Mutex<WatchState>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    deadline: Option<std::time::Instant>,
+    fired: bool,
+    closed: bool,
+}
+
+impl Watchdog {
+    fn new(stream: UnixStream) -> Result<Self, String> {
+        let state = Arc::new((Mutex::new(WatchState::default()), std::sync::Condvar::new()));
+        let s2 = state.clone();
+        std::thread::Builder::new()
+            .name("vhost-user-watchdog".into())
+            .spawn(move || {
+                let (m, cv) = &*s2;
+                let mut st = m.lock().unwrap_or_else(|p| p.into_inner());
+                while !st.closed {
+                    st = match st.deadline {
+                        None => cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+                        Some(d) if std::time::Instant::now() >= d => {
+                            let _ = stream.shutdown(std::net::Shutdown::Both);
+                            st.fired = true;
+                            st.deadline = None;
+                            st
+                        }
+                        Some(d) => {
+                            let left = d.saturating_duration_since(std::time::Instant::now());
+                            cv.wait_timeout(st, left)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0
+                        }
+                    };
+                }
+            })
+            .map_err(|e| format!("watchdog thread: {e}"))?;
+        Ok(Watchdog { state })
+    }
+
+    /// Runs one request under the deadline; a request the watchdog ended says so.
+    fn run<R, E: std::fmt::Display>(&self, f: impl FnOnce() -> Result<R, E>) -> Result<R, String> {
+        let (m, cv) = &*self.state;
+        {
+            let mut st = m.lock().unwrap_or_else(|p| p.into_inner());
+            if st.fired {
+                return Err("the connection was closed after an earlier request timed out".into());
+            }
+            st.deadline = Some(std::time::Instant::now() + REPLY_TIMEOUT);
+            cv.notify_all();
+        }
+        let r = f();
+        let mut st = m.lock().unwrap_or_else(|p| p.into_inner());
+        st.deadline = None;
+        match r {
+            Ok(v) => Ok(v),
+            Err(_) if st.fired => Err(format!(
+                "the back-end did not answer within {REPLY_TIMEOUT:?}"
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (m, cv) = &*self.state;
+        m.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        cv.notify_all();
+    }
+}
+
 /// Feature bits that belong to the vhost-user protocol, not to the device: never offered to
 /// the driver (VHOST_USER_F_PROTOCOL_FEATURES, bit 30, and VHOST_F_LOG_ALL, bit 26).
 const VHOST_ONLY_FEATURES: u64 = (1 << 30) | (1 << 26);
@@ -58,6 +135,7 @@ pub fn shared_ram(size: u64) -> Result<GuestMemoryMmap, String> {
 /// One live connection to a back-end and what the handshake learned.
 pub struct Connection {
     frontend: Frontend,
+    watchdog: Watchdog,
     /// GET_FEATURES, as the back-end answered (including vhost-only bits).
     pub backend_features: u64,
     /// Protocol features both sides use.
@@ -90,45 +168,50 @@ impl Connection {
     ) -> Result<Self, String> {
         let stream = UnixStream::connect(socket)
             .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
-        stream
-            .set_read_timeout(Some(REPLY_TIMEOUT))
-            .and_then(|_| stream.set_write_timeout(Some(REPLY_TIMEOUT)))
-            .map_err(|e| format!("socket timeouts: {e}"))?;
+        let watchdog = Watchdog::new(
+            stream
+                .try_clone()
+                .map_err(|e| format!("socket clone: {e}"))?,
+        )?;
         let mut frontend = Frontend::from_stream(stream, u64::from(queues.max(1)));
-        let step = |what: &str, e: vhost::Error| format!("vhost-user {what}: {e}");
-        frontend.set_owner().map_err(|e| step("SET_OWNER", e))?;
-        let backend_features = frontend
-            .get_features()
+        let step = |what: &str, e: String| format!("vhost-user {what}: {e}");
+        watchdog
+            .run(|| frontend.set_owner())
+            .map_err(|e| step("SET_OWNER", e))?;
+        let backend_features = watchdog
+            .run(|| frontend.get_features())
             .map_err(|e| step("GET_FEATURES", e))?;
         let mut protocol = VhostUserProtocolFeatures::empty();
         if backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
-            let offered = frontend
-                .get_protocol_features()
+            let offered = watchdog
+                .run(|| frontend.get_protocol_features())
                 .map_err(|e| step("GET_PROTOCOL_FEATURES", e))?;
             protocol = offered
                 & (VhostUserProtocolFeatures::MQ
                     | VhostUserProtocolFeatures::CONFIG
                     | VhostUserProtocolFeatures::RESET_DEVICE);
-            frontend
-                .set_protocol_features(protocol)
+            watchdog
+                .run(|| frontend.set_protocol_features(protocol))
                 .map_err(|e| step("SET_PROTOCOL_FEATURES", e))?;
         }
         let mut queues = queues;
         if protocol.contains(VhostUserProtocolFeatures::MQ) {
-            let n = frontend
-                .get_queue_num()
+            let n = watchdog
+                .run(|| frontend.get_queue_num())
                 .map_err(|e| step("GET_QUEUE_NUM", e))?;
             queues = u16::try_from(n).unwrap_or(u16::MAX).clamp(1, 64);
         }
         let mut config = config.to_vec();
         if protocol.contains(VhostUserProtocolFeatures::CONFIG) && !config.is_empty() {
-            let (_, bytes) = frontend
-                .get_config(
-                    0,
-                    config.len() as u32,
-                    VhostUserConfigFlags::WRITABLE,
-                    &config,
-                )
+            let (_, bytes) = watchdog
+                .run(|| {
+                    frontend.get_config(
+                        0,
+                        config.len() as u32,
+                        VhostUserConfigFlags::WRITABLE,
+                        &config,
+                    )
+                })
                 .map_err(|e| step("GET_CONFIG", e))?;
             config = bytes;
         }
@@ -137,8 +220,8 @@ impl Connection {
             .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<Result<_, _>>()
             .map_err(|e| format!("guest RAM region: {e}"))?;
-        frontend
-            .set_mem_table(&regions)
+        watchdog
+            .run(|| frontend.set_mem_table(&regions))
             .map_err(|e| step("SET_MEM_TABLE", e))?;
         let eventfds = |n: u16| -> Result<Vec<EventFd>, String> {
             (0..n)
@@ -147,6 +230,7 @@ impl Connection {
         };
         Ok(Connection {
             frontend,
+            watchdog,
             backend_features,
             protocol,
             queues,
@@ -186,9 +270,10 @@ impl Connection {
             return;
         }
         let vhost = self.backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let f = &self.frontend;
         if let Err((what, e)) = self
-            .frontend
-            .set_features(features | vhost)
+            .watchdog
+            .run(|| f.set_features(features | vhost))
             .map_err(|e| ("SET_FEATURES", e))
             .and_then(|_| self.barrier())
         {
@@ -226,23 +311,31 @@ impl Connection {
             avail_ring_addr: avail,
             log_addr: None,
         };
-        let f = &mut self.frontend;
-        let r = f
-            .set_vring_num(i, ring.size)
+        let (f, w) = (&mut self.frontend, &self.watchdog);
+        let (calls, kicks) = (&self.calls, &self.kicks);
+        let acked_protocol = self.acked_protocol;
+        let r = w
+            .run(|| f.set_vring_num(i, ring.size))
             .map_err(|e| ("SET_VRING_NUM", e))
-            .and_then(|_| f.set_vring_addr(i, &cfg).map_err(|e| ("SET_VRING_ADDR", e)))
-            .and_then(|_| f.set_vring_base(i, 0).map_err(|e| ("SET_VRING_BASE", e)))
             .and_then(|_| {
-                f.set_vring_call(i, &self.calls[i])
+                w.run(|| f.set_vring_addr(i, &cfg))
+                    .map_err(|e| ("SET_VRING_ADDR", e))
+            })
+            .and_then(|_| {
+                w.run(|| f.set_vring_base(i, 0))
+                    .map_err(|e| ("SET_VRING_BASE", e))
+            })
+            .and_then(|_| {
+                w.run(|| f.set_vring_call(i, &calls[i]))
                     .map_err(|e| ("SET_VRING_CALL", e))
             })
             .and_then(|_| {
-                f.set_vring_kick(i, &self.kicks[i])
+                w.run(|| f.set_vring_kick(i, &kicks[i]))
                     .map_err(|e| ("SET_VRING_KICK", e))
             })
             .and_then(|_| {
-                if self.acked_protocol {
-                    f.set_vring_enable(i, true)
+                if acked_protocol {
+                    w.run(|| f.set_vring_enable(i, true))
                         .map_err(|e| ("SET_VRING_ENABLE", e))
                 } else {
                     Ok(())
@@ -257,9 +350,10 @@ impl Connection {
     /// Waits until the back-end has handled every request sent so far. Requests without
     /// REPLY_ACK get no answer, so a kick could otherwise overtake the SET_VRING_* that set
     /// the ring up; GET_FEATURES always has one, and a back-end handles requests in order.
-    fn barrier(&mut self) -> Result<(), (&'static str, vhost::Error)> {
-        self.frontend
-            .get_features()
+    fn barrier(&self) -> Result<(), (&'static str, String)> {
+        let f = &self.frontend;
+        self.watchdog
+            .run(|| f.get_features())
             .map(|_| ())
             .map_err(|e| ("GET_FEATURES (barrier)", e))
     }
@@ -270,7 +364,8 @@ impl Connection {
             return;
         }
         self.started[i] = false;
-        if let Err(e) = self.frontend.get_vring_base(i) {
+        let f = &self.frontend;
+        if let Err(e) = self.watchdog.run(|| f.get_vring_base(i)) {
             self.fail("GET_VRING_BASE", e);
         }
         // A call that arrived before the stop belongs to the old ring.
@@ -286,7 +381,8 @@ impl Connection {
                 .protocol
                 .contains(VhostUserProtocolFeatures::RESET_DEVICE)
         {
-            if let Err(e) = self.frontend.reset_device() {
+            let f = &mut self.frontend;
+            if let Err(e) = self.watchdog.run(|| f.reset_device()) {
                 self.fail("RESET_DEVICE", e);
             }
         }

@@ -38,6 +38,13 @@ else
   echo "Chromium unavailable: the matrix rendering test will say it skipped"
 fi
 
+echo "== install: vhost-device-rng (a vhost-user back-end for --target vhost-user)"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if ! command -v vhost-device-rng >/dev/null 2>&1; then
+  cargo install vhost-device-rng --locked --quiet \
+    || echo "vhost-device-rng unavailable: cargo install failed"
+fi
+
 # The closing line counts real tests: every test of every `cargo test` binary (its "test
 # result:" lines) and every suite run below, one each.
 passed=0
@@ -99,6 +106,18 @@ for drv in linux netbsd freebsd rcore legacy; do
   done
   suite_run "$bin" run --target reference --device vsock --version 2 --driver "$drv" --strict
 done
+
+echo "== suite: vhost-user target (vhost-device-rng started by the harness)"
+if ! command -v vhost-device-rng >/dev/null 2>&1; then
+  echo "skipped: vhost-device-rng is not installed (see the install step above)"
+  skipped=$((skipped + 1))
+elif [ "$(uname -s)" != "Linux" ]; then
+  echo "skipped: the vhost-user target needs Linux (memfd guest RAM, eventfds)"
+  skipped=$((skipped + 1))
+else
+  suite_run "$bin" run --target vhost-user --backend vhost-device-rng --device entropy --strict \
+    --expectations specs/expectations/vhost-user-rng.json
+fi
 
 echo "== trace replay: the committed Linux traces against the reference configured like the traced device"
 for tr in traces/*.jsonl; do

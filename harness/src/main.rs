@@ -152,6 +152,14 @@ struct TargetArgs {
     /// VIRTIO_F_RING_PACKED (implied by `run --ring packed`).
     #[arg(long)]
     qemu_packed: bool,
+    /// For `--target vhost-user`: connect to the back-end listening on this Unix socket
+    /// (runs on one worker: a back-end serves one front-end at a time).
+    #[arg(long, conflicts_with = "backend")]
+    socket: Option<PathBuf>,
+    /// For `--target vhost-user`: start this back-end, a table name (vhost-device-rng) or a
+    /// command line containing `{socket}`; it is killed at the end of the run.
+    #[arg(long)]
+    backend: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -344,6 +352,8 @@ fn trace_replay(
         fresh_qemu: true,
         qemu_device: None,
         qemu_packed: false,
+        socket: None,
+        backend: None,
     };
     check_target_args(&args)?;
     let profile = trace::traced_profile(&tr);
@@ -409,6 +419,28 @@ fn check_target_args(t: &TargetArgs) -> Result<(), String> {
             "the socket device (vsock) is unsupported over transport version 1: §5.10 defines no legacy interface; use --version 2"
                 .into(),
         );
+    }
+    if kind == TargetKind::VhostUser {
+        if version != virtio_reference_device::TransportVersion::Modern {
+            return Err("the vhost-user target uses transport version 2".into());
+        }
+        match (&t.socket, &t.backend) {
+            (None, None) => {
+                return Err(
+                    "--target vhost-user needs --socket PATH (a running back-end) or --backend NAME|CMD"
+                        .into(),
+                )
+            }
+            (Some(p), _) if !p.exists() => {
+                return Err(format!(
+                    "--socket {}: no such socket (is the back-end running?)",
+                    p.display()
+                ))
+            }
+            _ => {}
+        }
+    } else if t.socket.is_some() || t.backend.is_some() {
+        return Err("--socket and --backend are for --target vhost-user".into());
     }
     Ok(())
 }
@@ -479,6 +511,20 @@ fn make_target(t: &TargetArgs) -> Result<Box<dyn Target + Send>, String> {
             Ok(Box::new(
                 virtio_conform::target::virtio_queue::VirtioQueueTarget::new()
                     .map_err(|e| e.to_string())?,
+            ))
+        }
+        TargetKind::VhostUser => {
+            use virtio_conform::target::vhost_user::{BackendSource, VhostUserTarget};
+            check_target_args(t)?;
+            let source = match (&t.socket, &t.backend) {
+                (Some(p), _) => BackendSource::Socket(p.clone()),
+                (None, Some(b)) => BackendSource::Start(b.clone()),
+                (None, None) => {
+                    return Err("--target vhost-user needs --socket or --backend".into())
+                }
+            };
+            Ok(Box::new(
+                VhostUserTarget::new(source, device).map_err(|e| e.to_string())?,
             ))
         }
         TargetKind::Qemu => {
@@ -801,6 +847,10 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                     // A QEMU case mostly waits (QEMU's start, qtest round trips, bounded
                     // waits for completions), so two workers per core overlap those waits.
                     let per_core = if t.target == "qemu" { 2 } else { 1 };
+                    if t.socket.is_some() {
+                        // One running back-end serves one front-end at a time.
+                        return 1;
+                    }
                     per_core * virtio_conform::suite::default_jobs()
                 }),
                 driver,
@@ -1015,6 +1065,8 @@ fn real_main(cli: Cli) -> Result<i32, String> {
                             fresh_qemu: true,
                             qemu_device: None,
                             qemu_packed: false,
+                            socket: None,
+                            backend: None,
                         };
                         let what =
                             format!("--target {target} --device {device} --version {version}");

@@ -80,6 +80,45 @@ pub enum HostConn {
     Closed,
 }
 
+/// Where one virtqueue lives, as the driver set it up through the transport (§4.2.2): handed
+/// to a backend that services its queues itself ([`QueueServicer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueRing {
+    /// Queue size (QueueNum), in entries.
+    pub size: u16,
+    /// Guest physical address of the descriptor area (QueueDesc).
+    pub desc: u64,
+    /// Guest physical address of the driver area (QueueDriver: the available ring, or the
+    /// driver event suppression structure of a packed ring).
+    pub driver: u64,
+    /// Guest physical address of the device area (QueueDevice: the used ring, or the device
+    /// event suppression structure of a packed ring).
+    pub device: u64,
+}
+
+/// The queue work of a device done outside the reference device (a vhost-user back-end, for
+/// example): the transport keeps the registers, the status machine, feature negotiation and
+/// the configuration space, and hands each queue over instead of processing its chains.
+///
+/// Hook points in [`MmioDevice`](crate::MmioDevice) (version 2 only): a queue that becomes
+/// usable (at DRIVER_OK, or QueueReady 1 after it) is [`start`](Self::start)ed; a
+/// QueueNotify after DRIVER_OK (and not in DEVICE_NEEDS_RESET or FAILED) goes to
+/// [`notify`](Self::notify); QueueReady 0 and QueueReset (§2.6.1) [`stop`](Self::stop) the
+/// queue; device reset is [`DeviceBackend::reset`]. Used buffers the servicer signalled
+/// become InterruptStatus bit 0 when the transport polls
+/// [`take_used`](Self::take_used) (`MmioDevice::poll_queue_servicer`).
+pub trait QueueServicer {
+    /// Queue `queue` becomes usable with the rings at `ring`, after the features were
+    /// negotiated ([`DeviceBackend::negotiated`]).
+    fn start(&mut self, queue: u16, ring: QueueRing);
+    /// Available-buffer notification for `queue` (§2.7.13).
+    fn notify(&mut self, queue: u16);
+    /// The driver stopped or reset `queue`: the servicer must stop using its rings.
+    fn stop(&mut self, queue: u16);
+    /// Queues whose used-buffer notification arrived since the last call.
+    fn take_used(&mut self) -> Vec<u16>;
+}
+
 /// A device type behind the virtio-mmio transport.
 pub trait DeviceBackend: Send {
     /// DeviceID (chapter 5): 4 for entropy, 2 for block.
@@ -170,6 +209,11 @@ pub trait DeviceBackend: Send {
     /// copies it into the configuration space the driver reads, without changing
     /// ConfigGeneration (the driver made the change). Default: none.
     fn take_driver_write(&mut self) -> Option<(usize, Vec<u8>)> {
+        None
+    }
+    /// The backend services its queues itself ([`QueueServicer`]); the transport then never
+    /// pops a chain of its own. Default: `None`, the transport processes the queues.
+    fn queue_servicer(&mut self) -> Option<&mut dyn QueueServicer> {
         None
     }
 }

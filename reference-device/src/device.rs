@@ -665,6 +665,10 @@ impl MmioDevice {
         slot.q.set_indices(0, 0);
         slot.broken = false;
         slot.active = true;
+        if err.is_none() {
+            // A valid ring goes to the external servicer, if there is one.
+            self.external_start(i);
+        }
         if let Some(e) = err {
             if self.is(Mutant::InvalidQueueActivated) {
                 return;
@@ -703,6 +707,9 @@ impl MmioDevice {
         } else {
             p.validate(&self.ram, slot.max).err()
         };
+        if err.is_none() {
+            self.external_start(i);
+        }
         if let Some(e) = err {
             self.queues[i].broken = true;
             if self.is(Mutant::ActivationFailureSilent) {
@@ -915,7 +922,53 @@ impl MmioDevice {
                 self.activate(i);
             }
         }
+        if self.external(|s| s.notify(i as u16)) {
+            return;
+        }
         self.service(i);
+    }
+
+    // --- Queues serviced outside the device (`DeviceBackend::queue_servicer`) ---
+
+    /// Runs `f` on the backend's queue servicer; `false` when the transport services the
+    /// queues itself (no servicer, or a legacy device).
+    fn external(&mut self, f: impl FnOnce(&mut dyn crate::backend::QueueServicer)) -> bool {
+        if self.legacy() {
+            return false;
+        }
+        match self.backend.queue_servicer() {
+            Some(s) => {
+                f(s);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Hands ready queue `i`, whose size and layout the transport has validated, to the
+    /// backend's queue servicer, if it has one. An invalid ring is never handed over: the
+    /// transport treats it as it would its own (DEVICE_NEEDS_RESET).
+    fn external_start(&mut self, i: usize) -> bool {
+        let slot = &self.queues[i];
+        let ring = crate::backend::QueueRing {
+            size: slot.num.min(u16::MAX as u32) as u16,
+            desc: slot.q.desc_table,
+            driver: slot.q.avail_ring,
+            device: slot.q.used_ring,
+        };
+        self.external(|s| s.start(i as u16, ring))
+    }
+
+    /// Raises the used-buffer notification (InterruptStatus bit 0) for every queue whose
+    /// external servicer signalled used buffers since the last call
+    /// ([`QueueServicer::take_used`](crate::backend::QueueServicer::take_used)). Nothing
+    /// happens for a device that services its queues itself.
+    pub fn poll_queue_servicer(&mut self) {
+        let mut used = Vec::new();
+        self.external(|s| used = s.take_used());
+        for q in used {
+            self.raise(Interrupt::UsedBuffer { queue: q });
+        }
     }
 
     /// The host side delivers `data` on `port` (see [`DeviceBackend::host_send`]); the
@@ -1374,6 +1427,9 @@ impl MmioDevice {
                 if let Some(i) = self.selected() {
                     match v {
                         0 => {
+                            if self.queues[i].active {
+                                self.external(|s| s.stop(i as u16));
+                            }
                             self.queues[i].ready = false;
                             self.queues[i].active = false;
                         }
@@ -1423,6 +1479,9 @@ impl MmioDevice {
             SHM_SEL if !legacy => self.shm_sel = v,
             QUEUE_RESET if !legacy && v == 1 && self.negotiated(VIRTIO_F_RING_RESET) => {
                 if let Some(i) = self.selected() {
+                    if self.queues[i].active {
+                        self.external(|s| s.stop(i as u16));
+                    }
                     let max = self.queues[i].max;
                     self.queues[i] = QueueSlot::new(max, &self.cfg.knobs, self.cfg.mutant);
                 }

@@ -36,8 +36,8 @@ pub mod regs;
 
 pub use backend::{
     BalloonBackend, BlockBackend, ChainReader, ChainWriter, Completion, ConsoleBackend,
-    DeviceBackend, EntropyBackend, HostConn, HostOp, NetBackend, NetOptions, VsockBackend,
-    VsockHeader, VsockOptions,
+    DeviceBackend, EntropyBackend, HostConn, HostOp, NetBackend, NetOptions, QueueRing,
+    QueueServicer, VsockBackend, VsockHeader, VsockOptions,
 };
 pub use device::{
     DeviceConfig, Interrupt, Knobs, MalformedChainPolicy, MmioDevice, OpenRead, ShmRegion,

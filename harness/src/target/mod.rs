@@ -12,6 +12,7 @@ pub mod qemu_ram;
 pub mod qemu_vsock;
 pub mod qmp;
 pub mod reference;
+pub mod vhost_user;
 pub mod virtio_queue;
 
 pub use reference::ReferenceTarget;
@@ -393,6 +394,9 @@ pub enum TargetKind {
     Qemu,
     /// rust-vmm's virtio-queue behind the reference transport (entropy, version 2).
     VirtioQueue,
+    /// A vhost-user device back-end behind the reference transport (version 2), the harness
+    /// being the front-end ([`vhost_user`]).
+    VhostUser,
 }
 
 impl std::str::FromStr for TargetKind {
@@ -402,6 +406,7 @@ impl std::str::FromStr for TargetKind {
             "reference" => Ok(TargetKind::Reference),
             "qemu" => Ok(TargetKind::Qemu),
             "virtio-queue" => Ok(TargetKind::VirtioQueue),
+            "vhost-user" => Ok(TargetKind::VhostUser),
             _ => match s.strip_prefix("mutant:") {
                 Some(name) => Mutant::from_name(name)
                     .map(TargetKind::Mutant)
@@ -410,7 +415,7 @@ impl std::str::FromStr for TargetKind {
                         format!("unknown mutant `{name}`; known: {}", all.join(", "))
                     }),
                 None => Err(format!(
-                    "unknown target `{s}`: expected `reference`, `qemu`, `virtio-queue` or `mutant:<name>`"
+                    "unknown target `{s}`: expected `reference`, `qemu`, `virtio-queue`, `vhost-user` or `mutant:<name>`"
                 )),
             },
         }

@@ -4,7 +4,14 @@
 //! [`GuestRam`]. A range is checked against the guest memory regions without integer overflow
 //! before it is touched, and, when recording is switched on, every access is appended to a log
 //! that the harness inspects (the "device touched memory it must not" oracle).
+//!
+//! Two backings: a [`GuestMemoryMmap`] (what the targets and the tests use: it can be handed to
+//! other rust-vmm crates), and a flat byte vector at guest physical address 0
+//! ([`GuestRam::flat`]) for the fuzz bodies, where an access is a bounds check and a slice copy
+//! instead of a vm-memory region lookup and volatile slice.
 
+use std::collections::TryReserveError;
+use std::sync::{Arc, Mutex, MutexGuard};
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
     VolatileSlice,
@@ -47,14 +54,23 @@ pub struct OutOfBounds {
     pub len: u64,
 }
 
+/// Where the bytes of a [`GuestRam`] live.
+#[derive(Debug, Clone)]
+enum Backing {
+    /// vm-memory's mapping (shared by clones).
+    Mmap(GuestMemoryMmap),
+    /// One region at guest physical address 0 (shared by clones).
+    Flat(Arc<Mutex<Vec<u8>>>),
+}
+
 /// The guest memory as the device sees it.
 ///
-/// Cloning a [`GuestMemoryMmap`] shares the mapping, so the harness keeps a clone and sees the
-/// device's writes. Regions are cached as `[start, end)` pairs so a range check is a few
-/// comparisons.
+/// Cloning shares the bytes (a [`GuestMemoryMmap`] shares its mapping; a flat memory its
+/// vector), so the harness keeps a clone and sees the device's writes; the access log is not
+/// shared. Regions are cached as `[start, end)` pairs so a range check is a few comparisons.
 #[derive(Debug, Clone)]
 pub struct GuestRam {
-    mem: GuestMemoryMmap,
+    mem: Backing,
     regions: Vec<(u64, u64)>,
     recording: bool,
     log: Vec<MemoryAccess>,
@@ -72,7 +88,7 @@ impl GuestRam {
             .collect();
         regions.sort_unstable();
         GuestRam {
-            mem,
+            mem: Backing::Mmap(mem),
             regions,
             recording: false,
             log: Vec::new(),
@@ -87,9 +103,29 @@ impl GuestRam {
         Ok(Self::new(mem))
     }
 
-    /// The shared guest memory, for the harness (driver side) to lay out rings.
-    pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.mem
+    /// A flat guest memory of `size` bytes at guest physical address 0, zero-filled, not
+    /// backed by vm-memory (see the module documentation).
+    ///
+    /// Errors when `size` bytes cannot be allocated.
+    pub fn flat(size: u64) -> Result<Self, TryReserveError> {
+        let mut bytes = Vec::new();
+        bytes.try_reserve_exact(usize::try_from(size).unwrap_or(usize::MAX))?;
+        bytes.resize(size as usize, 0);
+        Ok(GuestRam {
+            mem: Backing::Flat(Arc::new(Mutex::new(bytes))),
+            regions: vec![(0, size)],
+            recording: false,
+            log: Vec::new(),
+        })
+    }
+
+    /// The shared vm-memory mapping, for the harness (driver side) to lay out rings; `None`
+    /// for a flat memory ([`GuestRam::flat`]).
+    pub fn memory(&self) -> Option<&GuestMemoryMmap> {
+        match &self.mem {
+            Backing::Mmap(m) => Some(m),
+            Backing::Flat(_) => None,
+        }
     }
 
     /// Total size in bytes of all regions.
@@ -148,11 +184,20 @@ impl GuestRam {
             self.record(AccessKind::Read, gpa, len);
             return Ok(());
         }
-        // The range lies inside one region, so one slice of that region covers it.
-        let slice =
-            region_slice(&self.regions, &self.mem, gpa, len).ok_or(OutOfBounds { gpa, len })?;
-        if slice.copy_to(buf) != buf.len() {
-            return Err(OutOfBounds { gpa, len });
+        match &self.mem {
+            Backing::Flat(bytes) => {
+                let bytes = lock(bytes);
+                let src = flat_range(&bytes, gpa, len).ok_or(OutOfBounds { gpa, len })?;
+                buf.copy_from_slice(src);
+            }
+            Backing::Mmap(mem) => {
+                // The range lies inside one region, so one slice of that region covers it.
+                let slice =
+                    region_slice(&self.regions, mem, gpa, len).ok_or(OutOfBounds { gpa, len })?;
+                if slice.copy_to(buf) != buf.len() {
+                    return Err(OutOfBounds { gpa, len });
+                }
+            }
         }
         if self.recording {
             self.log.push(MemoryAccess {
@@ -175,11 +220,21 @@ impl GuestRam {
             self.record(AccessKind::Write, gpa, len);
             return Ok(());
         }
-        // One region holds the whole range: see `read`.
-        let slice =
-            region_slice(&self.regions, &self.mem, gpa, len).ok_or(OutOfBounds { gpa, len })?;
-        if slice.len() != data.len() {
-            return Err(OutOfBounds { gpa, len });
+        match &self.mem {
+            Backing::Flat(bytes) => {
+                let mut bytes = lock(bytes);
+                let dst = flat_range_mut(&mut bytes, gpa, len).ok_or(OutOfBounds { gpa, len })?;
+                dst.copy_from_slice(data);
+            }
+            Backing::Mmap(mem) => {
+                // One region holds the whole range: see `read`.
+                let slice =
+                    region_slice(&self.regions, mem, gpa, len).ok_or(OutOfBounds { gpa, len })?;
+                if slice.len() != data.len() {
+                    return Err(OutOfBounds { gpa, len });
+                }
+                slice.copy_from(data);
+            }
         }
         if self.recording {
             self.log.push(MemoryAccess {
@@ -188,7 +243,6 @@ impl GuestRam {
                 len,
             });
         }
-        slice.copy_from(data);
         Ok(())
     }
 
@@ -228,4 +282,78 @@ fn region_slice<'a>(
     region
         .get_slice(MemoryRegionAddress(gpa - start), len as usize)
         .ok()
+}
+
+/// Locks a flat memory. A panic while the lock was held leaves plain bytes, which stay usable.
+fn lock(bytes: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
+    bytes
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The `len` bytes at `gpa` of a flat memory, when they lie inside it.
+fn flat_range(bytes: &[u8], gpa: u64, len: u64) -> Option<&[u8]> {
+    let start = usize::try_from(gpa).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    bytes.get(start..end)
+}
+
+/// Mutable form of [`flat_range`].
+fn flat_range_mut(bytes: &mut [u8], gpa: u64, len: u64) -> Option<&mut [u8]> {
+    let start = usize::try_from(gpa).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    bytes.get_mut(start..end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same accesses on both backings: same results, same bytes, same log.
+    #[test]
+    fn flat_and_mapped_memories_agree() {
+        let size = 0x1000u64;
+        let mut a = GuestRam::anonymous(size).unwrap();
+        let mut b = GuestRam::flat(size).unwrap();
+        a.set_recording(true);
+        b.set_recording(true);
+        let writes: [(u64, &[u8]); 6] = [
+            (0, &[1, 2, 3]),
+            (size - 2, &[9, 8]),
+            (size - 1, &[7, 7]),
+            (u64::MAX - 1, &[1, 2, 3]),
+            (size, &[]),
+            (size + 1, &[]),
+        ];
+        for (gpa, data) in writes {
+            assert_eq!(a.write(gpa, data), b.write(gpa, data), "write at {gpa:#x}");
+        }
+        for (gpa, len) in [
+            (0u64, 4usize),
+            (size - 2, 2),
+            (size - 2, 3),
+            (u64::MAX, 1),
+            (size, 0),
+        ] {
+            let (mut x, mut y) = (vec![0xaa; len], vec![0xaa; len]);
+            assert_eq!(a.read(gpa, &mut x), b.read(gpa, &mut y), "read at {gpa:#x}");
+            assert_eq!(x, y, "bytes at {gpa:#x}");
+        }
+        assert_eq!(a.accesses(), b.accesses());
+        assert_eq!((a.size(), a.end()), (b.size(), b.end()));
+        assert!(b.memory().is_none() && a.memory().is_some());
+    }
+
+    /// Clones of a flat memory share the bytes, not the log.
+    #[test]
+    fn flat_clones_share_bytes() {
+        let mut dev = GuestRam::flat(64).unwrap();
+        let mut drv = dev.clone();
+        dev.set_recording(true);
+        drv.write_u16(10, 0xbeef).unwrap();
+        assert_eq!(dev.read_u16(10), Ok(0xbeef));
+        assert_eq!(dev.accesses().len(), 1);
+        assert!(drv.accesses().is_empty());
+        assert_eq!(dev.read_u16(63), Err(OutOfBounds { gpa: 63, len: 2 }));
+    }
 }

@@ -53,7 +53,10 @@ use virtio_reference_device::{
     AccessKind, Budget, Completion, Descriptor, DeviceBackend, EntropyBackend, GuestRam,
     MemoryAccess, Mutant, QueueError, SplitQueue,
 };
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
 
 const TARGET: &str = "queue_chain";
 
@@ -515,46 +518,70 @@ pub fn queue_chain_on(data: &[u8], mutant: Option<Mutant>) -> Result<(), Finding
     result
 }
 
-/// The one guest memory both queues work on, reused across cases.
+/// The guest memory both queues work on, reused across cases.
 ///
-/// Both queues see the same bytes at every step: the driver writes once, the backend's writes
-/// into device-writable buffers are visible to both (a buffer may overlap a later chain's
-/// indirect table), and the used ring the reference writes is rewritten by `virtio-queue` and
-/// compared byte for byte ([`Run::add_used_both`]).
+/// The reference and the driver share one flat memory ([`GuestRam::flat`]: an access is a
+/// bounds check and a copy); `virtio-queue` needs vm-memory's `GuestMemory`, so it gets a
+/// mapping that is brought up to date with the flat bytes right before each of its calls
+/// ([`Run::sync_vq`]: only the span written since the last copy, by the driver or by the
+/// reference, whose writes are in its access log). So both queues see the same bytes at every step: the driver writes once,
+/// the backend's writes into device-writable buffers are visible to both (a buffer may overlap
+/// a later chain's indirect table), and the used ring `virtio-queue` writes over the
+/// reference's is compared byte for byte ([`Run::add_used_both`]).
 struct Pool {
     /// The reference's view (recording on).
     ram: GuestRam,
-    /// The driver's unrecorded view.
+    /// The driver's unrecorded view of the same bytes.
     drv_mem: GuestRam,
-    /// The same mapping, as `virtio-queue` takes it.
+    /// `virtio-queue`'s copy.
     vmem: GuestMemoryMmap,
+    /// Scratch for [`Run::sync_vq`].
+    scratch: Vec<u8>,
+    /// `[start, end)` of what any side may have written since both memories were last zero.
+    written: (u64, u64),
 }
 
 impl Pool {
     fn new() -> Option<Pool> {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).ok()?;
-        let mut ram = GuestRam::new(mem.clone());
+        let vmem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).ok()?;
+        let mut ram = GuestRam::flat(RAM_SIZE).ok()?;
+        let drv_mem = ram.clone();
         ram.set_recording(true);
         Some(Pool {
             ram,
-            drv_mem: GuestRam::new(mem.clone()),
-            vmem: mem,
+            drv_mem,
+            vmem,
+            scratch: vec![0; RAM_SIZE as usize],
+            written: (0, RAM_SIZE),
         })
     }
 
     fn run(&mut self, case: &QueueChainCase, mutant: Option<Mutant>) -> Result<(), Finding> {
         static ZEROS: [u8; RAM_SIZE as usize] = [0; RAM_SIZE as usize];
-        let _ = self.drv_mem.write(0, &ZEROS);
+        // Zero what the last case wrote, on both sides (the rings always: `virtio-queue`
+        // writes its used ring into its own copy).
+        let (lo, hi) = self.written;
+        let (lo, hi) = (lo.min(DESC_TABLE), hi.max(DATA).min(RAM_SIZE));
+        let zeros = &ZEROS[..(hi - lo) as usize];
+        let _ = self.drv_mem.write(lo, zeros);
+        let _ = self.vmem.write_slice(zeros, GuestAddress(lo));
         self.ram.take_accesses();
         let mut run = Run::new(case, self, mutant)?;
+        let mut result = Ok(());
         for (i, op) in case.ops.iter().enumerate() {
-            run.op(op).map_err(|f| f.at(i).on(mutant))?;
-            if run.dead {
-                return Ok(());
+            result = run.op(op).map_err(|f| f.at(i).on(mutant));
+            if result.is_err() || run.dead {
+                break;
             }
         }
-        // In the end the device processes whatever is still available.
-        run.kick().map_err(|f| f.at(case.ops.len()).on(mutant))
+        if result.is_ok() && !run.dead {
+            // In the end the device processes whatever is still available.
+            result = run.kick().map_err(|f| f.at(case.ops.len()).on(mutant));
+        }
+        run.fold_device_writes();
+        let written = run.written;
+        self.written = written;
+        result
     }
 }
 
@@ -862,6 +889,13 @@ struct Run<'m> {
     vmem: &'m GuestMemoryMmap,
     /// The driver's (unrecorded) view of the guest memory.
     drv_mem: &'m mut GuestRam,
+    scratch: &'m mut Vec<u8>,
+    /// `[start, end)` written since the last [`Run::sync_vq`] (empty when `start >= end`).
+    dirty: (u64, u64),
+    /// `[start, end)` written during this case.
+    written: (u64, u64),
+    /// Entries of the reference's access log already folded into `dirty`.
+    folded: usize,
     /// Accesses in the reference's log already checked.
     seen: usize,
     rq: SplitQueue,
@@ -884,7 +918,13 @@ impl<'m> Run<'m> {
         mutant: Option<Mutant>,
     ) -> Result<Self, Finding> {
         let cfg = case.config();
-        let Pool { ram, drv_mem, vmem } = pool;
+        let Pool {
+            ram,
+            drv_mem,
+            vmem,
+            scratch,
+            ..
+        } = pool;
         let mut rq = SplitQueue::new(cfg.size);
         rq.desc_table = DESC_TABLE;
         rq.avail_ring = AVAIL_RING;
@@ -911,6 +951,10 @@ impl<'m> Run<'m> {
             ram,
             vmem,
             drv_mem,
+            scratch,
+            dirty: (u64::MAX, 0),
+            written: (u64::MAX, 0),
+            folded: 0,
             seen: 0,
             rq,
             vq,
@@ -944,9 +988,57 @@ impl<'m> Run<'m> {
         USED_RING + 4 + 8 * self.cfg.size as u64
     }
 
+    /// Widens the dirty span by `len` bytes at `gpa` (clamped to guest memory).
+    fn mark(&mut self, gpa: u64, len: u64) {
+        let (lo, hi) = (gpa.min(RAM_SIZE), gpa.saturating_add(len).min(RAM_SIZE));
+        if lo < hi {
+            self.dirty = (self.dirty.0.min(lo), self.dirty.1.max(hi));
+            self.written = (self.written.0.min(lo), self.written.1.max(hi));
+        }
+    }
+
+    /// Adds the reference's writes logged since the last call to the dirty span.
+    fn fold_device_writes(&mut self) {
+        let from = self.folded.min(self.ram.accesses().len());
+        let mut span = (u64::MAX, 0u64);
+        for a in &self.ram.accesses()[from..] {
+            if a.kind == AccessKind::Write {
+                span = (span.0.min(a.gpa), span.1.max(a.end()));
+            }
+        }
+        self.folded = self.ram.accesses().len();
+        if span.0 < span.1 {
+            self.mark(span.0, span.1 - span.0);
+        }
+    }
+
+    /// Brings `virtio-queue`'s mapping up to date with the flat guest memory (before each of
+    /// its calls): copies the span written since the last call.
+    fn sync_vq(&mut self) -> Result<(), Finding> {
+        self.fold_device_writes();
+        let (lo, hi) = std::mem::replace(&mut self.dirty, (u64::MAX, 0));
+        if lo >= hi {
+            return Ok(());
+        }
+        let buf = &mut self.scratch[..(hi - lo) as usize];
+        self.drv_mem
+            .read(lo, buf)
+            .map_err(|e| Finding::new(TARGET, "harness", &[], format!("sync: {e}")))?;
+        // The one region directly: `Bytes::write_slice` walks a slice iterator per call.
+        let slice = self
+            .vmem
+            .iter()
+            .next()
+            .and_then(|r| r.get_slice(MemoryRegionAddress(lo), buf.len()).ok())
+            .ok_or_else(|| Finding::new(TARGET, "harness", &[], "sync: no guest memory"))?;
+        slice.copy_from(buf);
+        Ok(())
+    }
+
     /// Driver write into guest memory (not recorded: it is not the device).
     fn poke(&mut self, gpa: u64, data: &[u8]) {
         let _ = self.drv_mem.write(gpa, data);
+        self.mark(gpa, data.len() as u64);
     }
 
     fn poke_u16(&mut self, gpa: u64, v: u16) {
@@ -1289,8 +1381,10 @@ impl<'m> Run<'m> {
         })?;
         self.notification()?;
         if self.ram.accesses().len() > 4096 {
+            self.fold_device_writes();
             self.ram.take_accesses();
             self.seen = 0;
+            self.folded = 0;
         }
         Ok(())
     }
@@ -1299,6 +1393,7 @@ impl<'m> Run<'m> {
     fn pop_both(&mut self, budget: &mut Budget, rings: &[(u64, u64)]) -> Result<Popped, Finding> {
         let r = self.rq.pop(self.ram, budget);
         let (acc_from, acc_to) = self.unchecked();
+        self.sync_vq()?;
         let mut vd = std::mem::take(&mut self.vbuf);
         vd.clear();
         let v = self.vq.pop_descriptor_chain(self.vmem).map(|c| {
@@ -1525,10 +1620,13 @@ impl<'m> Run<'m> {
         let n = 4 + 8 * self.cfg.size as usize;
         let (mut before, mut after) = ([0u8; 4 + 8 * 16], [0u8; 4 + 8 * 16]);
         let _ = mem.read(USED_RING, &mut before[..n]);
+        self.sync_vq()?;
         self.vq
             .add_used(self.vmem, head, len)
             .map_err(|e| vq_err(format!("add_used({head}, {len}): {e}")))?;
-        let _ = self.drv_mem.read(USED_RING, &mut after[..n]);
+        let _ = self
+            .vmem
+            .read_slice(&mut after[..n], GuestAddress(USED_RING));
         if before[..n] != after[..n] {
             return Err(Finding::new(
                 TARGET,
@@ -1610,6 +1708,7 @@ impl<'m> Run<'m> {
                 ),
             ));
         }
+        self.sync_vq()?;
         let vq = self
             .vq
             .needs_notification(self.vmem)

@@ -230,7 +230,10 @@ impl Target for ReferenceTarget {
         let mut ram = GuestRam::anonymous(self.ram_size)
             .map_err(|e| TargetError::Unavailable(e.to_string()))?;
         ram.set_recording(true);
-        self.mem = ram.memory().clone();
+        self.mem = ram
+            .memory()
+            .cloned()
+            .ok_or_else(|| TargetError::Unavailable("guest memory has no mapping".into()))?;
         self.dev = Some((self.factory)(ram));
         Ok(())
     }

@@ -19,7 +19,7 @@
 //! | no panic, no hang (step budget) | SPLIT-DEV-MALFORMED-CHAIN |
 //! | the device writes only the used rings and device-writable buffers of chains it was given | VQ-DEV-03, VQ-DEV-05 |
 //! | a used element names a head the driver made available and its `len` is at most the chain's device-writable bytes | VQ-DEV-01 |
-//! | the page frame numbers the host receives for a used inflate/deflate request equal the 32-bit little-endian numbers the driver wrote, whatever the split | BAL-DEV-05, VQ-DEV-01 |
+//! | the page frame numbers the host receives for a used inflate/deflate request equal (as a multiset) the 32-bit little-endian numbers the driver wrote, whatever the split | BAL-DEV-05, VQ-DEV-01 |
 //! | the statistics the host receives for a used statsq buffer equal the recognized tag/value pairs the driver wrote, whatever the split and the tag order; unknown tags are ignored | BAL-DEV-11, BAL-DEV-12, VQ-DEV-01 |
 //! | every inflate/deflate request made available after DRIVER_OK is used (the in-process device works synchronously) | BAL-DEV-06 |
 //! | a host request for statistics uses the held statsq buffer | BAL-DEV-10 |
@@ -42,8 +42,8 @@ use virtio_reference_device::devices::balloon::{
 };
 use virtio_reference_device::regs::*;
 use virtio_reference_device::{
-    AccessKind, BalloonBackend, Descriptor, DeviceConfig, DriverQueue, GuestRam, MmioDevice,
-    Mutant, TransportVersion,
+    AccessKind, BalloonBackend, Descriptor, DeviceBackend, DeviceConfig, DriverQueue, GuestRam,
+    MmioDevice, Mutant, TransportVersion,
 };
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -269,8 +269,17 @@ pub fn device_chains(data: &[u8]) -> Result<(), Finding> {
 /// Runs `data` against the reference device (`None`) or `mutant`; returns the first oracle
 /// that fired.
 pub fn device_chains_on(data: &[u8], mutant: Option<Mutant>) -> Result<(), Finding> {
+    run_on(data, mutant, Box::new(BalloonBackend::new(0)))
+}
+
+/// Runs `data` against an MMIO device with `backend` (the balloon, or a test's variant).
+fn run_on(
+    data: &[u8],
+    mutant: Option<Mutant>,
+    backend: Box<dyn DeviceBackend>,
+) -> Result<(), Finding> {
     let case = decode_device_chains(data);
-    let mut run = Run::new(&case, mutant).map_err(|f| f.on(mutant))?;
+    let mut run = Run::new(&case, mutant, backend).map_err(|f| f.on(mutant))?;
     for (i, op) in case.ops.iter().enumerate() {
         run.step = i;
         run.op(op).map_err(|f| f.at(i).on(mutant))?;
@@ -315,6 +324,25 @@ struct Run {
     step: usize,
 }
 
+/// A request as the oracles compare it: the balloon is a set of pages, so the page frame
+/// numbers of one inflate/deflate request are compared in ascending order (the spec gives
+/// their order no meaning); statistics are already canonical ([`canonical_stats`]).
+fn host_view(q: usize, mut rec: Vec<u8>) -> Vec<u8> {
+    if q < 2 {
+        let mut pfns: Vec<[u8; 4]> = rec
+            .chunks(4)
+            .map(|c| {
+                let mut e = [0u8; 4];
+                e[..c.len()].copy_from_slice(c);
+                e
+            })
+            .collect();
+        pfns.sort_by_key(|e| u32::from_le_bytes(*e));
+        rec = pfns.concat();
+    }
+    rec
+}
+
 fn err(oracle: &'static str, reqs: &[&'static str], msg: impl Into<String>) -> Finding {
     Finding::new(TARGET, oracle, reqs, msg)
 }
@@ -327,7 +355,11 @@ fn target_error(e: TargetError) -> Finding {
 }
 
 impl Run {
-    fn new(case: &DeviceChainsCase, mutant: Option<Mutant>) -> Result<Self, Finding> {
+    fn new(
+        case: &DeviceChainsCase,
+        mutant: Option<Mutant>,
+        backend: Box<dyn DeviceBackend>,
+    ) -> Result<Self, Finding> {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)])
             .map_err(|e| err("setup", &[], e.to_string()))?;
         let mut ram = GuestRam::new(mem.clone());
@@ -336,7 +368,7 @@ impl Run {
         cfg.mutant = mutant;
         cfg.step_budget = STEP_BUDGET;
         cfg.queue_num_max = vec![256; QUEUES as usize];
-        let dev = MmioDevice::new(cfg, Box::new(BalloonBackend::new(0)), ram);
+        let dev = MmioDevice::new(cfg, backend, ram);
         let mut run = Run {
             dev: Some(dev),
             mem,
@@ -740,7 +772,7 @@ impl Run {
                 }
                 qs.free.extend(o.descs.iter().rev());
                 match o.expect {
-                    Some(e) => self.expect[q].push((e, o.op)),
+                    Some(e) => self.expect[q].push((host_view(q, e), o.op)),
                     None => self.lenient[q] = true,
                 }
             }
@@ -752,7 +784,7 @@ impl Run {
             .enumerate()
         {
             let recs = dev.host_take(port).unwrap_or_default();
-            self.host[q].extend(recs);
+            self.host[q].extend(recs.into_iter().map(|r| host_view(q, r)));
         }
         for q in 0..3 {
             let mut left = Vec::new();
@@ -916,4 +948,158 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         .into_iter()
         .map(|(n, c)| (format!("seed-{n}"), c.encode()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_reference_device::{ChainWriter, Completion};
+
+    /// What a test balloon does besides the reference's work.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Twist {
+        /// Writes 4 bytes into the first (device-readable) buffer of an inflate request.
+        WriteReadable,
+        /// Reports 4 bytes more than it wrote in the used element.
+        LenTooLarge,
+        /// Writes into the device-writable buffers of a chain (allowed) and reports them.
+        WriteWritable,
+        /// Gives the host the page frame numbers of a request in reverse order (allowed).
+        ReorderPfns,
+        /// Gives the host all but the last page frame number of a request.
+        DropLastPfn,
+    }
+
+    /// The reference balloon with one [`Twist`].
+    struct Twisted(BalloonBackend, Twist);
+
+    impl DeviceBackend for Twisted {
+        fn device_id(&self) -> u32 {
+            self.0.device_id()
+        }
+        fn features(&self) -> u64 {
+            self.0.features()
+        }
+        fn num_queues(&self) -> u16 {
+            self.0.num_queues()
+        }
+        fn config(&self) -> &[u8] {
+            self.0.config()
+        }
+        fn name(&self) -> &'static str {
+            "twisted-balloon"
+        }
+        fn process(&mut self, queue: u16, chain: &[Descriptor], ram: &mut GuestRam) -> Completion {
+            let c = self.0.process(queue, chain, ram);
+            match (self.1, c) {
+                (Twist::WriteReadable, Completion::Written(_)) if queue == 0 => {
+                    let _ = ram.write(chain[0].addr, &[0xee; 4]);
+                    Completion::Written(0)
+                }
+                (Twist::LenTooLarge, Completion::Written(n)) => Completion::Written(n + 4),
+                (Twist::WriteWritable, Completion::Written(_)) => {
+                    let mut w = ChainWriter::new(chain);
+                    let _ = w.write(ram, &[0x5a; 8]);
+                    Completion::Written(w.written())
+                }
+                (_, c) => c,
+            }
+        }
+        fn release_held(&mut self, queue: u16) -> bool {
+            self.0.release_held(queue)
+        }
+        fn host_send(&mut self, port: u32, data: &[u8]) -> Result<Vec<u16>, String> {
+            self.0.host_send(port, data)
+        }
+        fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, String> {
+            let mut r = self.0.host_take(port)?;
+            if self.1 == Twist::DropLastPfn && port == PORT_INFLATE {
+                for rec in &mut r {
+                    rec.truncate(rec.len().saturating_sub(4));
+                }
+            }
+            if self.1 == Twist::ReorderPfns && port == PORT_INFLATE {
+                for rec in &mut r {
+                    let mut chunks: Vec<Vec<u8>> = rec.chunks(4).map(|c| c.to_vec()).collect();
+                    chunks.reverse();
+                    *rec = chunks.concat();
+                }
+            }
+            Ok(r)
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            self.0.write_config(offset, data)
+        }
+        fn reset(&mut self) {
+            self.0.reset()
+        }
+        fn negotiated(&mut self, features: u64) {
+            self.0.negotiated(features)
+        }
+        fn take_config_update(&mut self) -> Option<(usize, Vec<u8>)> {
+            self.0.take_config_update()
+        }
+        fn host_config_changed(&mut self, offset: usize, data: &[u8]) {
+            self.0.host_config_changed(offset, data)
+        }
+        fn take_driver_write(&mut self) -> Option<(usize, Vec<u8>)> {
+            self.0.take_driver_write()
+        }
+    }
+
+    fn run(data: &[u8], t: Twist) -> Result<(), Finding> {
+        run_on(data, None, Box::new(Twisted(BalloonBackend::new(0), t)))
+    }
+
+    /// Inflate 3 PFNs split over two descriptors, then an inflate request with a trailing
+    /// device-writable descriptor of 12 bytes.
+    fn input() -> Vec<u8> {
+        let pfns = vec![[1, 0, 0, 0], [2, 0, 0, 0], [3, 0, 0, 0]];
+        DeviceChainsCase {
+            device: 0,
+            features: 0,
+            ops: vec![
+                DcOp::Chain {
+                    queue: 0,
+                    entries: pfns.clone(),
+                    cuts: vec![100],
+                    flags: 0,
+                    extra: 0,
+                },
+                DcOp::Chain {
+                    queue: 0,
+                    entries: pfns,
+                    cuts: vec![],
+                    flags: F_WRITABLE_AFTER,
+                    extra: 12,
+                },
+            ],
+        }
+        .encode()
+    }
+
+    #[test]
+    fn encode_round_trips_through_decode() {
+        for (_, bytes) in seeds() {
+            assert_eq!(decode_device_chains(&bytes).encode(), bytes);
+        }
+    }
+
+    #[test]
+    fn reference_and_permitted_variants_are_clean() {
+        assert_eq!(device_chains_on(&input(), None), Ok(()));
+        // Writing into the device-writable buffer it was given, and reporting those bytes,
+        // is allowed even though the balloon's requests have no writable part.
+        assert_eq!(run(&input(), Twist::WriteWritable), Ok(()));
+        // The order of the page frame numbers within a request carries no meaning.
+        assert_eq!(run(&input(), Twist::ReorderPfns), Ok(()));
+    }
+
+    #[test]
+    fn oracles_fire_on_misbehaving_devices() {
+        let oracle = |t| run(&input(), t).unwrap_err().oracle;
+        assert_eq!(oracle(Twist::WriteReadable), "write-outside-writable");
+        assert_eq!(oracle(Twist::LenTooLarge), "used-len-too-large");
+        assert_eq!(oracle(Twist::DropLastPfn), "pfns-differ");
+    }
 }

@@ -20,6 +20,7 @@
 //! [`MUTANT_ENV`] (`VIRTIO_CONFORM_MUTANT=<name>`), read once per process.
 
 pub mod crash;
+pub mod device_chains;
 pub mod diff_mmio;
 pub mod diff_target;
 mod encode;
@@ -42,7 +43,13 @@ pub use queue_chain::{decode_queue_chain, queue_chain, queue_chain_on, QueueChai
 
 /// Names of the fuzz targets, as used by `cargo fuzz run <name>`, the corpus folders and
 /// [`replay`].
-pub const TARGETS: &[&str] = &["queue_chain", "mmio_regs", "diff_mmio", "packed_chain"];
+pub const TARGETS: &[&str] = &[
+    "queue_chain",
+    "mmio_regs",
+    "diff_mmio",
+    "packed_chain",
+    "device_chains",
+];
 
 /// Environment variable that pins one mutant (by its [`Mutant::name`]) for a whole run.
 pub const MUTANT_ENV: &str = "VIRTIO_CONFORM_MUTANT";
@@ -215,6 +222,10 @@ pub fn replay_on(
         "packed_chain" => (
             packed_chain::decode_packed_chain(data).to_string(),
             packed_chain::packed_chain_on(data, mutant).err(),
+        ),
+        "device_chains" => (
+            device_chains::decode_device_chains(data).to_string(),
+            device_chains::device_chains_on(data, mutant).err(),
         ),
         other => {
             return Err(format!(

@@ -37,6 +37,7 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
                 (format!("seed-{n}"), dc.encode())
             })
             .collect(),
+        "device_chains" => super::device_chains::seeds(),
         _ => Vec::new(),
     }
 }

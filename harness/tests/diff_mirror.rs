@@ -179,6 +179,7 @@ fn every_mutant_is_still_found() {
         (DeviceKind::Net, TransportVersion::Legacy),
         (DeviceKind::Balloon, TransportVersion::Modern),
         (DeviceKind::Balloon, TransportVersion::Legacy),
+        (DeviceKind::Vsock, TransportVersion::Modern),
     ];
     let mut missed = Vec::new();
     for &m in Mutant::ALL {

@@ -30,6 +30,7 @@ pub mod packed_chain;
 pub mod queue_chain;
 pub mod seeds;
 pub mod small_target;
+pub mod vsock_packets;
 
 use std::fmt;
 use std::sync::OnceLock;

@@ -86,6 +86,9 @@ done
 for dev in entropy block console net; do
   suite_run "$bin" run --target reference --device "$dev" --version 2 --ring packed --strict
 done
+# The socket device (vsock, §5.10) has no legacy interface: version 2 only.
+suite_run "$bin" run --target reference --device vsock --version 2 --strict
+suite_run "$bin" run --target reference --device vsock --version 2 --ring packed --strict
 
 echo "== suite: reference target under each driver personality"
 for drv in linux netbsd freebsd rcore legacy; do
@@ -94,6 +97,7 @@ for drv in linux netbsd freebsd rcore legacy; do
       suite_run "$bin" run --target reference --device "$dev" --version "$ver" --driver "$drv" --strict
     done
   done
+  suite_run "$bin" run --target reference --device vsock --version 2 --driver "$drv" --strict
 done
 
 echo "== trace replay: the committed Linux traces against the reference configured like the traced device"

@@ -693,6 +693,10 @@ pub enum Op {
         save_src_port: Option<String>,
         #[serde(default)]
         none: bool,
+        /// Skip packets that do not match instead of failing on the first one (packets the
+        /// spec lets the device send or not, e.g. answers to invalid packets).
+        #[serde(default)]
+        skip_unmatched: bool,
         #[serde(flatten)]
         grade: Grade,
     },

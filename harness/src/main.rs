@@ -404,6 +404,12 @@ fn check_target_args(t: &TargetArgs) -> Result<(), String> {
     {
         return Err("the virtio-queue target is an entropy device over transport version 2".into());
     }
+    if device == DeviceKind::Vsock && version == virtio_reference_device::TransportVersion::Legacy {
+        return Err(
+            "the socket device (vsock) is unsupported over transport version 1: §5.10 defines no legacy interface; use --version 2"
+                .into(),
+        );
+    }
     Ok(())
 }
 

@@ -17,7 +17,7 @@ pub use crate::devices::block::{
 pub use crate::devices::console::ConsoleBackend;
 pub use crate::devices::entropy::EntropyBackend;
 pub use crate::devices::net::{NetBackend, NetOptions};
-pub use crate::devices::vsock::{VsockBackend, VsockHeader};
+pub use crate::devices::vsock::{VsockBackend, VsockHeader, VsockOptions};
 
 /// What a backend reports for one chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -37,7 +37,7 @@ pub mod regs;
 pub use backend::{
     BalloonBackend, BlockBackend, ChainReader, ChainWriter, Completion, ConsoleBackend,
     DeviceBackend, EntropyBackend, HostConn, HostOp, NetBackend, NetOptions, VsockBackend,
-    VsockHeader,
+    VsockHeader, VsockOptions,
 };
 pub use device::{
     DeviceConfig, Interrupt, Knobs, MalformedChainPolicy, MmioDevice, OpenRead, ShmRegion,

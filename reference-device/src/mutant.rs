@@ -207,6 +207,8 @@ pub enum Mutant {
     VsockTxHeaderFirstDescriptorOnly,
     /// VSOCK-DEV-21 (§5.10.6.7): a guest_cid change (migration) drops the connections without a TRANSPORT_RESET event.
     VsockNoTransportReset,
+    /// VSOCK-DEV-17 (§5.10.6.5): SHUTDOWN hints are not remembered, so RECEIVE then SEND never ends the connection.
+    VsockShutdownNotCumulative,
 }
 
 impl Mutant {
@@ -299,6 +301,7 @@ impl Mutant {
         Mutant::VsockCreditRequestIgnored,
         Mutant::VsockTxHeaderFirstDescriptorOnly,
         Mutant::VsockNoTransportReset,
+        Mutant::VsockShutdownNotCumulative,
     ];
 
     /// Command-line name, e.g. `avail-idx-jump-unchecked` (used as `mutant:<name>`).
@@ -393,6 +396,7 @@ impl Mutant {
             Mutant::VsockCreditRequestIgnored => "vsock-credit-request-ignored",
             Mutant::VsockTxHeaderFirstDescriptorOnly => "vsock-tx-header-first-descriptor-only",
             Mutant::VsockNoTransportReset => "vsock-no-transport-reset",
+            Mutant::VsockShutdownNotCumulative => "vsock-shutdown-not-cumulative",
         }
     }
 
@@ -486,6 +490,7 @@ impl Mutant {
             Mutant::VsockCreditRequestIgnored => "VSOCK-credit",
             Mutant::VsockTxHeaderFirstDescriptorOnly => "B-layout",
             Mutant::VsockNoTransportReset => "VSOCK-event",
+            Mutant::VsockShutdownNotCumulative => "VSOCK-shutdown",
         }
     }
 

@@ -171,6 +171,8 @@ struct Conn {
     out: VecDeque<u8>,
     inbound: Vec<Vec<u8>>,
     shutdown_sent: bool,
+    /// SHUTDOWN flags the driver sent so far (the hints are permanent, §5.10.6.5).
+    driver_shutdown: u32,
 }
 
 impl Conn {
@@ -187,6 +189,7 @@ impl Conn {
             out: VecDeque::new(),
             inbound: Vec::new(),
             shutdown_sent: false,
+            driver_shutdown: 0,
         }
     }
 
@@ -201,6 +204,40 @@ impl Conn {
     fn credit(&self) -> u32 {
         let in_flight = self.tx_cnt.wrapping_sub(self.peer_fwd_cnt);
         self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+}
+
+/// The choices the spec leaves to a socket device, for permitted-variant tests. The
+/// [`Default`] is the reference's behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VsockOptions {
+    /// `guest_cid` (§5.10.4; default [`DEFAULT_GUEST_CID`]).
+    pub guest_cid: u64,
+    /// `buf_alloc` the device advertises, in bytes (default [`DEVICE_BUF_ALLOC`]).
+    pub buf_alloc: u32,
+    /// The most payload bytes per RW packet the device sends (default [`MAX_PAYLOAD`]).
+    pub max_rw_payload: u32,
+    /// The first host port for host-initiated connections (default [`FIRST_HOST_PORT`]).
+    pub first_host_port: u32,
+    /// Answer packets for unknown connections with RST (default) or drop them.
+    pub rst_unknown: bool,
+    /// The host closes with RST instead of SHUTDOWN (both are allowed, §5.10.6.5).
+    pub close_with_rst: bool,
+    /// Send a CREDIT_UPDATE after every RW packet received, unasked (allowed, §5.10.6.3).
+    pub eager_credit_updates: bool,
+}
+
+impl Default for VsockOptions {
+    fn default() -> Self {
+        VsockOptions {
+            guest_cid: DEFAULT_GUEST_CID,
+            buf_alloc: DEVICE_BUF_ALLOC,
+            max_rw_payload: MAX_PAYLOAD,
+            first_host_port: FIRST_HOST_PORT,
+            rst_unknown: true,
+            close_with_rst: false,
+            eager_credit_updates: false,
+        }
     }
 }
 
@@ -228,13 +265,24 @@ pub struct VsockBackend {
     next_host_port: u32,
     wakeups: Vec<u16>,
     mutant: Option<Mutant>,
+    opts: VsockOptions,
 }
 
 impl VsockBackend {
     /// A socket device whose driver has CID `guest_cid` (§5.10.4: not 0, 1, 2, 0xffffffff
     /// or all ones; the upper 32 bits are reserved).
     pub fn new(guest_cid: u64) -> Self {
+        VsockBackend::with_options(VsockOptions {
+            guest_cid,
+            ..VsockOptions::default()
+        })
+    }
+
+    /// A socket device making the choices `opts` describes.
+    pub fn with_options(opts: VsockOptions) -> Self {
+        let guest_cid = opts.guest_cid;
         VsockBackend {
+            opts,
             config: guest_cid.to_le_bytes().to_vec(),
             guest_cid,
             negotiated: 0,
@@ -243,7 +291,7 @@ impl VsockBackend {
             names: BTreeMap::new(),
             ctl: VecDeque::new(),
             events: VecDeque::new(),
-            next_host_port: FIRST_HOST_PORT,
+            next_host_port: opts.first_host_port,
             wakeups: Vec::new(),
             mutant: None,
         }
@@ -277,7 +325,7 @@ impl VsockBackend {
             type_: VIRTIO_VSOCK_TYPE_STREAM,
             op,
             flags: 0,
-            buf_alloc: DEVICE_BUF_ALLOC,
+            buf_alloc: self.opts.buf_alloc,
             fwd_cnt,
         }
     }
@@ -294,6 +342,13 @@ impl VsockBackend {
 
     fn rst_to(&mut self, req: &VsockHeader) {
         if req.op == VIRTIO_VSOCK_OP_RST {
+            return;
+        }
+        let spec_answer = req.op == VIRTIO_VSOCK_OP_REQUEST
+            || req.type_ != VIRTIO_VSOCK_TYPE_STREAM
+            || req.dst_cid != HOST_CID;
+        if !self.opts.rst_unknown && !spec_answer {
+            // A packet for no connection: this variant drops it.
             return;
         }
         let h = self.header(req.dst_port, req.src_port, VIRTIO_VSOCK_OP_RST, 0);
@@ -375,7 +430,11 @@ impl VsockBackend {
             }
             (VIRTIO_VSOCK_OP_SHUTDOWN, Some(c)) if self.conns[c].state != State::Connecting => {
                 // The hints are cumulative (§5.10.6.5); both set: the driver is done.
-                if h.flags & 3 == 3 || self.conns[c].state == State::HostClosing {
+                if self.is(Mutant::VsockShutdownNotCumulative) {
+                    self.conns[c].driver_shutdown = 0;
+                }
+                self.conns[c].driver_shutdown |= h.flags & 3;
+                if self.conns[c].driver_shutdown == 3 || self.conns[c].state == State::HostClosing {
                     self.conns[c].state = State::Closed;
                     self.reply(c, VIRTIO_VSOCK_OP_RST);
                 }
@@ -386,7 +445,9 @@ impl VsockBackend {
                 k.inbound.push(payload);
                 // The host consumed the bytes: tell the driver once half its view of the
                 // space is used up.
-                if k.rx_cnt.wrapping_sub(k.fwd_told) >= DEVICE_BUF_ALLOC / 2 {
+                if k.rx_cnt.wrapping_sub(k.fwd_told) >= self.opts.buf_alloc / 2
+                    || self.opts.eager_credit_updates
+                {
                     self.reply(c, VIRTIO_VSOCK_OP_CREDIT_UPDATE);
                 }
             }
@@ -441,12 +502,9 @@ impl VsockBackend {
         }
         let c = self.conns.iter().position(|c| self.sendable(c))?;
         let ignore = self.is(Mutant::VsockIgnoresCredit);
+        let max = self.opts.max_rw_payload.clamp(1, MAX_PAYLOAD) as usize;
         let k = &mut self.conns[c];
-        let mut n = k
-            .out
-            .len()
-            .min(room - VSOCK_HDR_LEN)
-            .min(MAX_PAYLOAD as usize);
+        let mut n = k.out.len().min(room - VSOCK_HDR_LEN).min(max);
         if !ignore {
             n = n.min(k.credit() as usize);
         }
@@ -606,9 +664,14 @@ impl DeviceBackend for VsockBackend {
             }
             HostOp::Close { port } => {
                 self.listeners.remove(&port);
+                let with_rst = self.opts.close_with_rst;
                 if let Some(c) = self.conn_named(port) {
                     let k = &mut self.conns[c];
                     match k.state {
+                        State::Open if with_rst => {
+                            k.state = State::Closed;
+                            self.reply(c, VIRTIO_VSOCK_OP_RST);
+                        }
                         State::Open => {
                             k.state = State::HostClosing;
                             if k.out.is_empty() {

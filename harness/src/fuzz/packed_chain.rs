@@ -301,7 +301,10 @@ impl Rig {
             ));
         }
         // Used descriptors carry the flags of their lap: from the driver's next used position
-        // to the ring end the current Device Ring Wrap Counter, before it the next one.
+        // to the ring end the current Device Ring Wrap Counter, before it the next one. After
+        // a list ending in NEXT (`lax`) the device's ring position is not the driver's to
+        // know (the list may have run on into slots of another lap), so only what §2.8.1 says
+        // of every used descriptor is checked: AVAIL equals USED.
         let mut flag_slots: Vec<u64> = log
             .iter()
             .filter(|a| a.kind == AccessKind::Write && a.gpa >= self.pq.desc && a.gpa < ring_end)
@@ -320,7 +323,12 @@ impl Rig {
                 !self.pq.used_wrap
             };
             let bits = d.flags & (VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED);
-            if bits != used_bits(wrap) {
+            let ok = if self.lax {
+                bits == used_bits(true) || bits == used_bits(false)
+            } else {
+                bits == used_bits(wrap)
+            };
+            if !ok {
                 return Err(self.finding(
                     "used-flags-wrong-lap",
                     &["PACKED-DEV-01"],
@@ -615,6 +623,36 @@ mod tests {
         assert_eq!(stray(&mut rig, stale_tail), Ok(()));
         assert_eq!(stray(&mut rig, stale_tail - 8), Err("stray-write"));
         assert_eq!(stray(&mut rig, 0x3_0000), Err("stray-write"));
+    }
+
+    /// After a list ending in NEXT the device's lap is unknown: a used descriptor of either
+    /// lap passes, one whose AVAIL and USED differ still does not.
+    #[test]
+    fn lax_lists_accept_either_lap_of_used_flags() {
+        let mut rig = Rig::new(4, None).unwrap();
+        rig.init(4, 0);
+        let slot = 2u64;
+        let at = rig.pq.desc + 16 * slot;
+        let mut write_flags = |rig: &mut Rig, flags: u16| {
+            rig.dev
+                .ram_mut()
+                .write(at + 14, &flags.to_le_bytes())
+                .unwrap();
+            rig.check_accesses().map_err(|f| f.oracle)
+        };
+        // The driver expects the current lap (wrap counter 1) at slot 2.
+        assert_eq!(write_flags(&mut rig, used_bits(true)), Ok(()));
+        assert_eq!(
+            write_flags(&mut rig, used_bits(false)),
+            Err("used-flags-wrong-lap")
+        );
+        rig.lax = true;
+        assert_eq!(write_flags(&mut rig, used_bits(false)), Ok(()));
+        assert_eq!(write_flags(&mut rig, used_bits(true)), Ok(()));
+        assert_eq!(
+            write_flags(&mut rig, VIRTQ_DESC_F_AVAIL),
+            Err("used-flags-wrong-lap")
+        );
     }
 
     #[test]

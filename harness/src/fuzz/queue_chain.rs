@@ -561,7 +561,7 @@ impl Pool {
         // Zero what the last case wrote, on both sides (the rings always: `virtio-queue`
         // writes its used ring into its own copy).
         let (lo, hi) = self.written;
-        let (lo, hi) = (lo.min(DESC_TABLE), hi.max(DATA).min(RAM_SIZE));
+        let (lo, hi) = (lo.min(DESC_TABLE), hi.clamp(DATA, RAM_SIZE));
         let zeros = &ZEROS[..(hi - lo) as usize];
         let _ = self.drv_mem.write(lo, zeros);
         let _ = self.vmem.write_slice(zeros, GuestAddress(lo));

@@ -479,6 +479,9 @@ pub enum Op {
         #[serde(default)]
         queue: u16,
         count: Option<u16>,
+        /// At least this many elements are used (instead of exactly `count`), for statements
+        /// that set no exact number.
+        count_min: Option<u16>,
         len: Option<Num>,
         len_max: Option<Num>,
         len_min: Option<Num>,

@@ -1054,12 +1054,21 @@ impl Exec<'_> {
             Op::ExpectUsed {
                 queue,
                 count,
+                count_min,
                 len,
                 len_max,
                 len_min,
                 none,
                 grade,
-            } => self.expect_used(*queue, *count, *len, *len_max, *len_min, *none, grade)?,
+            } => self.expect_used(
+                *queue,
+                UsedCount::from_step(*count, *count_min),
+                *len,
+                *len_max,
+                *len_min,
+                *none,
+                grade,
+            )?,
             Op::ExpectData {
                 queue,
                 data,
@@ -1846,7 +1855,7 @@ impl Exec<'_> {
     fn expect_used(
         &mut self,
         queue: u16,
-        count: Option<u16>,
+        count: UsedCount,
         len: Option<crate::case::Num>,
         len_max: Option<crate::case::Num>,
         len_min: Option<crate::case::Num>,
@@ -1867,15 +1876,24 @@ impl Exec<'_> {
             );
             return Ok(());
         }
-        let want = count.unwrap_or(1);
+        let (want, at_least) = match count {
+            UsedCount::Exactly(n) => (n, false),
+            UsedCount::AtLeast(n) => (n, true),
+        };
         let n = self.wait_used(queue, want, USED_WAIT)?;
         self.observe(format!("used q{queue} count"), n.to_string());
         if !self.check(
             g,
             &[],
-            n == want,
+            if at_least { n >= want } else { n == want },
             Severity::Low,
-            || format!("used.idx advanced by {want}"),
+            || {
+                if at_least {
+                    format!("used.idx advanced by at least {want}")
+                } else {
+                    format!("used.idx advanced by {want}")
+                }
+            },
             || format!("advanced by {n}"),
         ) {
             if n == 0 {
@@ -2200,5 +2218,23 @@ fn saved_text<T: std::fmt::LowerHex>(v: Option<T>) -> String {
     match v {
         Some(v) => format!("{v:#x}"),
         None => "not saved by an earlier step".to_string(),
+    }
+}
+
+/// How many used elements an `expect_used` step asks for.
+#[derive(Debug, Clone, Copy)]
+enum UsedCount {
+    /// Exactly this many (`count`, default 1).
+    Exactly(u16),
+    /// At least this many (`count_min`).
+    AtLeast(u16),
+}
+
+impl UsedCount {
+    fn from_step(count: Option<u16>, count_min: Option<u16>) -> Self {
+        match (count, count_min) {
+            (_, Some(m)) => UsedCount::AtLeast(m),
+            (c, None) => UsedCount::Exactly(c.unwrap_or(1)),
+        }
     }
 }

@@ -300,6 +300,7 @@ fn a_step_on_a_queue_never_set_up_is_a_case_error() {
         op: Op::ExpectUsed {
             queue: 3,
             count: None,
+            count_min: None,
             len: None,
             len_max: None,
             len_min: None,

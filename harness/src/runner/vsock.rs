@@ -7,7 +7,8 @@
 //! `host_op`/`host_conn`/`host_send`/`host_take`), so they run unchanged on out-of-process
 //! targets. They assume nothing the spec leaves to the device: the host port of a connection
 //! the host opens is whatever the device chose (saved with `save_src_port`), any `buf_alloc`
-//! the device states is accepted, unsolicited CREDIT_UPDATE packets are skipped, and stream
+//! the device states is accepted, unprompted CREDIT_UPDATE and CREDIT_REQUEST packets and packets
+//! with op 0 are noted and passed over, and stream
 //! data may arrive split into RW packets of any size.
 //!
 //! Every packet taken is checked against the device rules that hold for all packets: a
@@ -36,6 +37,9 @@ const OP_REQUEST: u16 = 1;
 const OP_RST: u16 = 3;
 const OP_RW: u16 = 5;
 const OP_CREDIT_UPDATE: u16 = 6;
+const OP_CREDIT_REQUEST: u16 = 7;
+/// `op` 0 (VIRTIO_VSOCK_OP_INVALID): the spec gives it no meaning.
+const OP_INVALID: u16 = 0;
 /// `buf_alloc` a driver port advertises until a step gives another.
 const DEFAULT_BUF_ALLOC: u32 = 64 << 10;
 /// Size of an rx buffer when `vsock_rx` names none.
@@ -444,7 +448,8 @@ impl Exec<'_> {
         }
     }
 
-    /// `vsock_expect`: the next packet (other than an unsolicited CREDIT_UPDATE) matches.
+    /// `vsock_expect`: the next packet (other than an unprompted CREDIT_UPDATE or
+    /// CREDIT_REQUEST, or one with op 0) matches.
     pub(super) fn vsock_expect(&mut self, op: &Op) -> R {
         let Op::VsockExpect {
             queue,
@@ -514,11 +519,17 @@ impl Exec<'_> {
         if empty.is_some() {
             want.push("no payload".into());
         }
-        let skip_credit = !ops.contains(&OP_CREDIT_UPDATE);
+        // Packets the device may send whenever it likes (§5.10.6.3: CREDIT_UPDATE, and
+        // CREDIT_REQUEST when it wants the driver's credit) and packets with op 0, to which the
+        // spec gives no meaning, are noted and passed over unless the step asks for them.
+        let unprompted = |op: u16| {
+            matches!(op, OP_CREDIT_UPDATE | OP_CREDIT_REQUEST | OP_INVALID) && !ops.contains(&op)
+        };
         let candidate = |s: &Self| {
-            s.vsock.backlog.iter().position(|h| {
-                !(skip_credit && h.op == OP_CREDIT_UPDATE) && (!*skip_unmatched || matches(h))
-            })
+            s.vsock
+                .backlog
+                .iter()
+                .position(|h| !unprompted(h.op) && (!*skip_unmatched || matches(h)))
         };
         let wait = if *none { NONE_WAIT } else { USED_WAIT };
         self.vsock_wait(*queue, wait, |s| candidate(s).is_some())?;
@@ -529,9 +540,16 @@ impl Exec<'_> {
         if !skipped.is_empty() {
             self.observe("vsock skipped", skipped.join("; "));
         }
+        // With `skip_unmatched` the packets passed over stay for later steps (replies on
+        // different connections come in any order); otherwise everything up to the match is
+        // consumed.
         let found = candidate(self).map(|i| {
             let h = self.vsock.backlog[i];
-            self.vsock.backlog.drain(..=i);
+            if *skip_unmatched {
+                self.vsock.backlog.remove(i);
+            } else {
+                self.vsock.backlog.drain(..=i);
+            }
             h
         });
         if *none {

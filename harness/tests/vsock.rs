@@ -113,6 +113,22 @@ fn host_close_by_rst_passes() {
 }
 
 #[test]
+fn no_transport_reset_on_a_cid_change_is_informational() {
+    let r = run_variant(
+        VsockOptions {
+            transport_reset_on_cid_change: false,
+            ..VsockOptions::default()
+        },
+        None,
+    );
+    assert_eq!(failing(&r), Vec::<String>::new());
+    assert_eq!(
+        outcome(&r, "vsock.transport-reset-event"),
+        Outcome::Informational
+    );
+}
+
+#[test]
 fn dropping_packets_of_unknown_connections_is_informational() {
     let r = run_variant(
         VsockOptions {

@@ -205,8 +205,6 @@ pub enum Mutant {
     VsockCreditRequestIgnored,
     /// VSOCK-DEV-14 (§5.10.6.4, §2.7.4): a tx packet whose header does not fit in its first descriptor is dropped.
     VsockTxHeaderFirstDescriptorOnly,
-    /// VSOCK-DEV-21 (§5.10.6.7): a guest_cid change (migration) drops the connections without a TRANSPORT_RESET event.
-    VsockNoTransportReset,
     /// VSOCK-DEV-17 (§5.10.6.5): SHUTDOWN hints are not remembered, so RECEIVE then SEND never ends the connection.
     VsockShutdownNotCumulative,
 }
@@ -300,7 +298,6 @@ impl Mutant {
         Mutant::VsockAcceptsWithoutListener,
         Mutant::VsockCreditRequestIgnored,
         Mutant::VsockTxHeaderFirstDescriptorOnly,
-        Mutant::VsockNoTransportReset,
         Mutant::VsockShutdownNotCumulative,
     ];
 
@@ -395,7 +392,6 @@ impl Mutant {
             Mutant::VsockAcceptsWithoutListener => "vsock-accepts-without-listener",
             Mutant::VsockCreditRequestIgnored => "vsock-credit-request-ignored",
             Mutant::VsockTxHeaderFirstDescriptorOnly => "vsock-tx-header-first-descriptor-only",
-            Mutant::VsockNoTransportReset => "vsock-no-transport-reset",
             Mutant::VsockShutdownNotCumulative => "vsock-shutdown-not-cumulative",
         }
     }
@@ -489,7 +485,6 @@ impl Mutant {
             Mutant::VsockAcceptsWithoutListener => "VSOCK-rst",
             Mutant::VsockCreditRequestIgnored => "VSOCK-credit",
             Mutant::VsockTxHeaderFirstDescriptorOnly => "B-layout",
-            Mutant::VsockNoTransportReset => "VSOCK-event",
             Mutant::VsockShutdownNotCumulative => "VSOCK-shutdown",
         }
     }

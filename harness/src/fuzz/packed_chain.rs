@@ -633,7 +633,7 @@ mod tests {
         rig.init(4, 0);
         let slot = 2u64;
         let at = rig.pq.desc + 16 * slot;
-        let mut write_flags = |rig: &mut Rig, flags: u16| {
+        let write_flags = |rig: &mut Rig, flags: u16| {
             rig.dev
                 .ram_mut()
                 .write(at + 14, &flags.to_le_bytes())

@@ -225,6 +225,11 @@ pub struct VsockOptions {
     pub close_with_rst: bool,
     /// Send a CREDIT_UPDATE after every RW packet received, unasked (allowed, §5.10.6.3).
     pub eager_credit_updates: bool,
+    /// Treat a host-side `guest_cid` change as interrupted communication and place a
+    /// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET event (default). §5.10.6.7 ties the event to
+    /// interrupted communication (typically a migration), not to the CID, so a device that
+    /// does not is allowed too.
+    pub transport_reset_on_cid_change: bool,
 }
 
 impl Default for VsockOptions {
@@ -237,6 +242,7 @@ impl Default for VsockOptions {
             rst_unknown: true,
             close_with_rst: false,
             eager_credit_updates: false,
+            transport_reset_on_cid_change: true,
         }
     }
 }
@@ -639,7 +645,7 @@ impl DeviceBackend for VsockBackend {
             }
         }
         self.ctl.clear();
-        if !self.is(Mutant::VsockNoTransportReset) {
+        if self.opts.transport_reset_on_cid_change {
             self.events.push_back(VIRTIO_VSOCK_EVENT_TRANSPORT_RESET);
             self.wakeups.push(2);
         }

@@ -196,7 +196,7 @@ impl BackendProcess {
             program: program.clone(),
         };
         let t0 = Instant::now();
-        while !(p.socket.exists() && p.uds.as_ref().map_or(true, |u| u.exists())) {
+        while !(p.socket.exists() && p.uds.as_ref().is_none_or(|u| u.exists())) {
             if let Some(st) = p.exited() {
                 return Err(p.with_tail(format!(
                     "`{}` exited ({st}) before creating its socket",

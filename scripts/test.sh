@@ -119,6 +119,18 @@ else
     --expectations specs/expectations/vhost-user-rng.json
 fi
 
+echo "== suite: vhost-user target (vhost-device-vsock started by the harness, host side on its hybrid vsock socket)"
+if ! command -v vhost-device-vsock >/dev/null 2>&1; then
+  echo "skipped: vhost-device-vsock is not installed (see the install step above)"
+  skipped=$((skipped + 1))
+elif [ "$(uname -s)" != "Linux" ]; then
+  echo "skipped: the vhost-user target needs Linux (memfd guest RAM, eventfds)"
+  skipped=$((skipped + 1))
+else
+  suite_run "$bin" run --target vhost-user --backend vhost-device-vsock --device vsock --strict \
+    --expectations specs/expectations/vhost-user-vsock.json
+fi
+
 echo "== trace replay: the committed Linux traces against the reference configured like the traced device"
 for tr in traces/*.jsonl; do
   suite_run "$bin" trace replay "$tr" --target reference --strict

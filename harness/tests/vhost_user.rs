@@ -1,15 +1,32 @@
-//! The vhost-user target: a real run against vhost-device-rng (skipped with the reason when the
-//! binary is not installed), a back-end that never answers, a killed back-end, and a bad
-//! `--socket` on the command line.
+//! The vhost-user target: a real run against vhost-device-rng and vhost-device-vsock (each
+//! skipped with the reason when the binary is not installed), a back-end that never answers,
+//! a killed back-end, and a bad `--socket` on the command line.
 
+use std::collections::BTreeSet;
 use std::os::unix::net::UnixListener;
 use std::process::Command;
-use virtio_conform::target::vhost_user::{on_path, BackendSource, VhostUserTarget};
+use virtio_conform::expectations::Expectations;
+use virtio_conform::outcome::Outcome;
+use virtio_conform::suite::{run_suite, Options, Suite};
+use virtio_conform::target::vhost_user::{
+    on_path, BackendSource, VhostUserTarget, VSOCK_GUEST_CID,
+};
 use virtio_conform::target::{DeviceKind, IrqEvent, Target, TargetError, TargetMemory};
 use virtio_reference_device::regs::*;
-use virtio_reference_device::{Descriptor, DriverQueue};
+use virtio_reference_device::{Descriptor, DriverQueue, HostConn, HostOp};
 
 const RNG: &str = "vhost-device-rng";
+const VSOCK: &str = "vhost-device-vsock";
+
+fn vsock_missing() -> bool {
+    if on_path(VSOCK) {
+        return false;
+    }
+    eprintln!(
+        "skipped: {VSOCK} is not installed (scripts/install-vhost-device-vsock.sh installs it)"
+    );
+    true
+}
 
 fn rng_missing() -> bool {
     if on_path(RNG) {
@@ -215,4 +232,89 @@ fn the_cli_run_on_vhost_device_rng_meets_its_expectations() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains(" pass"), "{text}");
     assert!(text.contains("xfail"), "{text}");
+}
+
+#[test]
+fn vhost_device_vsock_shows_its_guest_cid_and_a_host_side() {
+    if vsock_missing() {
+        return;
+    }
+    let mut t =
+        VhostUserTarget::new(BackendSource::Start(VSOCK.into()), DeviceKind::Vsock).unwrap();
+    assert!(t.info().implementation.contains(VSOCK));
+    assert_eq!(t.read32(DEVICE_ID).unwrap(), 19);
+    // guest_cid, le64 at configuration offset 0 (§5.10.4), read from the back-end.
+    let lo = u64::from(t.read32(CONFIG).unwrap());
+    let hi = u64::from(t.read32(CONFIG + 4).unwrap());
+    assert_eq!(lo | hi << 32, VSOCK_GUEST_CID);
+    // The host side is the back-end's hybrid vsock socket, new for every case.
+    assert_eq!(t.host_conn(5000).unwrap(), HostConn::None);
+    t.host_op(HostOp::Listen { port: 5000 }).unwrap();
+    assert!(t.host_send(5000, b"x").is_err(), "no connection yet");
+    t.fresh().unwrap();
+    assert_eq!(t.host_conn(5000).unwrap(), HostConn::None);
+    // A back-end without a hybrid vsock socket has no host side.
+    if on_path(RNG) {
+        let mut r =
+            VhostUserTarget::new(BackendSource::Start(RNG.into()), DeviceKind::Entropy).unwrap();
+        assert!(matches!(
+            r.host_op(HostOp::Listen { port: 1 }),
+            Err(TargetError::Unsupported(_))
+        ));
+    }
+}
+
+#[test]
+fn vsock_connections_flow_both_ways_through_vhost_device_vsock() {
+    if vsock_missing() {
+        return;
+    }
+    let suite = Suite::load_default().unwrap();
+    let expectations = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../specs/expectations/vhost-user-vsock.json");
+    let report = run_suite(
+        &suite,
+        || VhostUserTarget::new(BackendSource::Start(VSOCK.into()), DeviceKind::Vsock),
+        &Options {
+            only: vec!["vsock.*".into()],
+            expectations: Some(Expectations::load(&expectations).unwrap()),
+            ..Options::default()
+        },
+    );
+    let with = |o: Outcome| -> BTreeSet<String> {
+        report
+            .results
+            .iter()
+            .filter(|r| r.outcome == o)
+            .map(|r| r.case.clone())
+            .collect()
+    };
+    // The driver connects to a host listener (REQUEST -> RESPONSE), the host connects to the
+    // driver (REQUEST seen on rx), RW bytes reach the host and the driver, and shutdown
+    // closes the host stream.
+    let passed = with(Outcome::Pass);
+    for c in [
+        "vsock.connect-to-listener",
+        "vsock.host-connect",
+        "vsock.rw-both-ways",
+        "vsock.shutdown-and-rst",
+    ] {
+        assert!(passed.contains(c), "{c} did not pass: {:?}", report.results);
+    }
+    let unexpected: Vec<_> = report
+        .results
+        .iter()
+        .filter(|r| {
+            !matches!(
+                r.outcome,
+                Outcome::Pass | Outcome::Unsupported | Outcome::Informational | Outcome::Xfail
+            )
+        })
+        .map(|r| (r.case.clone(), r.outcome, r.failures.clone()))
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    // The backend's deviations are really observed through this target too.
+    for c in ["vsock.connect-refused", "vsock.unknown-type-rst"] {
+        assert!(with(Outcome::Xfail).contains(c), "{c} is not an xfail");
+    }
 }

@@ -22,6 +22,7 @@
 pub mod frontend;
 
 use self::frontend::{lock, shared_ram, Connection, SharedConnection, VhostUserDevice};
+use super::hybrid_vsock::HybridVsockPeer;
 use super::reference::guarded_call;
 use super::{Capabilities, DeviceKind, IrqEvent, Target, TargetError, TargetInfo};
 use std::path::{Path, PathBuf};
@@ -48,10 +49,16 @@ pub struct BackendEntry {
     /// Configuration space size in bytes: read with GET_CONFIG when the back-end has the
     /// CONFIG protocol feature, else zeros of this size.
     pub config_len: u16,
+    /// For a vsock back-end, its hybrid vsock Unix socket (`{dir}` replaced), where the
+    /// harness plays the host side of connections (see [`super::hybrid_vsock`]); `""` for
+    /// none.
+    pub uds: &'static str,
 }
 
 /// The back-ends `--backend NAME` starts: adding one is one line. vhost-device-rng appends
-/// the socket index (`0`) to `--socket-path`.
+/// the socket index (`0`) to `--socket-path`; vhost-device-vsock serves guest CID
+/// [`VSOCK_GUEST_CID`] (8 bytes of configuration space: `guest_cid`, §5.10.4) with its
+/// hybrid vsock socket in the scratch folder.
 pub const BACKENDS: &[BackendEntry] = &[
     //            name                device               command                                         socket                 queues config
     entry(
@@ -62,7 +69,21 @@ pub const BACKENDS: &[BackendEntry] = &[
         1,
         0,
     ),
+    BackendEntry {
+        uds: "{dir}/vsock.uds",
+        ..entry(
+            "vhost-device-vsock",
+            DeviceKind::Vsock,
+            "vhost-device-vsock --guest-cid 3 --socket {dir}/vhu.sock --uds-path {dir}/vsock.uds",
+            "{dir}/vhu.sock",
+            3,
+            8,
+        )
+    },
 ];
+
+/// The guest CID the vhost-device-vsock entry of [`BACKENDS`] is started with.
+pub const VSOCK_GUEST_CID: u64 = 3;
 
 const fn entry(
     name: &'static str,
@@ -79,6 +100,7 @@ const fn entry(
         socket,
         queues,
         config_len,
+        uds: "",
     }
 }
 
@@ -107,6 +129,8 @@ struct BackendProcess {
     child: Child,
     dir: tempfile::TempDir,
     socket: PathBuf,
+    /// The hybrid vsock socket of a vsock back-end ([`BackendEntry::uds`]).
+    uds: Option<PathBuf>,
     program: String,
 }
 
@@ -144,6 +168,7 @@ impl BackendProcess {
         let command = if e.name == "custom" { spec } else { e.command };
         let d = dir.path().display().to_string();
         let socket = PathBuf::from(e.socket.replace("{dir}", &d));
+        let uds = (!e.uds.is_empty()).then(|| PathBuf::from(e.uds.replace("{dir}", &d)));
         let subst = |w: &str| {
             w.replace("{dir}", &d)
                 .replace("{socket}", &socket.display().to_string())
@@ -167,10 +192,11 @@ impl BackendProcess {
             child,
             dir,
             socket,
+            uds,
             program: program.clone(),
         };
         let t0 = Instant::now();
-        while !p.socket.exists() {
+        while !(p.socket.exists() && p.uds.as_ref().is_none_or(|u| u.exists())) {
             if let Some(st) = p.exited() {
                 return Err(p.with_tail(format!(
                     "`{}` exited ({st}) before creating its socket",
@@ -239,6 +265,8 @@ pub struct VhostUserTarget {
     device: DeviceKind,
     entry: BackendEntry,
     process: Option<BackendProcess>,
+    /// The host side of a vsock back-end's connections (a new one every case).
+    peer: Option<HybridVsockPeer>,
     conn: Option<SharedConnection>,
     dev: Option<MmioDevice>,
     mem: GuestMemoryMmap,
@@ -260,6 +288,7 @@ impl VhostUserTarget {
             device,
             entry,
             process: None,
+            peer: None,
             conn: None,
             dev: None,
             mem: shared_ram(4096).map_err(TargetError::Unavailable)?,
@@ -332,6 +361,18 @@ impl VhostUserTarget {
         Ok(())
     }
 
+    /// The host side of a vsock back-end's connections, after checking the back-end still
+    /// runs; [`TargetError::Unsupported`] for a back-end without a hybrid vsock socket.
+    fn peer(&mut self) -> Result<&mut HybridVsockPeer, TargetError> {
+        self.check()?;
+        self.peer.as_mut().ok_or_else(|| {
+            TargetError::Unsupported(
+                "host-side connections (only a started back-end with a hybrid vsock socket has them)"
+                    .into(),
+            )
+        })
+    }
+
     fn call<R>(&mut self, f: impl FnOnce(&mut MmioDevice) -> R) -> Result<R, TargetError> {
         let r = guarded_call(&mut self.dev, f)?;
         self.check()?;
@@ -395,9 +436,12 @@ impl Target for VhostUserTarget {
         // Closing the connection ends the back-end's device; the next one starts anew.
         self.dev = None;
         self.conn = None;
+        // A vsock back-end keeps its host-side connections across connections of the
+        // front-end, so every case gets a new process (and a new host side).
+        self.peer = None;
         let restart = match &mut self.process {
             None => matches!(self.source, BackendSource::Start(_)),
-            Some(p) => p.exited().is_some(),
+            Some(p) => p.exited().is_some() || p.uds.is_some(),
         };
         if restart {
             self.process = None;
@@ -420,6 +464,11 @@ impl Target for VhostUserTarget {
         ));
         self.mem = mem;
         self.conn = Some(conn);
+        self.peer = self
+            .process
+            .as_ref()
+            .and_then(|p| p.uds.as_deref())
+            .map(|uds| HybridVsockPeer::new(uds, START_TIMEOUT));
         Ok(())
     }
 
@@ -442,6 +491,22 @@ impl Target for VhostUserTarget {
     /// canary oracle watches every byte.
     fn bulk_cheap(&self) -> bool {
         true
+    }
+
+    fn host_op(&mut self, op: virtio_reference_device::HostOp) -> Result<(), TargetError> {
+        self.peer()?.op(op)
+    }
+
+    fn host_conn(&mut self, port: u32) -> Result<virtio_reference_device::HostConn, TargetError> {
+        self.peer()?.conn(port)
+    }
+
+    fn host_send(&mut self, port: u32, data: &[u8]) -> Result<(), TargetError> {
+        self.peer()?.send(port, data)
+    }
+
+    fn host_take(&mut self, port: u32) -> Result<Vec<Vec<u8>>, TargetError> {
+        self.peer()?.take(port)
     }
 
     fn diagnostics(&mut self) -> Option<String> {

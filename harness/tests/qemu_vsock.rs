@@ -6,9 +6,9 @@
 //! `skipped: <reason>` and passes (`VIRTIO_CONFORM_REQUIRE_QEMU=1` /
 //! `VIRTIO_CONFORM_REQUIRE_VHOST_DEVICE_VSOCK=1` turn that into a failure).
 
-use std::collections::BTreeSet;
+mod common;
+
 use virtio_conform::expectations::Expectations;
-use virtio_conform::outcome::Outcome;
 use virtio_conform::suite::{run_suite, Options, Suite};
 use virtio_conform::target::hybrid_vsock::{backend_binary, backend_version};
 use virtio_conform::target::qemu::{qemu_version, QemuOptions, QemuTarget};
@@ -77,41 +77,5 @@ fn vsock_cases_pass_on_qemu_or_are_excused_by_the_committed_expectations() {
             ..Options::default()
         },
     );
-    let with = |o: Outcome| -> BTreeSet<String> {
-        report
-            .results
-            .iter()
-            .filter(|r| r.outcome == o)
-            .map(|r| r.case.clone())
-            .collect()
-    };
-    let passed = with(Outcome::Pass);
-    // Both directions of the host side: the driver connects to a host listener, the host
-    // connects to the driver, and bytes flow both ways.
-    for c in [
-        "vsock.connect-to-listener",
-        "vsock.host-connect",
-        "vsock.rw-both-ways",
-        "vsock.shutdown-and-rst",
-    ] {
-        assert!(passed.contains(c), "{c} did not pass: {:?}", report.results);
-    }
-    // Every other check passes or is excused by the committed expectations, each entry for a
-    // deviation of the backend or of QEMU's transport.
-    let unexpected: Vec<_> = report
-        .results
-        .iter()
-        .filter(|r| {
-            !matches!(
-                r.outcome,
-                Outcome::Pass | Outcome::Unsupported | Outcome::Informational | Outcome::Xfail
-            )
-        })
-        .map(|r| (r.case.clone(), r.outcome, r.failures.clone()))
-        .collect();
-    assert!(unexpected.is_empty(), "{unexpected:?}");
-    // The deviations are really observed (an entry that no longer matches would be stale).
-    for c in ["vsock.connect-refused", "vsock.unknown-type-rst"] {
-        assert!(with(Outcome::Xfail).contains(c), "{c} is not an xfail");
-    }
+    common::assert_vsock_backend_report(&report);
 }

@@ -2,11 +2,11 @@
 //! skipped with the reason when the binary is not installed), a back-end that never answers,
 //! a killed back-end, and a bad `--socket` on the command line.
 
-use std::collections::BTreeSet;
+mod common;
+
 use std::os::unix::net::UnixListener;
 use std::process::Command;
 use virtio_conform::expectations::Expectations;
-use virtio_conform::outcome::Outcome;
 use virtio_conform::suite::{run_suite, Options, Suite};
 use virtio_conform::target::vhost_user::{
     on_path, BackendSource, VhostUserTarget, VSOCK_GUEST_CID,
@@ -281,40 +281,5 @@ fn vsock_connections_flow_both_ways_through_vhost_device_vsock() {
             ..Options::default()
         },
     );
-    let with = |o: Outcome| -> BTreeSet<String> {
-        report
-            .results
-            .iter()
-            .filter(|r| r.outcome == o)
-            .map(|r| r.case.clone())
-            .collect()
-    };
-    // The driver connects to a host listener (REQUEST -> RESPONSE), the host connects to the
-    // driver (REQUEST seen on rx), RW bytes reach the host and the driver, and shutdown
-    // closes the host stream.
-    let passed = with(Outcome::Pass);
-    for c in [
-        "vsock.connect-to-listener",
-        "vsock.host-connect",
-        "vsock.rw-both-ways",
-        "vsock.shutdown-and-rst",
-    ] {
-        assert!(passed.contains(c), "{c} did not pass: {:?}", report.results);
-    }
-    let unexpected: Vec<_> = report
-        .results
-        .iter()
-        .filter(|r| {
-            !matches!(
-                r.outcome,
-                Outcome::Pass | Outcome::Unsupported | Outcome::Informational | Outcome::Xfail
-            )
-        })
-        .map(|r| (r.case.clone(), r.outcome, r.failures.clone()))
-        .collect();
-    assert!(unexpected.is_empty(), "{unexpected:?}");
-    // The backend's deviations are really observed through this target too.
-    for c in ["vsock.connect-refused", "vsock.unknown-type-rst"] {
-        assert!(with(Outcome::Xfail).contains(c), "{c} is not an xfail");
-    }
+    common::assert_vsock_backend_report(&report);
 }

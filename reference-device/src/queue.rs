@@ -43,6 +43,28 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
+    /// A device-readable buffer of `len` bytes at guest physical address `addr`, last of its
+    /// chain (flags 0, next 0).
+    pub fn readable(addr: u64, len: u32) -> Self {
+        Descriptor {
+            addr,
+            len,
+            flags: 0,
+            next: 0,
+        }
+    }
+
+    /// A device-writable buffer (`VIRTQ_DESC_F_WRITE`) of `len` bytes at guest physical
+    /// address `addr`, last of its chain.
+    pub fn writable(addr: u64, len: u32) -> Self {
+        Descriptor {
+            addr,
+            len,
+            flags: VIRTQ_DESC_F_WRITE,
+            next: 0,
+        }
+    }
+
     /// Whether the buffer is device-writable (`VIRTQ_DESC_F_WRITE`).
     pub fn is_write_only(&self) -> bool {
         self.flags & VIRTQ_DESC_F_WRITE != 0

@@ -379,28 +379,17 @@ impl DeviceBackend for ConsoleBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::regs::VIRTQ_DESC_F_WRITE;
 
     fn ram() -> GuestRam {
         GuestRam::anonymous(1 << 20).expect("ram")
     }
 
     fn rd(addr: u64, len: u32) -> Descriptor {
-        Descriptor {
-            addr,
-            len,
-            flags: 0,
-            next: 0,
-        }
+        Descriptor::readable(addr, len)
     }
 
     fn wr(addr: u64, len: u32) -> Descriptor {
-        Descriptor {
-            addr,
-            len,
-            flags: VIRTQ_DESC_F_WRITE,
-            next: 0,
-        }
+        Descriptor::writable(addr, len)
     }
 
     #[test]

@@ -733,28 +733,17 @@ impl DeviceBackend for VsockBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::regs::VIRTQ_DESC_F_WRITE;
 
     fn ram() -> GuestRam {
         GuestRam::anonymous(1 << 20).expect("ram")
     }
 
     fn rd(addr: u64, len: u32) -> Descriptor {
-        Descriptor {
-            addr,
-            len,
-            flags: 0,
-            next: 0,
-        }
+        Descriptor::readable(addr, len)
     }
 
     fn wr(addr: u64, len: u32) -> Descriptor {
-        Descriptor {
-            addr,
-            len,
-            flags: VIRTQ_DESC_F_WRITE,
-            next: 0,
-        }
+        Descriptor::writable(addr, len)
     }
 
     fn pkt(op: u16, src_port: u32, dst_port: u32, data: &[u8]) -> Vec<u8> {

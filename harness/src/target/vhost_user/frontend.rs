@@ -10,8 +10,9 @@
 //! SET_VRING_ADDR (front-end virtual addresses of the driver's rings), SET_VRING_BASE 0,
 //! SET_VRING_CALL, SET_VRING_KICK and SET_VRING_ENABLE 1 (when protocol features were
 //! negotiated); QueueNotify writes the kick eventfd; QueueReady 0, QueueReset and device reset
-//! send GET_VRING_BASE (the back-end stops the ring), and device reset also RESET_DEVICE when
-//! the back-end has it.
+//! send GET_VRING_BASE (the back-end stops the ring) once the back-end has read the kicks
+//! already sent (bounded wait, see `Connection::await_kicks_taken`), and device reset also
+//! RESET_DEVICE when the back-end has it.
 
 use std::fs::File;
 use std::os::unix::net::UnixStream;
@@ -28,10 +29,15 @@ use virtio_reference_device::{
 };
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::poll::PollContext;
 
 /// How long one vhost-user request may wait for the back-end's reply before the back-end is
 /// declared hung (a reply that never comes becomes a verdict, not a hang).
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long stopping a ring waits for the back-end to take the kicks already sent
+/// (see `Connection::await_kicks_taken`).
+pub const KICK_PICKUP_WAIT: Duration = Duration::from_millis(100);
 
 /// Ends a request the back-end does not answer within [`REPLY_TIMEOUT`]: the `vhost` crate
 /// retries a timed-out receive forever, so a thread of the watchdog's own shuts the socket
@@ -364,12 +370,47 @@ impl Connection {
             return;
         }
         self.started[i] = false;
+        self.await_kicks_taken(i);
         let f = &self.frontend;
         if let Err(e) = self.watchdog.run(|| f.get_vring_base(i)) {
             self.fail("GET_VRING_BASE", e);
         }
         // A call that arrived before the stop belongs to the old ring.
         let _ = self.calls[i].read();
+    }
+
+    /// Waits (at most [`KICK_PICKUP_WAIT`]) until the back-end has read the kick eventfd of
+    /// queue `i`, i.e. has taken every notification sent before the ring is stopped.
+    ///
+    /// Why: a driver may notify a queue and reset the device right after (the register-write
+    /// cases do, on an empty ring). The back-end's worker thread picks up a kick
+    /// asynchronously, while GET_VRING_BASE is handled on the socket's thread; when the stop
+    /// lands between the worker's wake-up and its look at the ring, vhost-user-backend 0.10
+    /// finds the queue not ready, vhost-device-rng returns that as an error, and the worker
+    /// thread ends for good: the ring started next on this connection is never serviced
+    /// (seen as an intermittent "used.idx advanced by 0"). The vhost-user protocol ("Ring
+    /// states": a stopped ring is not processed; GET_VRING_BASE stops it) does not make a
+    /// front-end wait, so this only keeps the harness's own stop from racing a notification
+    /// it sent: the verdict of a case then no longer depends on thread timing. A back-end
+    /// that never reads its kicks (no worker, queue not registered) costs the bounded wait.
+    /// It narrows the race, not closes it: the few instructions between the worker's read of
+    /// the eventfd and its lock of the ring remain; the back-end defect itself is unchanged.
+    fn await_kicks_taken(&self, i: usize) {
+        let Ok(ctx) = PollContext::<u32>::new() else {
+            return;
+        };
+        if ctx.add(&self.kicks[i], 0).is_err() {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < KICK_PICKUP_WAIT {
+            match ctx.wait_timeout(Duration::ZERO) {
+                Ok(ev) if ev.iter_readable().next().is_some() => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+                _ => return,
+            }
+        }
     }
 
     fn reset(&mut self) {

@@ -21,7 +21,11 @@
 #              divided by RUNS. Load-immune; includes libFuzzer's mutation and feedback work.
 #
 # Environment: SECONDS_PER_RUN, ROUNDS, CALLGRIND (1 = also count instructions), RUNS,
-# SKIP_BUILD (1 = use existing binaries), OURS_TARGET (default queue_chain).
+# SKIP_BUILD (1 = use existing binaries), OURS_TARGET (default queue_chain), PEER_TARGET (a
+# target of vm-virtio's fuzz/ package, default virtio_queue; `vsock` is the peer of
+# `vsock_packets`, `blk` the closest one of the block-device side of `diff_mmio`).
+# Our fuzz binaries are built the repository's way: through fuzz/coverage-scope.sh (only the
+# device side instrumented; .cargo/config.toml). The peer is built with cargo-fuzz's defaults.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 peer="${1:-${VM_VIRTIO_DIR:-}}"
@@ -33,17 +37,18 @@ peer="$(cd "$peer" && pwd)"
 secs="${SECONDS_PER_RUN:-20}"
 rounds="${ROUNDS:-3}"
 ours_target="${OURS_TARGET:-queue_chain}"
+peer_target="${PEER_TARGET:-virtio_queue}"
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   echo "== building $ours_target (cargo fuzz build -s none)" >&2
   [ -f "$here/fuzz/Cargo.lock" ] || cp "$here/Cargo.lock" "$here/fuzz/Cargo.lock"
   (cd "$here" && cargo fuzz build -s none "$ours_target") >&2
-  echo "== building vm-virtio's virtio_queue (cargo fuzz build -s none)" >&2
-  (cd "$peer" && cargo fuzz build -s none virtio_queue) >&2
+  echo "== building vm-virtio's $peer_target (cargo fuzz build -s none)" >&2
+  (cd "$peer" && cargo fuzz build -s none "$peer_target") >&2
 fi
 ours_bin="$here/fuzz/target/$triple/release/$ours_target"
-peer_bin="$peer/fuzz/target/$triple/release/virtio_queue"
+peer_bin="$peer/fuzz/target/$triple/release/$peer_target"
 for b in "$ours_bin" "$peer_bin"; do
   [ -x "$b" ] || { echo "missing binary $b" >&2; exit 2; }
 done
@@ -71,7 +76,7 @@ run() {
 }
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-6s %-22s %-22s %s\n' round "$ours_target exec/s (edges)" "virtio_queue exec/s (edges)" ratio
+printf '%-6s %-22s %-22s %s\n' round "$ours_target exec/s (edges)" "$peer_target exec/s (edges)" ratio
 ratios=()
 for r in $(seq 1 "$rounds"); do
   read -r o oe < <(run ours "$ours_bin" "$r" "$here/corpora/$ours_target")
@@ -81,7 +86,7 @@ for r in $(seq 1 "$rounds"); do
   printf '%-6s %-22s %-22s %s\n' "$r" "$o ($oe)" "$p ($pe)" "$ratio"
 done
 median="$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
-echo "median ratio $ours_target / virtio_queue: $median   (load average after: $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "median ratio $ours_target / $peer_target: $median   (load average after: $(cut -d' ' -f1-3 /proc/loadavg))"
 
 if [ "${CALLGRIND:-0}" = 1 ]; then
   command -v valgrind >/dev/null || { echo "CALLGRIND=1 needs valgrind" >&2; exit 2; }
@@ -100,8 +105,8 @@ if [ "${CALLGRIND:-0}" = 1 ]; then
   on="$(instr ours "$ours_bin" "$n" "$here/corpora/$ours_target")"
   p0="$(instr peer "$peer_bin" 0)"
   pn="$(instr peer "$peer_bin" "$n")"
-  awk -v o0="$o0" -v on="$on" -v p0="$p0" -v pn="$pn" -v n="$n" -v t="$ours_target" 'BEGIN {
+  awk -v o0="$o0" -v on="$on" -v p0="$p0" -v pn="$pn" -v n="$n" -v t="$ours_target" -v pt="$peer_target" 'BEGIN {
     oi = (on - o0) / n; pi = (pn - p0) / n;
-    printf "instructions per iteration (callgrind, %d iterations, seed 1): %s %.0f, virtio_queue %.0f, ratio of rates %.2f\n", n, t, oi, pi, pi / oi
+    printf "instructions per iteration (callgrind, %d iterations, seed 1): %s %.0f, %s %.0f, ratio of rates %.2f\n", n, t, oi, pt, pi, pi / oi
   }'
 fi

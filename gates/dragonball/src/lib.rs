@@ -40,6 +40,8 @@ use virtio_queue::QueueSync;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+pub mod fuzz_policy;
+
 /// Guest memory as Dragonball's devices see it.
 pub type Mem = Arc<GuestMemoryMmap>;
 /// A Dragonball virtio device over [`Mem`].

@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # rustc wrapper that narrows cargo-fuzz's coverage instrumentation to the device side.
 #
 # `cargo fuzz build` instruments every crate of a fuzz binary (edge counters, compare tracing,
@@ -13,6 +13,10 @@
 # Wired in by the repository's .cargo/config.toml (`build.rustc-wrapper`), so a plain
 # `cargo fuzz build` / `cargo fuzz run` from the repository uses it. It changes nothing in a
 # build without cargo-fuzz's `-Cpasses=sancov-module` (ordinary builds and tests).
+#
+# bash, not sh: cargo hands rustc variables whose names hold a dash (CARGO_BIN_EXE_<bin> for
+# integration tests), and dash drops such variables from the environment it passes on, so an
+# `env!("CARGO_BIN_EXE_virtio-conform")` would not compile through an sh wrapper.
 #
 # Environment:
 #   VIRTIO_CONFORM_FUZZ_COVERAGE=all     instrument every crate (cargo-fuzz's own default)

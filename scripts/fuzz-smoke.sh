@@ -10,7 +10,7 @@
 #
 # Environment:
 #   FUZZ_SECONDS   time box per target in seconds (default 60; 200000 runs take 10-25 s here)
-#   FUZZ_TARGETS   space-separated targets (default: queue_chain mmio_regs diff_mmio packed_chain device_chains)
+#   FUZZ_TARGETS   space-separated targets (default: queue_chain mmio_regs diff_mmio packed_chain device_chains vsock_packets)
 #   FUZZ_SEED      libFuzzer seed (default 1)
 #   FUZZ_RUNS      inputs per target (default 200000); with a fixed seed and the committed
 #                  corpus the run is the same on every machine fast enough to finish it
@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-60}"
-read -r -a targets <<<"${FUZZ_TARGETS:-queue_chain mmio_regs diff_mmio packed_chain device_chains}"
+read -r -a targets <<<"${FUZZ_TARGETS:-queue_chain mmio_regs diff_mmio packed_chain device_chains vsock_packets}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "== installing cargo-fuzz"

@@ -50,6 +50,7 @@ pub const TARGETS: &[&str] = &[
     "diff_mmio",
     "packed_chain",
     "device_chains",
+    "vsock_packets",
 ];
 
 /// Environment variable that pins one mutant (by its [`Mutant::name`]) for a whole run.
@@ -227,6 +228,10 @@ pub fn replay_on(
         "device_chains" => (
             device_chains::decode_device_chains(data).to_string(),
             device_chains::device_chains_on(data, mutant).err(),
+        ),
+        "vsock_packets" => (
+            vsock_packets::describe(data),
+            vsock_packets::vsock_packets_on(data, mutant).err(),
         ),
         other => {
             return Err(format!(

@@ -38,6 +38,7 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
             })
             .collect(),
         "device_chains" => super::device_chains::seeds(),
+        "vsock_packets" => super::vsock_packets::seeds(),
         _ => Vec::new(),
     }
 }

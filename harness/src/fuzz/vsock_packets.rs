@@ -15,6 +15,8 @@
 //!   driver may claim a fwd_cnt above what it received; none of that breaks the rule, so only
 //!   payload past every offset the driver ever allowed on those ports is a finding (a REQUEST
 //!   restarts the byte count, not the allowance: lenient on reused ports, never wrong).
+//! - with a mutant pinned, the rx packets match the unmodified reference's
+//!   ([`vsock_packets_on`]).
 //!
 //! The input decodes leniently (missing bytes read as zeros), at most [`MAX_OPS`] operations.
 //! [`seeds`] writes the committed seed inputs (`corpora/vsock_packets/seed-*`) from
@@ -432,8 +434,64 @@ impl Credit {
 }
 
 /// Runs one input against the reference socket backend with `mutant` injected.
+///
+/// With a mutant, the input also runs on the unmodified reference, and the packets the two
+/// write into rx buffers (headers and lengths, in order) must agree: a difference is a
+/// `divergence` finding, as in `diff_mmio`. A mutant models one bug, so whatever it changes
+/// in what the driver sees comes from that bug; mutants that only leave out a reply (an RST
+/// not sent, a CREDIT_UPDATE not given) are found this way, where the spec oracles above,
+/// which judge each packet the device sends, see nothing. The unmodified reference never
+/// takes this path, so `cargo fuzz run vsock_packets` pays nothing for it.
 pub fn vsock_packets_on(data: &[u8], mutant: Option<Mutant>) -> Result<(), Finding> {
-    run_decoded(&decode_vsock_packets(data), mutant)
+    let steps = decode_vsock_packets(data);
+    let Some(m) = mutant else {
+        return run_decoded(&steps, None);
+    };
+    let mut got = Vec::new();
+    run_observed(&steps, Some(m), Some(&mut got))?;
+    let mut want = Vec::new();
+    if run_observed(&steps, None, Some(&mut want)).is_err() {
+        // The reference's own finding is not the mutant's (the clean-run tests cover it).
+        return Ok(());
+    }
+    let k = got.iter().zip(&want).take_while(|(g, w)| g == w).count();
+    if k == got.len() && k == want.len() {
+        return Ok(());
+    }
+    let show = |p: Option<&(VsockHeader, u8, usize)>| {
+        p.map_or("no packet".to_string(), |(h, _, _)| {
+            format!(
+                "op {} {}:{} -> {}:{} len {} flags {:#x} buf_alloc {} fwd_cnt {}",
+                h.op,
+                h.src_cid,
+                h.src_port,
+                h.dst_cid,
+                h.dst_port,
+                h.len,
+                h.flags,
+                h.buf_alloc,
+                h.fwd_cnt
+            )
+        })
+    };
+    let at = got
+        .get(k)
+        .or(want.get(k))
+        .map_or(steps.len().saturating_sub(1), |p| p.2);
+    Err(Finding::new(
+        TARGET,
+        "divergence",
+        &[],
+        format!(
+            "rx packet {k}: the reference wrote {}; mutant:{} ({}) wrote {}",
+            show(want.get(k)),
+            m.name(),
+            m.catalog_id(),
+            show(got.get(k))
+        ),
+    )
+    .at(at)
+    .on(Some(m)))
 }
 
 /// Runs already-decoded operations against the reference socket backend with `mutant`
@@ -443,11 +501,12 @@ pub fn run_decoded(steps: &[VsockStep], mutant: Option<Mutant>) -> Result<(), Fi
 }
 
 /// [`run_decoded`], also collecting into `seen` (when given) every packet the device wrote
-/// into an rx buffer: its header and the rx buffer's first descriptor length.
+/// into an rx buffer: its header, the rx buffer's first descriptor length and the index of
+/// the operation that offered the buffer.
 fn run_observed(
     steps: &[VsockStep],
     mutant: Option<Mutant>,
-    mut seen: Option<&mut Vec<(VsockHeader, u8)>>,
+    mut seen: Option<&mut Vec<(VsockHeader, u8, usize)>>,
 ) -> Result<(), Finding> {
     let mut ram = GuestRam::anonymous(1 << 16)
         .map_err(|e| Finding::new(TARGET, "setup", &[], e.to_string()))?;
@@ -575,7 +634,7 @@ fn run_observed(
                 let hdr: [u8; VSOCK_HDR_LEN] = buf[..VSOCK_HDR_LEN].try_into().expect("44 bytes");
                 let h = VsockHeader::from_bytes(&hdr);
                 if let Some(seen) = seen.as_deref_mut() {
-                    seen.push((h, a));
+                    seen.push((h, a, i));
                 }
                 if n as usize != VSOCK_HDR_LEN + h.len as usize {
                     return Err(fail(
@@ -685,7 +744,7 @@ mod tests {
     }
 
     /// The packets the device wrote into rx buffers for the seed `name`, on the reference.
-    fn seen(name: &str) -> Vec<(VsockHeader, u8)> {
+    fn seen(name: &str) -> Vec<(VsockHeader, u8, usize)> {
         let steps = seed_streams()
             .into_iter()
             .find(|(n, _)| *n == name)
@@ -696,15 +755,15 @@ mod tests {
         seen
     }
 
-    fn ops(seen: &[(VsockHeader, u8)]) -> Vec<u16> {
-        seen.iter().map(|(h, _)| h.op).collect()
+    fn ops(seen: &[(VsockHeader, u8, usize)]) -> Vec<u16> {
+        seen.iter().map(|(h, _, _)| h.op).collect()
     }
 
     /// RW payload lengths, in order.
-    fn rw(seen: &[(VsockHeader, u8)]) -> Vec<u32> {
+    fn rw(seen: &[(VsockHeader, u8, usize)]) -> Vec<u32> {
         seen.iter()
-            .filter(|(h, _)| h.op == VIRTIO_VSOCK_OP_RW)
-            .map(|(h, _)| h.len)
+            .filter(|(h, _, _)| h.op == VIRTIO_VSOCK_OP_RW)
+            .map(|(h, _, _)| h.len)
             .collect()
     }
 
@@ -747,7 +806,7 @@ mod tests {
         assert_eq!(s[0].0.op, REQ);
         assert_eq!(s[0].1, 0);
         assert_eq!(rw(&s), vec![2, 3, 4, 246]);
-        let firsts: Vec<u8> = s.iter().map(|(_, a)| *a).collect();
+        let firsts: Vec<u8> = s.iter().map(|(_, a, _)| *a).collect();
         assert_eq!(firsts, vec![0, 10, 43, 44, 1]);
 
         // Split headers are read whole: the REQUEST is accepted, the CREDIT_REQUEST
@@ -767,9 +826,16 @@ mod tests {
         };
         assert_eq!(caught(Mutant::VsockCidsSwapped), 5);
         assert!(caught(Mutant::VsockIgnoresCredit) >= 1);
-        // VsockTxHeaderFirstDescriptorOnly drops packets whose header is split: no RESPONSE,
-        // no credit update. None of the oracles above sees a missing reply, so the seeds
-        // exercise it without catching it (the conformance suite's vsock cases do).
+        // Mutants that leave out a reply are found by the divergence from the reference.
+        for m in [
+            Mutant::VsockTxHeaderFirstDescriptorOnly,
+            Mutant::VsockUnknownTypeIgnored,
+            Mutant::VsockAcceptsWithoutListener,
+            Mutant::VsockCreditRequestIgnored,
+            Mutant::VsockShutdownNotCumulative,
+        ] {
+            assert!(caught(m) >= 1, "{} not caught by any seed", m.name());
+        }
     }
 
     #[test]

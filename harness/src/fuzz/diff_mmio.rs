@@ -351,6 +351,75 @@ mod tests {
         assert!(f.to_string().contains("wrote 1 bytes"), "{f}");
     }
 
+    /// A block case: init, then each `(bufs, req)` as a chain followed by a notification.
+    fn block_requests(chains: &[([u8; 4], u8)]) -> MmioCase {
+        use super::super::mmio::MmioHeader;
+        let mut ops = vec![MmioOp::Init {
+            features: 15,
+            size: 3,
+        }];
+        for &(bufs, req) in chains {
+            ops.push(MmioOp::Chain {
+                bufs,
+                n: 0,
+                knob: 0,
+                req,
+            });
+            ops.push(MmioOp::Notify { queue: 0 });
+        }
+        MmioCase {
+            header: MmioHeader { flags: 2 },
+            ops,
+        }
+    }
+
+    /// DISCARD and WRITE_ZEROES requests (§5.2.6) tell each of the four discard/write-zeroes
+    /// mutants from the reference; the reference agrees with itself on all of them.
+    #[test]
+    fn discard_and_write_zeroes_requests_find_their_mutants() {
+        // bufs[1]: 0xf0 DISCARD 1 segment, 0xf1 WRITE_ZEROES 1 segment, 0xfa DISCARD 6
+        // segments; bufs[2] the first sector; bufs[3] bit 7 UNMAP.
+        let out_sector_3 = ([0x83, 0, 0, 0], 1 + 5 * 3); // OUT of 32 bytes to sector 3
+        let in_sector_3 = ([0x83, 0, 0, 0], 5 * 3); // IN of 32 bytes from sector 3
+        let cases = [
+            (
+                Mutant::BlockDiscardUnmapAccepted,
+                block_requests(&[([0x83, 0xf0, 3, 0x80], 4)]),
+            ),
+            (
+                Mutant::BlockWriteZeroesUnmapKeepsData,
+                block_requests(&[
+                    ([0x83, 0xf0, 3, 0], 4), // segments bytes left at DATA + SLOT
+                    out_sector_3,            // ...written to sector 3: not all zero
+                    ([0x83, 0xf1, 3, 0x80], 4),
+                    in_sector_3,
+                ]),
+            ),
+            (
+                Mutant::BlockDwzSegmentsUnbounded,
+                block_requests(&[([0x83, 0xfa, 1, 0], 4)]),
+            ),
+            (
+                Mutant::BlockDwzRangeUnchecked,
+                block_requests(&[([0x83, 0xf1, 19, 0], 4)]),
+            ),
+        ];
+        for (m, case) in cases {
+            let dc = DiffCase {
+                selector: selector_for(m).unwrap_or(0),
+                mutant: m,
+                case,
+            };
+            let bytes = dc.encode();
+            assert!(diff_mmio_on(&bytes, None).is_ok(), "{}", m.name());
+            assert!(
+                diff_mmio_on(&bytes, Some(m)).is_err(),
+                "{} not found",
+                m.name()
+            );
+        }
+    }
+
     /// Both block mutants are found from the committed seeds, and the reference is not.
     #[test]
     fn block_mutants_are_found_from_the_seeds() {

@@ -25,6 +25,9 @@ use std::fmt;
 use virtio_reference_device::backend::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
+use virtio_reference_device::devices::block::{
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
 use virtio_reference_device::regs::*;
 use virtio_reference_device::{Descriptor, DriverQueue, MemoryAccess, TransportVersion};
 
@@ -113,7 +116,9 @@ pub enum MmioOp {
     /// Lays out a chain in the queue last set up and makes it available. Entropy: `1 + n % 4`
     /// buffers from `bufs` (bit 7 writable, `((b & 0x7f) + 1) * 8` bytes), readable first;
     /// block: a request of type `req % 5` (IN, OUT, FLUSH, GET_ID, unknown) for sector
-    /// `req / 5 % 8`. `knob >= 0xe0` applies one corruption.
+    /// `req / 5 % 8`; in place of the unknown type, `bufs[1] >= 0xf0` makes a DISCARD (bit 0
+    /// clear) or WRITE_ZEROES (set) request of `1 + (bufs[1] >> 1) % 8` segments (see
+    /// [`block_request_type`], [`dwz_segments`]). `knob >= 0xe0` applies one corruption.
     Chain {
         /// Buffer descriptions.
         bufs: [u8; 4],
@@ -420,12 +425,30 @@ impl MmioOp {
             }
             MmioOp::Chain { bufs, n, knob, req } => {
                 let mut s = if block {
-                    let t = ["IN", "OUT", "FLUSH", "GET_ID", "unknown"][req as usize % 5];
-                    format!(
-                        "block request {t} sector {} data {}",
-                        req / 5 % 8,
-                        buf_len(bufs[0])
-                    )
+                    match block_request_type(req, bufs) {
+                        k @ (VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES) => {
+                            let seg = dwz_segments(bufs);
+                            let at = |i: usize| {
+                                u32::from_le_bytes(seg[i..i + 4].try_into().unwrap_or_default())
+                            };
+                            format!(
+                                "block request {} of {} segments from sector {}, {} sectors each, flags {:#x}",
+                                if k == VIRTIO_BLK_T_DISCARD { "DISCARD" } else { "WRITE_ZEROES" },
+                                seg.len() / 16,
+                                at(0),
+                                at(8),
+                                at(12)
+                            )
+                        }
+                        _ => {
+                            let t = ["IN", "OUT", "FLUSH", "GET_ID", "unknown"][req as usize % 5];
+                            format!(
+                                "block request {t} sector {} data {}",
+                                req / 5 % 8,
+                                buf_len(bufs[0])
+                            )
+                        }
+                    }
                 } else {
                     let n = 1 + n as usize % 4;
                     let b: Vec<String> = bufs[..n]
@@ -489,6 +512,49 @@ impl fmt::Display for MmioCase {
         }
         Ok(())
     }
+}
+
+/// The block request type a `Chain` operation makes (see [`MmioOp::Chain`]).
+pub fn block_request_type(req: u8, bufs: [u8; 4]) -> u32 {
+    match req % 5 {
+        0 => VIRTIO_BLK_T_IN,
+        1 => VIRTIO_BLK_T_OUT,
+        2 => VIRTIO_BLK_T_FLUSH,
+        3 => VIRTIO_BLK_T_GET_ID,
+        _ if bufs[1] >= 0xf0 && bufs[1] & 1 == 0 => VIRTIO_BLK_T_DISCARD,
+        _ if bufs[1] >= 0xf0 => VIRTIO_BLK_T_WRITE_ZEROES,
+        _ => 0x99,
+    }
+}
+
+/// The segments (16 bytes each: le64 sector, le32 num_sectors, le32 flags; §5.2.6) of a
+/// DISCARD or WRITE_ZEROES request made from `bufs`: `1 + (bufs[1] >> 1) % 8` of them (more
+/// than a device's usual maximum of 4 half the time), segment k for sector `bufs[2] % 20 + k`
+/// (past a 16-sector disk at times), `1 + bufs[3] % 4` sectors (`bufs[3] & 0x40`: 2000,
+/// above the usual maximum), the UNMAP flag when `bufs[3] & 0x80`, an undefined flag bit
+/// when `bufs[2] & 0x80` and `bufs[2] & 0x40`.
+pub fn dwz_segments(bufs: [u8; 4]) -> Vec<u8> {
+    let n = 1 + (bufs[1] as usize >> 1) % 8;
+    let num: u32 = if bufs[3] & 0x40 != 0 {
+        2000
+    } else {
+        1 + u32::from(bufs[3]) % 4
+    };
+    let mut flags = if bufs[3] & 0x80 != 0 {
+        VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+    } else {
+        0
+    };
+    if bufs[2] & 0xc0 == 0xc0 {
+        flags |= 4;
+    }
+    let mut out = Vec::with_capacity(16 * n);
+    for k in 0..n as u64 {
+        out.extend_from_slice(&(u64::from(bufs[2]) % 20 + k).to_le_bytes());
+        out.extend_from_slice(&num.to_le_bytes());
+        out.extend_from_slice(&flags.to_le_bytes());
+    }
+    out
 }
 
 fn buf_len(b: u8) -> u32 {
@@ -1027,14 +1093,9 @@ impl<'a, T: Target, H: Hook<T>> Exec<'a, T, H> {
         // (len, writable) per buffer, and the bytes of the first readable one.
         let mut parts: Vec<(u32, bool)> = Vec::new();
         let mut header = None;
+        let mut segments = None;
         if self.d.block {
-            let kind = [
-                VIRTIO_BLK_T_IN,
-                VIRTIO_BLK_T_OUT,
-                VIRTIO_BLK_T_FLUSH,
-                VIRTIO_BLK_T_GET_ID,
-                0x99,
-            ][req as usize % 5];
+            let kind = block_request_type(req, bufs);
             let mut h = [0u8; 16];
             h[0..4].copy_from_slice(&kind.to_le_bytes());
             h[8..16].copy_from_slice(&((req / 5 % 8) as u64).to_le_bytes());
@@ -1043,6 +1104,11 @@ impl<'a, T: Target, H: Hook<T>> Exec<'a, T, H> {
             match kind {
                 VIRTIO_BLK_T_OUT => parts.push((buf_len(bufs[0]), false)),
                 VIRTIO_BLK_T_FLUSH => {}
+                VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                    let seg = dwz_segments(bufs);
+                    parts.push((seg.len() as u32, false));
+                    segments = Some(seg);
+                }
                 _ => parts.push((buf_len(bufs[0]), true)),
             }
             parts.push((1, true));
@@ -1081,6 +1147,9 @@ impl<'a, T: Target, H: Hook<T>> Exec<'a, T, H> {
         }
         if let Some(h) = header {
             self.mem(DATA, &h);
+        }
+        if let Some(seg) = segments {
+            self.mem(DATA + SLOT, &seg);
         }
         let mut m = TargetMemory(&mut *self.t);
         let head;

@@ -420,10 +420,17 @@ mod tests {
         }
     }
 
-    /// Both block mutants are found from the committed seeds, and the reference is not.
+    /// The block mutants are found from the committed seeds, and the reference is not.
     #[test]
     fn block_mutants_are_found_from_the_seeds() {
-        for m in [Mutant::BlockUnknownTypeOk, Mutant::WceWithoutFlush] {
+        for m in [
+            Mutant::BlockUnknownTypeOk,
+            Mutant::WceWithoutFlush,
+            Mutant::BlockDiscardUnmapAccepted,
+            Mutant::BlockWriteZeroesUnmapKeepsData,
+            Mutant::BlockDwzSegmentsUnbounded,
+            Mutant::BlockDwzRangeUnchecked,
+        ] {
             let found: Vec<String> = crate::fuzz::seeds::seeds(TARGET)
                 .into_iter()
                 .filter(|(_, bytes)| {

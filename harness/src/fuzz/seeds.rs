@@ -569,6 +569,35 @@ fn mmio_seeds() -> Vec<(String, MmioCase)> {
             ],
         ),
     ));
+    // DISCARD and WRITE_ZEROES (§5.2.6): a DISCARD with UNMAP, six segments, a range past the
+    // 16-sector disk, and a WRITE_ZEROES with UNMAP over sectors written just before, read
+    // back. Appended last, as above.
+    v.push((
+        "block-discard-write-zeroes".to_string(),
+        io(
+            false,
+            true,
+            vec![
+                MmioOp::Init {
+                    features: 15,
+                    size: 4,
+                },
+                mmio_chain([W | 3, 0xf0, 3, 0x80], 0, 0, 4),
+                notify,
+                mmio_chain([W | 3, 0xfa, 1, 0], 0, 0, 4),
+                notify,
+                mmio_chain([W | 3, 0xf1, 19, 0], 0, 0, 4),
+                notify,
+                mmio_chain([3, 0, 0, 0], 0, 0, 16),
+                notify,
+                mmio_chain([W | 3, 0xf1, 3, 0x80], 0, 0, 4),
+                notify,
+                mmio_chain([W | 3, 0, 0, 0], 0, 0, 15),
+                notify,
+                ack,
+            ],
+        ),
+    ));
     v
 }
 

@@ -542,61 +542,46 @@ fn mmio_seeds() -> Vec<(String, MmioCase)> {
             ),
         ));
     }
+    // Init, then each (bufs, req) as a block request chain and its notification, then an
+    // interrupt acknowledgement.
+    let block_requests = |chains: &[([u8; 4], u8)]| {
+        let mut ops = vec![MmioOp::Init {
+            features: 15,
+            size: 4,
+        }];
+        for &(bufs, req) in chains {
+            ops.push(mmio_chain(bufs, 0, 0, req));
+            ops.push(notify);
+        }
+        ops.push(ack);
+        io(false, true, ops)
+    };
     // Block requests of every kind one after the other, the unknown type (0x99) and FLUSH
     // included, each checked by its status byte (diff_mmio compares the bytes the device
     // writes). Appended last so no earlier seed changes its diff_mmio selector byte.
     v.push((
         "block-request-kinds".to_string(),
-        io(
-            false,
-            true,
-            vec![
-                MmioOp::Init {
-                    features: 15,
-                    size: 4,
-                },
-                mmio_chain([W | 3, 0, 0, 0], 0, 0, 4),
-                notify,
-                mmio_chain([W | 63, 0, 0, 0], 0, 0, 2),
-                notify,
-                mmio_chain([W | 19, 0, 0, 0], 0, 0, 3),
-                notify,
-                mmio_chain([63, 0, 0, 0], 0, 0, 6),
-                notify,
-                mmio_chain([W | 63, 0, 0, 0], 0, 0, 10),
-                notify,
-                ack,
-            ],
-        ),
+        block_requests(&[
+            ([W | 3, 0, 0, 0], 4),
+            ([W | 63, 0, 0, 0], 2),
+            ([W | 19, 0, 0, 0], 3),
+            ([63, 0, 0, 0], 6),
+            ([W | 63, 0, 0, 0], 10),
+        ]),
     ));
     // DISCARD and WRITE_ZEROES (§5.2.6): a DISCARD with UNMAP, six segments, a range past the
     // 16-sector disk, and a WRITE_ZEROES with UNMAP over sectors written just before, read
     // back. Appended last, as above.
     v.push((
         "block-discard-write-zeroes".to_string(),
-        io(
-            false,
-            true,
-            vec![
-                MmioOp::Init {
-                    features: 15,
-                    size: 4,
-                },
-                mmio_chain([W | 3, 0xf0, 3, 0x80], 0, 0, 4),
-                notify,
-                mmio_chain([W | 3, 0xfa, 1, 0], 0, 0, 4),
-                notify,
-                mmio_chain([W | 3, 0xf1, 19, 0], 0, 0, 4),
-                notify,
-                mmio_chain([3, 0, 0, 0], 0, 0, 16),
-                notify,
-                mmio_chain([W | 3, 0xf1, 3, 0x80], 0, 0, 4),
-                notify,
-                mmio_chain([W | 3, 0, 0, 0], 0, 0, 15),
-                notify,
-                ack,
-            ],
-        ),
+        block_requests(&[
+            ([W | 3, 0xf0, 3, 0x80], 4),
+            ([W | 3, 0xfa, 1, 0], 4),
+            ([W | 3, 0xf1, 19, 0], 4),
+            ([3, 0, 0, 0], 16),
+            ([W | 3, 0xf1, 3, 0x80], 4),
+            ([W | 3, 0, 0, 0], 15),
+        ]),
     ));
     v
 }

@@ -227,8 +227,24 @@ impl Rig {
     /// (recorded now). A slot changes at most once per operation (a used descriptor per lap).
     fn record_ring_areas(&mut self) {
         for slot in 0..self.pq.size {
-            if let Ok(d) = self.pq.read_desc(&mut self.mem, slot) {
-                self.ring_areas.insert((d.addr, d.len as u64));
+            let Ok(d) = self.pq.read_desc(&mut self.mem, slot) else {
+                continue;
+            };
+            self.ring_areas.insert((d.addr, d.len as u64));
+            // A stale slot may be an indirect descriptor whose table still names the buffers
+            // of a list already used: a device that walks on after a list ending in NEXT
+            // reaches those buffers through it (at most 64 entries, as the rig lays out).
+            if d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
+                for k in 0..u64::from(d.len / 16).min(64) {
+                    let mut raw = [0u8; 16];
+                    let Some(at) = d.addr.checked_add(16 * k) else {
+                        break;
+                    };
+                    if self.mem.read_bytes(at, &mut raw).is_ok() {
+                        let e = virtio_reference_device::PackedDesc::parse(&raw);
+                        self.ring_areas.insert((e.addr, e.len as u64));
+                    }
+                }
             }
         }
     }

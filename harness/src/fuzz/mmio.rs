@@ -425,29 +425,34 @@ impl MmioOp {
             }
             MmioOp::Chain { bufs, n, knob, req } => {
                 let mut s = if block {
-                    match block_request_type(req, bufs) {
-                        k @ (VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES) => {
-                            let seg = dwz_segments(bufs);
-                            let at = |i: usize| {
-                                u32::from_le_bytes(seg[i..i + 4].try_into().unwrap_or_default())
-                            };
-                            format!(
-                                "block request {} of {} segments from sector {}, {} sectors each, flags {:#x}",
-                                if k == VIRTIO_BLK_T_DISCARD { "DISCARD" } else { "WRITE_ZEROES" },
-                                seg.len() / 16,
-                                at(0),
-                                at(8),
-                                at(12)
-                            )
-                        }
-                        _ => {
-                            let t = ["IN", "OUT", "FLUSH", "GET_ID", "unknown"][req as usize % 5];
-                            format!(
-                                "block request {t} sector {} data {}",
-                                req / 5 % 8,
-                                buf_len(bufs[0])
-                            )
-                        }
+                    let kind = block_request_type(req, bufs);
+                    let t = match kind {
+                        VIRTIO_BLK_T_IN => "IN",
+                        VIRTIO_BLK_T_OUT => "OUT",
+                        VIRTIO_BLK_T_FLUSH => "FLUSH",
+                        VIRTIO_BLK_T_GET_ID => "GET_ID",
+                        VIRTIO_BLK_T_DISCARD => "DISCARD",
+                        VIRTIO_BLK_T_WRITE_ZEROES => "WRITE_ZEROES",
+                        _ => "unknown",
+                    };
+                    if matches!(kind, VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES) {
+                        let seg = dwz_segments(bufs);
+                        let at = |i: usize| {
+                            u32::from_le_bytes(seg[i..i + 4].try_into().unwrap_or_default())
+                        };
+                        format!(
+                            "block request {t} of {} segments from sector {}, {} sectors each, flags {:#x}",
+                            seg.len() / 16,
+                            at(0),
+                            at(8),
+                            at(12)
+                        )
+                    } else {
+                        format!(
+                            "block request {t} sector {} data {}",
+                            req / 5 % 8,
+                            buf_len(bufs[0])
+                        )
                     }
                 } else {
                     let n = 1 + n as usize % 4;

@@ -1,7 +1,10 @@
 //! `device_chains`: device-level oracles over arbitrary framings of device requests.
 //!
-//! The input picks a device type (today only the traditional memory balloon, §5.5; the header
-//! byte is reserved for more) and a stream of driver operations against the reference
+//! The first input byte picks the device type (`% 4`): 1 the console and 2 the network
+//! device, both driven by the stream body of [`stream`] (see there, [`console`] and [`net`]
+//! for their inputs and oracles); 0 and 3 the traditional memory balloon (§5.5), below.
+//!
+//! For the balloon, the input is a stream of driver operations against the reference
 //! [`MmioDevice`] in process, over 128 KiB of guest RAM, modern transport (version 2), split
 //! queues of 16 entries. The driver side uses [`DriverQueue`] from the reference crate.
 //!
@@ -29,6 +32,10 @@
 //! buffer outside RAM, an indirect table without VIRTIO_F_INDIRECT_DESC, a request that is not
 //! whole entries) is "ill-formed": only the memory, used-element and robustness oracles apply
 //! to it, and once the device reports DEVICE_NEEDS_RESET nothing more is expected of it.
+
+pub mod console;
+pub mod net;
+pub mod stream;
 
 use super::Finding;
 use crate::target::reference::guarded_call;
@@ -116,7 +123,7 @@ const KINDS: u8 = 7;
 /// A decoded `device_chains` input: the header and the operations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceChainsCase {
-    /// Device type selector (0 = balloon; every value maps to the balloon today).
+    /// Device type selector (`% 4`: 0 and 3 the balloon; 1 and 2 select the stream body).
     pub device: u8,
     /// Bit 0: accept VIRTIO_F_INDIRECT_DESC; bit 1: accept VIRTIO_BALLOON_F_DEFLATE_ON_OOM.
     pub features: u8,
@@ -267,9 +274,22 @@ pub fn device_chains(data: &[u8]) -> Result<(), Finding> {
 }
 
 /// Runs `data` against the reference device (`None`) or `mutant`; returns the first oracle
-/// that fired.
+/// that fired. The first byte picks the device type (`% 4`: 1 console, 2 network device,
+/// else the balloon).
 pub fn device_chains_on(data: &[u8], mutant: Option<Mutant>) -> Result<(), Finding> {
-    run_on(data, mutant, Box::new(BalloonBackend::new(0)))
+    match data.first().copied().unwrap_or(0) % 4 {
+        1 => stream::run(&stream::decode(data), console::Console::default(), mutant),
+        2 => stream::run(&stream::decode(data), net::Net::default(), mutant),
+        _ => run_on(data, mutant, Box::new(BalloonBackend::new(0))),
+    }
+}
+
+/// The readable operation stream of `data`, for whichever device type it selects.
+pub fn describe(data: &[u8]) -> String {
+    match data.first().copied().unwrap_or(0) % 4 {
+        1 | 2 => stream::decode(data).to_string(),
+        _ => decode_device_chains(data).to_string(),
+    }
 }
 
 /// Runs `data` against an MMIO device with `backend` (the balloon, or a test's variant).
@@ -864,7 +884,8 @@ impl Run {
 
 /// The committed seeds of `corpora/device_chains/` (`seed-<name>`): inflate and deflate
 /// requests split in several ways, direct and indirect, statistics with unknown and unordered
-/// tags, host requests, `num_pages`/`actual` and a reset.
+/// tags, host requests, `num_pages`/`actual` and a reset; then the console and network
+/// seeds of [`stream::seeds`].
 pub fn seeds() -> Vec<(String, Vec<u8>)> {
     let pfns = |n: u8, base: u8| -> Vec<[u8; 4]> {
         (0..n).map(|i| [base.wrapping_add(i), i, 1, 0]).collect()
@@ -947,6 +968,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     cases
         .into_iter()
         .map(|(n, c)| (format!("seed-{n}"), c.encode()))
+        .chain(stream::seeds())
         .collect()
 }
 
@@ -1080,8 +1102,9 @@ mod tests {
 
     #[test]
     fn encode_round_trips_through_decode() {
-        for (_, bytes) in seeds() {
-            assert_eq!(decode_device_chains(&bytes).encode(), bytes);
+        // The balloon's seeds (the stream devices' round trip is tested in `stream`).
+        for (_, bytes) in seeds().iter().filter(|(_, b)| matches!(b[0] % 4, 0 | 3)) {
+            assert_eq!(&decode_device_chains(bytes).encode(), bytes);
         }
     }
 

@@ -226,7 +226,7 @@ pub fn replay_on(
             packed_chain::packed_chain_on(data, mutant).err(),
         ),
         "device_chains" => (
-            device_chains::decode_device_chains(data).to_string(),
+            device_chains::describe(data),
             device_chains::device_chains_on(data, mutant).err(),
         ),
         "vsock_packets" => (

@@ -295,7 +295,16 @@ impl StreamDevice for Net {
                 }
             }
             Role::ControlTransmit => {
-                if c.ill_formed || c.written.first() != Some(&VIRTIO_NET_OK) {
+                if c.ill_formed {
+                    // The device may have carried the command out anyway: MAC_ADDR_SET may have
+                    // replaced the address expected, VQ_PAIRS_SET may have enabled pairs.
+                    self.mac_expect = None;
+                    if let (Some(&VIRTIO_NET_CTRL_MQ), Some(n)) = (c.request.first(), c.request.get(2..4)) {
+                        self.enabled = self.enabled.max(u16::from_le_bytes([n[0], n[1]]));
+                    }
+                    return Ok(());
+                }
+                if c.written.first() != Some(&VIRTIO_NET_OK) {
                     return Ok(());
                 }
                 match (c.request.first(), c.request.get(1)) {

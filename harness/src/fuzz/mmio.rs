@@ -92,7 +92,9 @@ pub enum MmioOp {
     },
     /// Queue setup: QueueSel (`sel >= 0xf0`: queue `sel & 0xf`, else 0), QueueNum (`size <
     /// 0xf0`: `1 << (size % 9)` capped at QueueNumMax, else an invalid value), the ring
-    /// addresses (`layout >= 0xe0`: by `layout & 7` one misplaced area; legacy: GuestPageSize
+    /// addresses (`layout >= 0xe0`: by `layout & 7` one misplaced area, or for 5 and 6 the
+    /// available ring or the descriptor table ending at the last byte of RAM, a valid
+    /// placement; legacy: GuestPageSize
     /// 0, QueueAlign 0, 3 or 1, QueuePFN past the end of RAM or all ones, or both
     /// GuestPageSize and QueuePFN all ones) and QueueReady = 1 (legacy: QueuePFN).
     Queue {
@@ -1052,6 +1054,9 @@ impl<'a, T: Target, H: Hook<T>> Exec<'a, T, H> {
                 Some(2) => dq.used = 1 << 40,
                 Some(3) => dq.used += 2,
                 Some(4) => dq.desc |= 1 << 36,
+                // Valid placements at the very top of RAM: the area ends at its last byte.
+                Some(5) => dq.avail = self.d.ram - (6 + 2 * n),
+                Some(6) => dq.desc = self.d.ram - 16 * n,
                 _ => {}
             }
             self.wr32(QUEUE_NUM, num)?;

@@ -583,6 +583,38 @@ fn mmio_seeds() -> Vec<(String, MmioCase)> {
             ([W | 3, 0, 0, 0], 15),
         ]),
     ));
+    // Rings at the very top of RAM (§2.7: any placement inside guest memory is valid): the
+    // available ring, then the descriptor table, ending at the last byte. Appended last, as
+    // above.
+    let top = |layout| {
+        vec![
+            MmioOp::Status { step: 0 },
+            MmioOp::Status { step: 1 },
+            MmioOp::Features {
+                page: 0,
+                mode: 0,
+                bits: 0,
+            },
+            MmioOp::Features {
+                page: 1,
+                mode: 0,
+                bits: 0,
+            },
+            MmioOp::Status { step: 2 },
+            MmioOp::Queue {
+                sel: 0,
+                size: 3,
+                layout,
+            },
+            MmioOp::Status { step: 3 },
+            mmio_chain([W | 7, 0, 0, 0], 0, 0, 0),
+            notify,
+            MmioOp::Reset,
+        ]
+    };
+    let mut ops = top(0xe5);
+    ops.extend(top(0xe6));
+    v.push(("rings-at-top-of-ram".to_string(), io(false, false, ops)));
     v
 }
 

@@ -125,7 +125,9 @@ const KINDS: u8 = 7;
 pub struct DeviceChainsCase {
     /// Device type selector (`% 4`: 0 and 3 the balloon; 1 and 2 select the stream body).
     pub device: u8,
-    /// Bit 0: accept VIRTIO_F_INDIRECT_DESC; bit 1: accept VIRTIO_BALLOON_F_DEFLATE_ON_OOM.
+    /// Bit 0: accept VIRTIO_F_INDIRECT_DESC; bit 1: accept VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
+    /// bit 2: the legacy interface (transport version 1); bit 3, legacy only: do not accept
+    /// VIRTIO_BALLOON_F_MUST_TELL_HOST (legacy drivers may not know it, §5.5.3.2.1).
     pub features: u8,
     /// The operations, at most [`MAX_OPS`].
     pub ops: Vec<DcOp>,
@@ -237,10 +239,16 @@ impl fmt::Display for DeviceChainsCase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "device balloon (selector {}), indirect {}, deflate_on_oom {}",
+            "device balloon (selector {}), indirect {}, deflate_on_oom {}, {}{}",
             self.device,
             self.features & 1 != 0,
-            self.features & 2 != 0
+            self.features & 2 != 0,
+            if self.features & 4 != 0 { "legacy" } else { "modern" },
+            if self.features & 12 == 12 {
+                ", MUST_TELL_HOST not accepted"
+            } else {
+                ""
+            }
         )?;
         for (i, op) in self.ops.iter().enumerate() {
             write!(f, "#{i} ")?;
@@ -331,6 +339,13 @@ struct Run {
     dev: Option<MmioDevice>,
     mem: GuestMemoryMmap,
     features: u8,
+    /// The legacy interface (features bit 2).
+    legacy: bool,
+    /// An ill-formed chain was made available since the initialization.
+    ill_given: bool,
+    /// Legacy: no statsq buffer was used since the initialization; the first one's values
+    /// are to be ignored (BAL-DEV-13).
+    first_stats: bool,
     queues: Vec<QueueState>,
     /// FEATURES_OK was refused: nothing more is driven.
     stopped: bool,
@@ -384,7 +399,12 @@ impl Run {
             .map_err(|e| err("setup", &[], e.to_string()))?;
         let mut ram = GuestRam::new(mem.clone());
         ram.set_recording(true);
-        let mut cfg = DeviceConfig::new(TransportVersion::Modern);
+        let legacy = case.features & 4 != 0;
+        let mut cfg = DeviceConfig::new(if legacy {
+            TransportVersion::Legacy
+        } else {
+            TransportVersion::Modern
+        });
         cfg.mutant = mutant;
         cfg.step_budget = STEP_BUDGET;
         cfg.queue_num_max = vec![256; QUEUES as usize];
@@ -393,6 +413,9 @@ impl Run {
             dev: Some(dev),
             mem,
             features: case.features,
+            legacy,
+            ill_given: false,
+            first_stats: legacy,
             queues: Vec::new(),
             stopped: false,
             indirect: false,
@@ -426,15 +449,18 @@ impl Run {
         self.wr(STATUS, 0)?;
         self.wr(STATUS, u32::from(ACKNOWLEDGE))?;
         self.wr(STATUS, u32::from(ACKNOWLEDGE | DRIVER))?;
+        let pages = if self.legacy { 1 } else { 2 };
         let mut offered = 0u64;
-        for sel in 0..2u32 {
+        for sel in 0..pages {
             self.wr(DEVICE_FEATURES_SEL, sel)?;
             offered |= u64::from(self.rd(DEVICE_FEATURES)?) << (32 * sel);
         }
-        // BAL-DRV-01: the driver accepts MUST_TELL_HOST when offered.
-        let mut want = (1u64 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_BALLOON_F_MUST_TELL_HOST)
-            | (1 << VIRTIO_BALLOON_F_STATS_VQ);
+        // BAL-DRV-01: the driver accepts MUST_TELL_HOST when offered (a legacy driver may not
+        // know it, §5.5.3.2.1).
+        let mut want = (1u64 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_BALLOON_F_STATS_VQ);
+        if !(self.legacy && self.features & 8 != 0) {
+            want |= 1 << VIRTIO_BALLOON_F_MUST_TELL_HOST;
+        }
         if self.features & 1 != 0 {
             want |= 1 << VIRTIO_F_INDIRECT_DESC;
         }
@@ -443,19 +469,32 @@ impl Run {
         }
         let accepted = offered & want;
         self.indirect = accepted & (1 << VIRTIO_F_INDIRECT_DESC) != 0;
-        for sel in 0..2u32 {
+        for sel in 0..pages {
             self.wr(DRIVER_FEATURES_SEL, sel)?;
             self.wr(DRIVER_FEATURES, (accepted >> (32 * sel)) as u32)?;
         }
-        self.wr(STATUS, u32::from(ACKNOWLEDGE | DRIVER | FEATURES_OK))?;
-        if self.status()? & FEATURES_OK == 0
+        // The legacy interface has no FEATURES_OK (§3.1.2).
+        let ready = if self.legacy {
+            ACKNOWLEDGE | DRIVER
+        } else {
+            ACKNOWLEDGE | DRIVER | FEATURES_OK
+        };
+        if !self.legacy {
+            self.wr(STATUS, u32::from(ready))?;
+        }
+        if (!self.legacy && self.status()? & FEATURES_OK == 0)
             || accepted & (1 << VIRTIO_BALLOON_F_STATS_VQ) == 0
-            || accepted & (1 << VIRTIO_F_VERSION_1) == 0
+            || (!self.legacy && accepted & (1 << VIRTIO_F_VERSION_1) == 0)
         {
             self.stopped = true;
             return Ok(());
         }
+        self.first_stats = self.legacy;
+        self.ill_given = false;
         self.queues.clear();
+        if self.legacy {
+            self.wr(GUEST_PAGE_SIZE, 4096)?;
+        }
         for q in 0..QUEUES {
             self.wr(QUEUE_SEL, u32::from(q))?;
             let max = self.rd(QUEUE_NUM_MAX)?;
@@ -466,33 +505,48 @@ impl Run {
                     format!("queue {q} reports QueueNumMax {max}"),
                 ));
             }
-            let dq = DriverQueue::modern(queue_base(q), QUEUE_SIZE);
+            // Legacy: one page pair higher, as QueuePFN 0 stops a queue (§4.2.4).
+            let pfn = (queue_base(q) / 4096 + 2) as u32;
+            let dq = if self.legacy {
+                DriverQueue::legacy(pfn, 4096, QUEUE_SIZE, 4096)
+            } else {
+                DriverQueue::modern(queue_base(q), QUEUE_SIZE)
+            };
             let _ = dq.clear(&mut self.mem);
             self.wr(QUEUE_NUM, u32::from(QUEUE_SIZE))?;
-            for (lo, addr) in [
-                (QUEUE_DESC_LOW, dq.desc),
-                (QUEUE_DRIVER_LOW, dq.avail),
-                (QUEUE_DEVICE_LOW, dq.used),
-            ] {
-                self.wr(lo, addr as u32)?;
-                self.wr(lo + 4, (addr >> 32) as u32)?;
+            if self.legacy {
+                self.wr(QUEUE_ALIGN, 4096)?;
+                self.wr(QUEUE_PFN, pfn)?;
+            } else {
+                for (lo, addr) in [
+                    (QUEUE_DESC_LOW, dq.desc),
+                    (QUEUE_DRIVER_LOW, dq.avail),
+                    (QUEUE_DEVICE_LOW, dq.used),
+                ] {
+                    self.wr(lo, addr as u32)?;
+                    self.wr(lo + 4, (addr >> 32) as u32)?;
+                }
+                self.wr(QUEUE_READY, 1)?;
             }
-            self.wr(QUEUE_READY, 1)?;
             self.queues.push(QueueState {
                 dq,
                 free: (0..QUEUE_SIZE).rev().collect(),
                 out: BTreeMap::new(),
             });
         }
-        self.wr(
-            STATUS,
-            u32::from(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK),
-        )?;
+        self.wr(STATUS, u32::from(ready | DRIVER_OK))?;
         self.check()
     }
 
     fn needs_reset(&mut self) -> Result<bool, Finding> {
         Ok(self.status()? & DEVICE_NEEDS_RESET != 0)
+    }
+
+    /// Whether nothing more is expected of the device: it reports DEVICE_NEEDS_RESET, or
+    /// (legacy, which has no such bit) it was given an ill-formed chain since the
+    /// initialization and may have stopped.
+    fn broken(&mut self) -> Result<bool, Finding> {
+        Ok(self.needs_reset()? || (self.legacy && self.ill_given))
     }
 
     fn op(&mut self, op: &DcOp) -> Result<(), Finding> {
@@ -529,7 +583,32 @@ impl Run {
             }
             DcOp::Actual { value } => {
                 let v = u32::from(*value) * 5;
-                self.wr(CONFIG + ACTUAL_OFFSET as u64, v)?;
+                if self.legacy && value & 1 != 0 {
+                    // Byte by byte, least significant first: until the most significant byte
+                    // is written the device keeps using the old value (BAL-DEV-09).
+                    let old = self.call(|d| d.host_take(PORT_ACTUAL))?;
+                    let old = old.ok().and_then(|r| r.into_iter().next());
+                    for (k, b) in v.to_le_bytes().iter().enumerate().take(3) {
+                        let off = CONFIG + (ACTUAL_OFFSET + k) as u64;
+                        self.call(|d| d.write(off, &[*b]))?;
+                        let now = self.call(|d| d.host_take(PORT_ACTUAL))?;
+                        let now = now.ok().and_then(|r| r.into_iter().next());
+                        if now != old {
+                            return Err(err(
+                                "actual-torn",
+                                &["BAL-DEV-09"],
+                                format!(
+                                    "after byte {k} of actual {v} the legacy device uses {now:02x?} (before: {old:02x?})"
+                                ),
+                            ));
+                        }
+                    }
+                    let off = CONFIG + (ACTUAL_OFFSET + 3) as u64;
+                    let msb = v.to_le_bytes()[3];
+                    self.call(|d| d.write(off, &[msb]))?;
+                } else {
+                    self.wr(CONFIG + ACTUAL_OFFSET as u64, v)?;
+                }
                 let seen = self.call(|d| d.host_take(PORT_ACTUAL))?;
                 let seen = seen.ok().and_then(|r| r.into_iter().next());
                 if seen.as_deref() != Some(&v.to_le_bytes()[..]) {
@@ -690,6 +769,7 @@ impl Run {
             }
         }
         let _ = qs.dq.publish(&mut self.mem, &[head]);
+        self.ill_given |= ill;
         let notify = flags & F_NO_NOTIFY == 0;
         qs.out.insert(
             head,
@@ -726,7 +806,7 @@ impl Run {
         let r = self.call(|d| d.host_send(PORT_STATS, &[]))?;
         r.map_err(|e| err("host-request", &["BAL-DEV-10"], e))?;
         self.check()?;
-        if held && !self.needs_reset()? && !self.queues[2].out.is_empty() {
+        if held && !self.broken()? && !self.queues[2].out.is_empty() {
             return Err(err(
                 "stats-request-ignored",
                 &["BAL-DEV-10"],
@@ -766,6 +846,7 @@ impl Run {
             }
         }
         // Used elements.
+        let mut first_stats_used = None;
         for q in 0..self.queues.len() {
             let used = {
                 let qs = &mut self.queues[q];
@@ -791,6 +872,15 @@ impl Run {
                     ));
                 }
                 qs.free.extend(o.descs.iter().rev());
+                if q == 2 && std::mem::take(&mut self.first_stats) {
+                    if let Some(e) = o.expect {
+                        // Legacy: the first statsq buffer's values are not to reach the host
+                        // (the device may pass them on when it takes the buffer, before it
+                        // uses it, so every record since counts).
+                        first_stats_used = Some((o.op, host_view(2, e)));
+                        continue;
+                    }
+                }
                 match o.expect {
                     Some(e) => self.expect[q].push((host_view(q, e), o.op)),
                     None => self.lenient[q] = true,
@@ -805,6 +895,17 @@ impl Run {
         {
             let recs = dev.host_take(port).unwrap_or_default();
             self.host[q].extend(recs.into_iter().map(|r| host_view(q, r)));
+        }
+        if let Some((op, e)) = first_stats_used {
+            if !self.lenient[2] && !e.is_empty() && self.host[2].contains(&e) {
+                return Err(err(
+                    "first-stats-not-ignored",
+                    &["BAL-DEV-13"],
+                    format!(
+                        "the legacy device passed the values of the first statsq buffer (op #{op}) to the host: {e:02x?}"
+                    ),
+                ));
+            }
         }
         for q in 0..3 {
             let mut left = Vec::new();
@@ -851,7 +952,7 @@ impl Run {
         for q in 0..2 {
             self.notify(q)?;
         }
-        if self.needs_reset()? {
+        if self.broken()? {
             return Ok(());
         }
         for q in 0..2 {
@@ -927,7 +1028,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                     DcOp::StatsRequest,
                     chain(2, stats.clone(), &[33, 77, 150], 0, 0),
                     DcOp::StatsRequest,
-                    chain(2, stats, &[10, 250], F_INDIRECT, 0),
+                    chain(2, stats.clone(), &[10, 250], F_INDIRECT, 0),
                     DcOp::StatsRequest,
                 ],
             },
@@ -961,6 +1062,26 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                     DcOp::Reset,
                     chain(2, pfns(2, 3), &[], F_WRITABLE_AFTER, 12),
                     DcOp::StatsRequest,
+                ],
+            },
+        ),
+        (
+            // The legacy interface (§5.5.3.2.1, §5.5.6.2.1, §5.5.6.3.3): a driver without
+            // MUST_TELL_HOST, `actual` written byte by byte, a first statsq buffer whose
+            // values the device ignores, then a second one it reports.
+            "legacy",
+            DeviceChainsCase {
+                device: 0,
+                features: 4 | 8,
+                ops: vec![
+                    chain(0, pfns(4, 0x20), &[100], 0, 0),
+                    chain(1, pfns(2, 0x20), &[], 0, 0),
+                    DcOp::Actual { value: 0x3333 },
+                    chain(2, stats.clone(), &[64], 0, 0),
+                    DcOp::StatsRequest,
+                    chain(2, stats.clone(), &[], 0, 0),
+                    DcOp::StatsRequest,
+                    DcOp::Actual { value: 8 },
                 ],
             },
         ),
@@ -1098,6 +1219,24 @@ mod tests {
             ],
         }
         .encode()
+    }
+
+    #[test]
+    fn legacy_balloon_mutants_are_found_from_the_seeds() {
+        for m in [
+            Mutant::BalloonNeedsMustTellHost,
+            Mutant::BalloonLegacyFirstStatsUsed,
+            Mutant::BalloonActualTornWrite,
+        ] {
+            let found: Vec<Finding> = seeds()
+                .iter()
+                .filter_map(|(_, b)| {
+                    assert_eq!(device_chains_on(b, None), Ok(()));
+                    device_chains_on(b, Some(m)).err()
+                })
+                .collect();
+            assert!(!found.is_empty(), "no seed finds {}", m.name());
+        }
     }
 
     #[test]

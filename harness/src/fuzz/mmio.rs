@@ -1055,8 +1055,8 @@ impl<'a, T: Target, H: Hook<T>> Exec<'a, T, H> {
                 Some(3) => dq.used += 2,
                 Some(4) => dq.desc |= 1 << 36,
                 // Valid placements at the very top of RAM: the area ends at its last byte.
-                Some(5) => dq.avail = self.d.ram - (6 + 2 * n),
-                Some(6) => dq.desc = self.d.ram - 16 * n,
+                Some(5) => dq.avail = self.d.ram.saturating_sub(6 + 2 * n),
+                Some(6) => dq.desc = self.d.ram.saturating_sub(16 * n),
                 _ => {}
             }
             self.wr32(QUEUE_NUM, num)?;

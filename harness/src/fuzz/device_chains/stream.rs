@@ -20,7 +20,7 @@
 //!
 //! # Guest memory (guest physical addresses, 320 KiB of RAM at 0)
 //!
-//! Queue `q` (16 entries) at `q * 0x2000` (descriptor table and available ring in the first
+//! Queue `q` (16 entries) at `(q + 1) * 0x2000` (descriptor table and available ring in the first
 //! page, used ring in the second, for both transports), buffer slots of 2 KiB from
 //! [`DATA`] (one per queue entry), indirect tables from [`TABLES`].
 //!
@@ -83,8 +83,10 @@ pub const F_OUTSIDE_RAM: u8 = 8;
 /// Chain flag: make the chain available without a notification.
 pub const F_NO_NOTIFY: u8 = 16;
 
+/// Queue `q` starts at `(q + 1) * 0x2000`: never at 0, which a legacy QueuePFN cannot name
+/// (PFN 0 stops the queue, §4.2.4).
 fn queue_base(q: u16) -> u64 {
-    u64::from(q) * 0x2000
+    (u64::from(q) + 1) * 0x2000
 }
 
 fn slot(q: u16, i: u16) -> u64 {

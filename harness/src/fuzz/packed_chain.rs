@@ -15,13 +15,17 @@
 //! the driver event suppression structure (PACKED-DEV-04) or a readable buffer (PVQ-DEV-03); in
 //! each ring slot id/len are written before the flags (PVQ-DEV-05); used descriptors carry the
 //! flags of the current lap and an outstanding buffer id, and a len no larger than the buffer's
-//! writable bytes (PACKED-DEV-01, PACKED-DEV-03).
+//! writable bytes (PACKED-DEV-01, PACKED-DEV-03); while the Driver Event Suppression flags are
+//! DISABLE, no used buffer notification (PACKED-DEV-05, a SHOULD NOT: the subjects of this
+//! target are the reference and its mutants, which follow the recommendation).
 
 use super::Finding;
 use arbitrary::{Arbitrary, Unstructured};
 use std::collections::HashSet;
 use std::fmt;
-use virtio_reference_device::packed::{used_bits, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED};
+use virtio_reference_device::packed::{
+    used_bits, RING_EVENT_FLAGS_DISABLE, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED,
+};
 use virtio_reference_device::regs::*;
 use virtio_reference_device::{
     AccessKind, DeviceConfig, DriverMemory, DriverPackedQueue, EntropyBackend, GuestRam,
@@ -155,6 +159,8 @@ struct Rig {
     /// driver's descriptors and the used descriptors written over them (same `addr`, the used
     /// `len`).
     ring_areas: HashSet<(u64, u64)>,
+    /// The Driver Event Suppression flags the driver last wrote (ENABLE after a reset).
+    driver_flags: u16,
 }
 
 impl Rig {
@@ -183,6 +189,7 @@ impl Rig {
             mutant,
             lax: false,
             ring_areas: HashSet::new(),
+            driver_flags: 0,
         })
     }
 
@@ -215,6 +222,8 @@ impl Rig {
         self.out.clear();
         self.lax = false;
         self.ring_areas.clear();
+        self.driver_flags = 0;
+        self.dev.take_interrupts();
         self.next_buf = BUF;
     }
 
@@ -519,8 +528,23 @@ pub fn packed_chain_on(data: &[u8], mutant: Option<Mutant>) -> Result<(), Findin
                             }
                         }
                         let _ = rig.pq.set_driver_event(&mut rig.mem, flags, pos, w);
+                        rig.driver_flags = flags;
                     }
                     PackedOp::Reset => rig.init(case.size, case.features),
+                }
+                // PACKED-DEV-05 (a SHOULD NOT): with the Driver Event Suppression flags DISABLE
+                // for the whole operation, no used buffer notification.
+                let notified = rig
+                    .dev
+                    .take_interrupts()
+                    .iter()
+                    .any(|i| matches!(i, virtio_reference_device::Interrupt::UsedBuffer { .. }));
+                if notified && rig.driver_flags == RING_EVENT_FLAGS_DISABLE {
+                    return Err(rig.finding(
+                        "notification-while-disabled",
+                        &["PACKED-DEV-05"],
+                        "the device sent a used buffer notification while the Driver Event Suppression flags were DISABLE (the spec says it should not)".into(),
+                    ));
                 }
                 if rig.dev.budget_exhausted() {
                     return Err(rig.finding(
@@ -677,6 +701,7 @@ mod tests {
             Mutant::PackedUsedFlagsBeforeId,
             Mutant::PackedUsedWrapBitConstant,
             Mutant::PackedNoListCap,
+            Mutant::PackedIgnoresEventSuppression,
         ] {
             let found = (0..300).any(|seed| packed_chain_on(&bytes(seed, 600), Some(m)).is_err());
             assert!(found, "{} not found", m.name());

@@ -491,6 +491,8 @@ impl Run {
         }
         self.first_stats = self.legacy;
         self.ill_given = false;
+        // Statistics the host received before the reset match no request made after it.
+        self.host[2].clear();
         self.queues.clear();
         if self.legacy {
             self.wr(GUEST_PAGE_SIZE, 4096)?;

@@ -198,3 +198,37 @@ fn random_inputs_are_clean_on_the_reference() {
         }
     }
 }
+
+/// Every mutant of the reference device is found by at least one fuzz target from the
+/// committed corpora alone (seeds, regressions and the other committed inputs of every
+/// target): a finding on the mutant for some input.
+#[test]
+fn every_mutant_is_found_by_a_fuzz_target_from_the_corpora() {
+    let mut inputs: Vec<(&str, Vec<u8>)> = Vec::new();
+    for t in TARGETS {
+        let dir = corpora().join(t);
+        let mut paths = files(&dir);
+        let regs = dir.join("regressions");
+        for m in std::fs::read_dir(&regs).into_iter().flatten().flatten() {
+            paths.extend(files(&m.path()));
+        }
+        for p in paths {
+            inputs.push((t, std::fs::read(&p).unwrap()));
+        }
+    }
+    let mut missed = Vec::new();
+    for &m in Mutant::ALL {
+        let found = inputs
+            .iter()
+            .any(|(t, data)| replay_on(t, data, Some(m)).unwrap().finding.is_some());
+        if !found {
+            missed.push(m.name());
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "{} of {} mutants found by no committed fuzz input: {missed:?}",
+        missed.len(),
+        Mutant::ALL.len()
+    );
+}

@@ -20,7 +20,7 @@
 //!
 //! # Guest memory (guest physical addresses, 320 KiB of RAM at 0)
 //!
-//! Queue `q` (16 entries) at `(q + 1) * 0x2000` (descriptor table and available ring in the first
+//! Queue `q` (16 entries when `q` is even, 8 when odd) at `(q + 1) * 0x2000` (descriptor table and available ring in the first
 //! page, used ring in the second, for both transports), buffer slots of 2 KiB from
 //! [`DATA`] (one per queue entry), indirect tables from [`TABLES`].
 //!
@@ -58,8 +58,18 @@ pub(super) const TARGET: &str = "device_chains";
 
 /// Guest RAM of one case: 320 KiB at guest physical address 0.
 pub const RAM: u64 = 0x5_0000;
-/// Entries per queue.
+/// Entries of the largest queue (slots and tables are laid out for it).
 pub const QUEUE_SIZE: u16 = 16;
+
+/// Entries of queue `q`: 16 for even queues, 8 for odd ones, so that a device keeping one
+/// queue size for all queues (MMIO-REG-05) shows.
+pub fn queue_size(q: u16) -> u16 {
+    if q % 2 == 0 {
+        QUEUE_SIZE
+    } else {
+        QUEUE_SIZE / 2
+    }
+}
 /// Most queues driven (console with MULTIPORT and two ports).
 pub const MAX_QUEUES: u16 = 6;
 /// Start of the buffer slots (one per queue entry).
@@ -589,7 +599,8 @@ impl<D: StreamDevice> Run<D> {
         for q in 0..self.dev.queue_count().min(MAX_QUEUES) {
             self.wr(QUEUE_SEL, u32::from(q))?;
             let max = self.rd(QUEUE_NUM_MAX)?;
-            if max < u32::from(QUEUE_SIZE) {
+            let size = queue_size(q);
+            if max < u32::from(size) {
                 return Err(err(
                     "queue-missing",
                     &[],
@@ -597,12 +608,12 @@ impl<D: StreamDevice> Run<D> {
                 ));
             }
             let dq = if self.legacy {
-                DriverQueue::legacy((queue_base(q) / 4096) as u32, 4096, QUEUE_SIZE, 4096)
+                DriverQueue::legacy((queue_base(q) / 4096) as u32, 4096, size, 4096)
             } else {
-                DriverQueue::modern(queue_base(q), QUEUE_SIZE)
+                DriverQueue::modern(queue_base(q), size)
             };
             let _ = dq.clear(&mut self.mems());
-            self.wr(QUEUE_NUM, u32::from(QUEUE_SIZE))?;
+            self.wr(QUEUE_NUM, u32::from(size))?;
             if self.legacy {
                 self.wr(QUEUE_ALIGN, 4096)?;
                 self.wr(QUEUE_PFN, (queue_base(q) / 4096) as u32)?;
@@ -618,7 +629,7 @@ impl<D: StreamDevice> Run<D> {
                 self.wr(QUEUE_READY, 1)?;
             }
             self.queues
-                .push((dq, (0..QUEUE_SIZE).rev().collect(), BTreeMap::new()));
+                .push((dq, (0..size).rev().collect(), BTreeMap::new()));
         }
         self.live = self.legacy;
         if !self.late_driver_ok {
@@ -1129,6 +1140,26 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                     host(0, 2, 30),
                     chain(0, 0, 2, &[], 0),
                     chain(1, 0, 1, &[], F_WRITABLE_FIRST),
+                ],
+            ),
+        ),
+        (
+            "console-legacy-withheld",
+            console(
+                0x06,
+                3,
+                vec![
+                    ConfigWrite {
+                        offset: 2,
+                        value: 0x42,
+                    },
+                    chain(1, 0, 2, &[], 0),
+                    DriverOk,
+                    ConfigWrite {
+                        offset: 2,
+                        value: 0x43,
+                    },
+                    Notify { queue: 1 },
                 ],
             ),
         ),

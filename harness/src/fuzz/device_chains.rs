@@ -515,21 +515,8 @@ impl Run {
                 DriverQueue::modern(queue_base(q), QUEUE_SIZE)
             };
             let _ = dq.clear(&mut self.mem);
-            self.wr(QUEUE_NUM, u32::from(QUEUE_SIZE))?;
-            if self.legacy {
-                self.wr(QUEUE_ALIGN, 4096)?;
-                self.wr(QUEUE_PFN, pfn)?;
-            } else {
-                for (lo, addr) in [
-                    (QUEUE_DESC_LOW, dq.desc),
-                    (QUEUE_DRIVER_LOW, dq.avail),
-                    (QUEUE_DEVICE_LOW, dq.used),
-                ] {
-                    self.wr(lo, addr as u32)?;
-                    self.wr(lo + 4, (addr >> 32) as u32)?;
-                }
-                self.wr(QUEUE_READY, 1)?;
-            }
+            let legacy = self.legacy;
+            stream::program_queue(&mut |off, v| self.wr(off, v), &dq, legacy)?;
             self.queues.push(QueueState {
                 dq,
                 free: (0..QUEUE_SIZE).rev().collect(),

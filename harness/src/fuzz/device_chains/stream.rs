@@ -432,6 +432,30 @@ impl Side {
     }
 }
 
+/// Programs the selected queue with `dq` (§4.2.3.2; legacy §4.2.4: QueueNum, QueueAlign 4096
+/// and QueuePFN of the descriptor table's page; modern: QueueNum, the three addresses and
+/// QueueReady), through `wr` (offset, value).
+pub(super) fn program_queue(
+    wr: &mut impl FnMut(u64, u32) -> Result<(), Finding>,
+    dq: &DriverQueue,
+    legacy: bool,
+) -> Result<(), Finding> {
+    wr(QUEUE_NUM, u32::from(dq.size))?;
+    if legacy {
+        wr(QUEUE_ALIGN, 4096)?;
+        return wr(QUEUE_PFN, (dq.desc / 4096) as u32);
+    }
+    for (lo, addr) in [
+        (QUEUE_DESC_LOW, dq.desc),
+        (QUEUE_DRIVER_LOW, dq.avail),
+        (QUEUE_DEVICE_LOW, dq.used),
+    ] {
+        wr(lo, addr as u32)?;
+        wr(lo + 4, (addr >> 32) as u32)?;
+    }
+    wr(QUEUE_READY, 1)
+}
+
 /// Both memories at once: the driver's writes go to the subject and, when present, the
 /// reference twin.
 struct Mems<'a>(&'a GuestMemoryMmap, Option<&'a GuestMemoryMmap>);
@@ -613,21 +637,8 @@ impl<D: StreamDevice> Run<D> {
                 DriverQueue::modern(queue_base(q), size)
             };
             let _ = dq.clear(&mut self.mems());
-            self.wr(QUEUE_NUM, u32::from(size))?;
-            if self.legacy {
-                self.wr(QUEUE_ALIGN, 4096)?;
-                self.wr(QUEUE_PFN, (queue_base(q) / 4096) as u32)?;
-            } else {
-                for (lo, addr) in [
-                    (QUEUE_DESC_LOW, dq.desc),
-                    (QUEUE_DRIVER_LOW, dq.avail),
-                    (QUEUE_DEVICE_LOW, dq.used),
-                ] {
-                    self.wr(lo, addr as u32)?;
-                    self.wr(lo + 4, (addr >> 32) as u32)?;
-                }
-                self.wr(QUEUE_READY, 1)?;
-            }
+            let legacy = self.legacy;
+            program_queue(&mut |off, v| self.wr(off, v), &dq, legacy)?;
             self.queues
                 .push((dq, (0..size).rev().collect(), BTreeMap::new()));
         }
@@ -1428,102 +1439,81 @@ mod permitted {
         }
     }
 
-    struct StingyConsole(Console);
+    /// A device type's model and oracles over another backend.
+    struct Variant<D> {
+        dev: D,
+        backend: fn() -> Box<dyn DeviceBackend>,
+    }
 
-    impl StreamDevice for StingyConsole {
+    impl<D: StreamDevice> StreamDevice for Variant<D> {
         fn backend(&self) -> Box<dyn DeviceBackend> {
-            Box::new(Stingy(ConsoleBackend::new(80, 25, 2, 2), 0))
+            (self.backend)()
         }
         fn wanted(&self, f: u8) -> u64 {
-            self.0.wanted(f)
+            self.dev.wanted(f)
         }
         fn check_offer(&self, o: u64) -> Result<(), Finding> {
-            self.0.check_offer(o)
+            self.dev.check_offer(o)
         }
         fn negotiated(&mut self, f: u64, l: bool) {
-            self.0.negotiated(f, l)
+            self.dev.negotiated(f, l)
         }
         fn queue_count(&self) -> u16 {
-            self.0.queue_count()
+            self.dev.queue_count()
         }
         fn role(&self, q: u16) -> Role {
-            self.0.role(q)
+            self.dev.role(q)
         }
         fn request(&self, r: Role, k: u8, l: u8) -> Request {
-            self.0.request(r, k, l)
+            self.dev.request(r, k, l)
         }
         fn published(&mut self, r: Role, b: &[u8]) {
-            self.0.published(r, b)
+            self.dev.published(r, b)
         }
         fn host_input(&self, p: u8, k: u8, l: u8) -> (u32, Vec<u8>) {
-            self.0.host_input(p, k, l)
+            self.dev.host_input(p, k, l)
         }
         fn sent(&mut self, p: u32, b: &[u8]) {
-            self.0.sent(p, b)
+            self.dev.sent(p, b)
         }
         fn ports(&self) -> u32 {
-            self.0.ports()
+            self.dev.ports()
         }
         fn config_written(&mut self, o: u64, v: u32) {
-            self.0.config_written(o, v)
+            self.dev.config_written(o, v)
         }
         fn used(&mut self, c: &UsedChain) -> Result<(), Finding> {
-            self.0.used(c)
+            self.dev.used(c)
         }
         fn host_records(&mut self, p: u32, r: Vec<Vec<u8>>) -> Result<(), Finding> {
-            self.0.host_records(p, r)
+            self.dev.host_records(p, r)
+        }
+        fn config_expectation(
+            &mut self,
+        ) -> Option<(u64, Vec<u8>, &'static str, &'static [&'static str])> {
+            self.dev.config_expectation()
+        }
+    }
+
+    fn stingy_console() -> Variant<Console> {
+        Variant {
+            dev: Console::default(),
+            backend: || Box::new(Stingy(ConsoleBackend::new(80, 25, 2, 2), 0)),
         }
     }
 
     /// A network device that starts non-promiscuous and copies a header length into received
     /// headers (both left open by §5.1.6.4.1 and §5.1.6.5.1).
-    struct StrictNet(Net);
-
-    impl StreamDevice for StrictNet {
-        fn backend(&self) -> Box<dyn DeviceBackend> {
-            Box::new(NetBackend::new(NetOptions {
-                promiscuous_after_reset: false,
-                rx_hdr_len: 54,
-                ..NetOptions::default()
-            }))
-        }
-        fn wanted(&self, f: u8) -> u64 {
-            self.0.wanted(f)
-        }
-        fn check_offer(&self, o: u64) -> Result<(), Finding> {
-            self.0.check_offer(o)
-        }
-        fn negotiated(&mut self, f: u64, l: bool) {
-            self.0.negotiated(f, l)
-        }
-        fn queue_count(&self) -> u16 {
-            self.0.queue_count()
-        }
-        fn role(&self, q: u16) -> Role {
-            self.0.role(q)
-        }
-        fn request(&self, r: Role, k: u8, l: u8) -> Request {
-            self.0.request(r, k, l)
-        }
-        fn published(&mut self, r: Role, b: &[u8]) {
-            self.0.published(r, b)
-        }
-        fn host_input(&self, p: u8, k: u8, l: u8) -> (u32, Vec<u8>) {
-            self.0.host_input(p, k, l)
-        }
-        fn ports(&self) -> u32 {
-            self.0.ports()
-        }
-        fn used(&mut self, c: &UsedChain) -> Result<(), Finding> {
-            self.0.used(c)
-        }
-        fn host_records(&mut self, p: u32, r: Vec<Vec<u8>>) -> Result<(), Finding> {
-            self.0.host_records(p, r)
-        }
-        fn config_expectation(
-            &mut self,
-        ) -> Option<(u64, Vec<u8>, &'static str, &'static [&'static str])> {
-            self.0.config_expectation()
+    fn strict_net() -> Variant<Net> {
+        Variant {
+            dev: Net::default(),
+            backend: || {
+                Box::new(NetBackend::new(NetOptions {
+                    promiscuous_after_reset: false,
+                    rx_hdr_len: 54,
+                    ..NetOptions::default()
+                }))
+            },
         }
     }
 
@@ -1537,12 +1527,12 @@ mod permitted {
             let r = match case.device % 4 {
                 1 => {
                     ran += 1;
-                    run(&case, StingyConsole(Console::default()), None)
+                    run(&case, stingy_console(), None)
                         .and_then(|()| run(&case, Console::default(), None))
                 }
                 2 => {
                     ran += 1;
-                    run(&case, StrictNet(Net::default()), None)
+                    run(&case, strict_net(), None)
                         .and_then(|()| run(&case, Net::default(), None))
                 }
                 _ => Ok(()),

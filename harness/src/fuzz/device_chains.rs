@@ -243,7 +243,11 @@ impl fmt::Display for DeviceChainsCase {
             self.device,
             self.features & 1 != 0,
             self.features & 2 != 0,
-            if self.features & 4 != 0 { "legacy" } else { "modern" },
+            if self.features & 4 != 0 {
+                "legacy"
+            } else {
+                "modern"
+            },
             if self.features & 12 == 12 {
                 ", MUST_TELL_HOST not accepted"
             } else {
@@ -440,6 +444,12 @@ impl Run {
         self.call(|d| d.read_u32(off))
     }
 
+    /// The `actual` value the device uses, as its host side reports it (le32).
+    fn actual_used(&mut self) -> Result<Option<Vec<u8>>, Finding> {
+        let r = self.call(|d| d.host_take(PORT_ACTUAL))?;
+        Ok(r.ok().and_then(|r| r.into_iter().next()))
+    }
+
     fn status(&mut self) -> Result<u8, Finding> {
         Ok(self.rd(STATUS)? as u8)
     }
@@ -575,13 +585,11 @@ impl Run {
                 if self.legacy && value & 1 != 0 {
                     // Byte by byte, least significant first: until the most significant byte
                     // is written the device keeps using the old value (BAL-DEV-09).
-                    let old = self.call(|d| d.host_take(PORT_ACTUAL))?;
-                    let old = old.ok().and_then(|r| r.into_iter().next());
+                    let old = self.actual_used()?;
                     for (k, b) in v.to_le_bytes().iter().enumerate().take(3) {
                         let off = CONFIG + (ACTUAL_OFFSET + k) as u64;
                         self.call(|d| d.write(off, &[*b]))?;
-                        let now = self.call(|d| d.host_take(PORT_ACTUAL))?;
-                        let now = now.ok().and_then(|r| r.into_iter().next());
+                        let now = self.actual_used()?;
                         if now != old {
                             return Err(err(
                                 "actual-torn",
@@ -598,8 +606,7 @@ impl Run {
                 } else {
                     self.wr(CONFIG + ACTUAL_OFFSET as u64, v)?;
                 }
-                let seen = self.call(|d| d.host_take(PORT_ACTUAL))?;
-                let seen = seen.ok().and_then(|r| r.into_iter().next());
+                let seen = self.actual_used()?;
                 if seen.as_deref() != Some(&v.to_le_bytes()[..]) {
                     return Err(err(
                         "actual",

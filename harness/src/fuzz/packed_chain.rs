@@ -534,11 +534,10 @@ pub fn packed_chain_on(data: &[u8], mutant: Option<Mutant>) -> Result<(), Findin
                 }
                 // PACKED-DEV-05 (a SHOULD NOT): with the Driver Event Suppression flags DISABLE
                 // for the whole operation, no used buffer notification.
-                let notified = rig
-                    .dev
-                    .take_interrupts()
-                    .iter()
-                    .any(|i| matches!(i, virtio_reference_device::Interrupt::UsedBuffer { .. }));
+                let notified =
+                    rig.dev.take_interrupts().iter().any(|i| {
+                        matches!(i, virtio_reference_device::Interrupt::UsedBuffer { .. })
+                    });
                 if notified && rig.driver_flags == RING_EVENT_FLAGS_DISABLE {
                     return Err(rig.finding(
                         "notification-while-disabled",

@@ -17,7 +17,8 @@
 //! `emerg_wr` may have joined port 0's output, or a reset left input undelivered or a
 //! transmit chain unused) is no longer checked for the rest of the case.
 
-use super::stream::{err, Request, Role, StreamDevice, UsedChain};
+use super::err;
+use super::stream::{Request, Role, StreamDevice, UsedChain};
 use crate::fuzz::Finding;
 use std::collections::BTreeSet;
 use virtio_reference_device::devices::console::{

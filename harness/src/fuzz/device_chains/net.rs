@@ -22,14 +22,15 @@
 //! | no frame lands on receiveq2 before VQ_PAIRS_SET enabled two pairs | NET-DEV-38, NET-DEV-39 |
 //! | after a used MAC_ADDR_SET acknowledged OK, `mac` reads the address set | NET-DEV-33 |
 
-use super::stream::{err, Request, Role, StreamDevice, UsedChain};
+use super::err;
+use super::stream::{Request, Role, StreamDevice, UsedChain};
 use crate::fuzz::Finding;
 use virtio_reference_device::devices::net::{
     dependencies_met, NetBackend, NetOptions, ETH_HLEN, NET_CONFIG_MAC, VIRTIO_NET_CTRL_ANNOUNCE,
     VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_VLAN,
-    VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_VLAN,
-    VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_GUEST_ANNOUNCE, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ,
-    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_OK,
+    VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_VLAN, VIRTIO_NET_F_CTRL_VQ,
+    VIRTIO_NET_F_GUEST_ANNOUNCE, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_OK,
 };
 use virtio_reference_device::regs::bit;
 use virtio_reference_device::DeviceBackend;
@@ -189,7 +190,8 @@ impl StreamDevice for Net {
             _ => {
                 let mut bytes = vec![0u8; self.header_len()];
                 let n = ETH_HLEN + 4 * usize::from(len) + usize::from(kind % 4);
-                let mut frame: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(13) ^ kind).collect();
+                let mut frame: Vec<u8> =
+                    (0..n).map(|i| (i as u8).wrapping_mul(13) ^ kind).collect();
                 frame[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
                 frame[6..12].copy_from_slice(&OWN_MAC);
                 frame[12..14].copy_from_slice(&[0x08, 0x00]);
@@ -220,7 +222,9 @@ impl StreamDevice for Net {
         } else {
             ETH_HLEN + 4 * usize::from(len)
         };
-        let mut f: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(29).wrapping_add(kind)).collect();
+        let mut f: Vec<u8> = (0..n)
+            .map(|i| (i as u8).wrapping_mul(29).wrapping_add(kind))
+            .collect();
         let dst: [u8; 6] = match kind % 4 {
             0 => OWN_MAC,
             1 => [0xff; 6],
@@ -269,7 +273,9 @@ impl StreamDevice for Net {
                             return Err(err(
                                 "num-buffers-not-one",
                                 &["NET-DEV-20"],
-                                format!("without MRG_RXBUF a receive header carries num_buffers {nb}"),
+                                format!(
+                                    "without MRG_RXBUF a receive header carries num_buffers {nb}"
+                                ),
                             ));
                         }
                     }
@@ -291,7 +297,8 @@ impl StreamDevice for Net {
                 if c.ill_formed {
                     pair.tx_lenient = true;
                 } else {
-                    pair.tx_expect.push(c.request.get(hlen..).unwrap_or(&[]).to_vec());
+                    pair.tx_expect
+                        .push(c.request.get(hlen..).unwrap_or(&[]).to_vec());
                 }
             }
             Role::ControlTransmit => {
@@ -299,7 +306,9 @@ impl StreamDevice for Net {
                     // The device may have carried the command out anyway: MAC_ADDR_SET may have
                     // replaced the address expected, VQ_PAIRS_SET may have enabled pairs.
                     self.mac_expect = None;
-                    if let (Some(&VIRTIO_NET_CTRL_MQ), Some(n)) = (c.request.first(), c.request.get(2..4)) {
+                    if let (Some(&VIRTIO_NET_CTRL_MQ), Some(n)) =
+                        (c.request.first(), c.request.get(2..4))
+                    {
                         self.enabled = self.enabled.max(u16::from_le_bytes([n[0], n[1]]));
                     }
                     return Ok(());

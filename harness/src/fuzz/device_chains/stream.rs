@@ -43,18 +43,18 @@
 //! `divergence`: the differential oracle that measures which mutants the body can see.
 
 use super::super::Finding;
+use super::err;
+use super::Reader;
 use crate::target::reference::guarded_call;
 use crate::target::TargetError;
 use std::collections::BTreeMap;
 use std::fmt;
 use virtio_reference_device::regs::*;
 use virtio_reference_device::{
-    AccessKind, Descriptor, DeviceBackend, DeviceConfig, DriverMemory, DriverQueue, GuestRam, MmioDevice,
-    Mutant, TransportVersion,
+    AccessKind, Descriptor, DeviceBackend, DeviceConfig, DriverMemory, DriverQueue, GuestRam,
+    MmioDevice, Mutant, TransportVersion,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-
-pub(super) const TARGET: &str = "device_chains";
 
 /// Guest RAM of one case: 320 KiB at guest physical address 0.
 pub const RAM: u64 = 0x5_0000;
@@ -147,19 +147,6 @@ pub struct StreamCase {
     pub ops: Vec<StreamOp>,
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn byte(&mut self) -> u8 {
-        let b = self.data.get(self.at).copied().unwrap_or(0);
-        self.at += 1;
-        b
-    }
-}
-
 /// Decodes `data` leniently (missing bytes read as zeros).
 pub fn decode(data: &[u8]) -> StreamCase {
     let mut r = Reader { data, at: 0 };
@@ -167,7 +154,7 @@ pub fn decode(data: &[u8]) -> StreamCase {
     let features = r.byte();
     let mode = r.byte();
     let mut ops = Vec::new();
-    while r.at < data.len() && ops.len() < MAX_OPS {
+    while !r.done() && ops.len() < MAX_OPS {
         let op = match r.byte() % 8 {
             0 | 1 => {
                 let queue = r.byte();
@@ -255,7 +242,11 @@ impl fmt::Display for StreamCase {
             "device {name} (selector {}), features selector {:#04x}, {} transport{}",
             self.device,
             self.features,
-            if self.mode & 1 != 0 { "legacy" } else { "modern" },
+            if self.mode & 1 != 0 {
+                "legacy"
+            } else {
+                "modern"
+            },
             if self.mode & 2 != 0 {
                 ", DRIVER_OK withheld"
             } else {
@@ -362,18 +353,20 @@ pub trait StreamDevice {
     fn host_records(&mut self, port: u32, records: Vec<Vec<u8>>) -> Result<(), Finding>;
     /// Configuration bytes that must read as given after the operation (offset, bytes,
     /// oracle, requirements).
-    fn config_expectation(&mut self) -> Option<(u64, Vec<u8>, &'static str, &'static [&'static str])> {
+    fn config_expectation(
+        &mut self,
+    ) -> Option<(u64, Vec<u8>, &'static str, &'static [&'static str])> {
         None
     }
 }
 
-pub(super) fn err(oracle: &'static str, reqs: &[&'static str], msg: impl Into<String>) -> Finding {
-    Finding::new(TARGET, oracle, reqs, msg)
-}
-
 fn target_error(e: TargetError, who: &str) -> Finding {
     match e {
-        TargetError::Hung(m) => err("hang", &["SPLIT-DEV-MALFORMED-CHAIN"], format!("{who}: {m}")),
+        TargetError::Hung(m) => err(
+            "hang",
+            &["SPLIT-DEV-MALFORMED-CHAIN"],
+            format!("{who}: {m}"),
+        ),
         other => err(
             "panic",
             &["SPLIT-DEV-MALFORMED-CHAIN"],
@@ -423,6 +416,20 @@ impl Side {
     fn call<R>(&mut self, f: impl FnOnce(&mut MmioDevice) -> R) -> Result<R, Finding> {
         let who = self.name;
         guarded_call(&mut self.dev, f).map_err(|e| target_error(e, who))
+    }
+
+    /// The device's non-empty memory writes (guest physical address, bytes) since the last
+    /// call.
+    fn take_writes(&mut self) -> Result<Vec<(u64, u64)>, Finding> {
+        let Some(d) = self.dev.as_mut() else {
+            return Err(err("panic", &[], format!("{} gone", self.name)));
+        };
+        Ok(d.ram_mut()
+            .take_accesses()
+            .iter()
+            .filter(|a| a.kind == AccessKind::Write && a.len > 0)
+            .map(|a| (a.gpa, a.len))
+            .collect())
     }
 
     fn read(&self, gpa: u64, len: usize) -> Vec<u8> {
@@ -502,7 +509,11 @@ fn div(what: impl fmt::Display) -> Finding {
 
 /// Runs `case` against `dev`'s backend with `mutant` (and a reference twin when a mutant is
 /// given).
-pub fn run<D: StreamDevice>(case: &StreamCase, dev: D, mutant: Option<Mutant>) -> Result<(), Finding> {
+pub fn run<D: StreamDevice>(
+    case: &StreamCase,
+    dev: D,
+    mutant: Option<Mutant>,
+) -> Result<(), Finding> {
     run_with(case, dev, mutant, mutant.is_some())
 }
 
@@ -731,9 +742,10 @@ impl<D: StreamDevice> Run<D> {
         let role = self.dev.role(q);
         // (readable?, bytes or writable length)
         let (request, tail) = match role {
-            Role::Receive(_) | Role::ControlReceive => {
-                (Vec::new(), ((usize::from(len) + 1) * 8).min(MAX_CHAIN_BYTES))
-            }
+            Role::Receive(_) | Role::ControlReceive => (
+                Vec::new(),
+                ((usize::from(len) + 1) * 8).min(MAX_CHAIN_BYTES),
+            ),
             Role::Transmit(_) | Role::ControlTransmit => {
                 let mut r = self.dev.request(role, kind, len);
                 r.bytes.truncate(MAX_CHAIN_BYTES);
@@ -741,7 +753,7 @@ impl<D: StreamDevice> Run<D> {
             }
         };
         // The split: the request's bytes (or, for a receive chain, the writable space).
-        let receive = request.is_empty() && matches!(role, Role::Receive(_) | Role::ControlReceive);
+        let receive = matches!(role, Role::Receive(_) | Role::ControlReceive);
         let total = if receive { tail } else { request.len() };
         let mut points: Vec<usize> = cuts.iter().map(|&c| usize::from(c) * total / 255).collect();
         points.sort_unstable();
@@ -856,27 +868,9 @@ impl<D: StreamDevice> Run<D> {
     /// After every operation: the device's memory writes, the used rings, the host records,
     /// and (with a twin) the comparison with the reference.
     fn check(&mut self) -> Result<(), Finding> {
-        let log = match self.subject.dev.as_mut() {
-            Some(d) => d.ram_mut().take_accesses(),
-            None => return Err(err("panic", &[], "device gone")),
-        };
-        let writes: Vec<(u64, u64)> = log
-            .iter()
-            .filter(|a| a.kind == AccessKind::Write && a.len > 0)
-            .map(|a| (a.gpa, a.len))
-            .collect();
+        let writes = self.subject.take_writes()?;
         let twin_writes = match self.twin.as_mut() {
-            Some(t) => match t.dev.as_mut() {
-                Some(d) => Some(
-                    d.ram_mut()
-                        .take_accesses()
-                        .iter()
-                        .filter(|a| a.kind == AccessKind::Write && a.len > 0)
-                        .map(|a| (a.gpa, a.len))
-                        .collect::<Vec<_>>(),
-                ),
-                None => return Err(err("panic", &[], "reference twin gone")),
-            },
+            Some(t) => Some(t.take_writes()?),
             None => None,
         };
         self.spec_oracles(&writes)?;
@@ -956,10 +950,10 @@ impl<D: StreamDevice> Run<D> {
         // Used elements.
         for qi in 0..self.queues.len() {
             let q = qi as u16;
-            let used = {
-                let mut m = self.subject.mem.clone();
-                self.queues[qi].0.take_used(&mut m).unwrap_or_default()
-            };
+            let used = self.queues[qi]
+                .0
+                .take_used(&mut Mems(&self.subject.mem, None))
+                .unwrap_or_default();
             for (id, len) in used {
                 let Some(o) = u16::try_from(id)
                     .ok()
@@ -975,7 +969,10 @@ impl<D: StreamDevice> Run<D> {
                     return Err(err(
                         "work-before-driver-ok",
                         &["STATUS-DEV-01"],
-                        format!("queue {q}: the chain of op #{} was used before DRIVER_OK", o.op),
+                        format!(
+                            "queue {q}: the chain of op #{} was used before DRIVER_OK",
+                            o.op
+                        ),
                     ));
                 }
                 if u64::from(len) > o.writable_bytes {
@@ -1018,10 +1015,7 @@ impl<D: StreamDevice> Run<D> {
         }
         // Host records.
         for p in 0..self.dev.ports() {
-            let recs = self
-                .subject
-                .call(|d| d.host_take(p))?
-                .unwrap_or_default();
+            let recs = self.subject.call(|d| d.host_take(p))?.unwrap_or_default();
             if let Some(t) = self.twin.as_mut() {
                 let trecs = t.call(|d| d.host_take(p))?.unwrap_or_default();
                 if recs != trecs && self.divergence.is_none() {
@@ -1348,13 +1342,22 @@ mod tests {
                 let alone = seeds().iter().any(|(_, b)| {
                     let case = decode(b);
                     let r = if case.device % 4 == 1 {
-                        run_with(&case, super::super::console::Console::default(), Some(m), false)
+                        run_with(
+                            &case,
+                            super::super::console::Console::default(),
+                            Some(m),
+                            false,
+                        )
                     } else {
                         run_with(&case, super::super::net::Net::default(), Some(m), false)
                     };
                     r.is_err_and(|f| f.oracle != "divergence")
                 });
-                assert!(alone, "{}: only the differential finds it: {findings:?}", m.name());
+                assert!(
+                    alone,
+                    "{}: only the differential finds it: {findings:?}",
+                    m.name()
+                );
             }
         }
         assert!(missed.is_empty(), "not found from the seeds: {missed:?}");
@@ -1532,8 +1535,7 @@ mod permitted {
                 }
                 2 => {
                     ran += 1;
-                    run(&case, strict_net(), None)
-                        .and_then(|()| run(&case, Net::default(), None))
+                    run(&case, strict_net(), None).and_then(|()| run(&case, Net::default(), None))
                 }
                 _ => Ok(()),
             };

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `cargo package` of both crates (reference device and harness), verified (each package is
+# `cargo package` of the three crates (guest memory, reference device and harness), verified (each package is
 # built from its .crate the way a registry user would get it), and a check that the harness
 # package carries the specs it embeds: requirements.json and every case of specs/sequences.
 set -euo pipefail
@@ -8,16 +8,20 @@ log=$(mktemp)
 # Cargo verifies the harness package against the reference-device package through a local
 # registry whose sources it unpacks under $CARGO_HOME/registry/src and reuses while a copy of
 # the same name and version is there: an earlier run's copy would be built instead of this
-# checkout's. Both crates stay at 0.1.0 until published, so drop those copies first.
+# checkout's. The crates stay at 0.1.0 until published, so drop those copies first.
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 rm -rf "$cargo_home"/registry/src/*/virtio-reference-device-0.1.0 \
-  "$cargo_home"/registry/src/*/virtio-conform-0.1.0
+  "$cargo_home"/registry/src/*/virtio-conform-0.1.0 \
+  "$cargo_home"/registry/src/*/virtio-conform-guest-ram-0.1.0
 # Registry packages are never rebuilt once built (their fingerprint is name and version), so
-# an earlier verification's build of reference-device would be linked too.
+# an earlier verification's build of reference-device or guest-ram would be linked too.
 target_dir="${CARGO_TARGET_DIR:-target}"
 rm -rf "$target_dir"/debug/.fingerprint/virtio-reference-device-* \
   "$target_dir"/debug/deps/libvirtio_reference_device-* \
-  "$target_dir"/debug/deps/virtio_reference_device-*
+  "$target_dir"/debug/deps/virtio_reference_device-* \
+  "$target_dir"/debug/.fingerprint/virtio-conform-guest-ram-* \
+  "$target_dir"/debug/deps/libguest_ram-* \
+  "$target_dir"/debug/deps/guest_ram-*
 if ! cargo package --workspace --locked --allow-dirty >"$log" 2>&1; then
   cat "$log"
   rm -f "$log"

@@ -296,7 +296,7 @@ pub fn decode_queue_chain(data: &[u8]) -> QueueChainCase {
         flags: r.u8(),
         start: r.u8(),
     };
-    let mut ops = Vec::new();
+    let mut ops = Vec::with_capacity(MAX_OPS.min(data.len() / 2 + 1));
     while r.pos < data.len() && ops.len() < MAX_OPS {
         let x = r.u32();
         ops.push(match (x as u64 * QC_OP_VARIANTS as u64) >> 32 {
@@ -539,6 +539,22 @@ struct Pool {
     scratch: Vec<u8>,
     /// `[start, end)` of what any side may have written since both memories were last zero.
     written: (u64, u64),
+    /// The vectors of the last [`Run`], kept for the next one (their capacity is reused).
+    spare: Spare,
+}
+
+/// Vectors a [`Run`] fills and empties, handed from one case to the next so that a case
+/// allocates almost nothing.
+#[derive(Default)]
+struct Spare {
+    free: Vec<u16>,
+    chains: Vec<Vec<u16>>,
+    outstanding: Vec<u16>,
+    tables: Vec<(u64, u64)>,
+    vbuf: Vec<Descriptor>,
+    readable: Vec<(u64, u64)>,
+    writable: Vec<(u64, u64)>,
+    reads: Vec<(u64, u64)>,
 }
 
 impl Pool {
@@ -553,6 +569,7 @@ impl Pool {
             vmem,
             scratch: vec![0; RAM_SIZE as usize],
             written: (0, RAM_SIZE),
+            spare: Spare::default(),
         })
     }
 
@@ -565,8 +582,9 @@ impl Pool {
         let zeros = &ZEROS[..(hi - lo) as usize];
         let _ = self.drv_mem.write(lo, zeros);
         let _ = self.vmem.write_slice(zeros, GuestAddress(lo));
-        self.ram.take_accesses();
-        let mut run = Run::new(case, self, mutant)?;
+        self.ram.clear_accesses();
+        let spare = std::mem::take(&mut self.spare);
+        let mut run = Run::new(case, self, spare, mutant)?;
         let mut result = Ok(());
         for (i, op) in case.ops.iter().enumerate() {
             result = run.op(op).map_err(|f| f.at(i).on(mutant));
@@ -579,8 +597,9 @@ impl Pool {
             result = run.kick().map_err(|f| f.at(case.ops.len()).on(mutant));
         }
         run.fold_device_writes();
-        let written = run.written;
+        let (written, spare) = run.finish();
         self.written = written;
+        self.spare = spare;
         result
     }
 }
@@ -909,12 +928,14 @@ struct Run<'m> {
     vbuf: Vec<Descriptor>,
     readable: Vec<(u64, u64)>,
     writable: Vec<(u64, u64)>,
+    reads: Vec<(u64, u64)>,
 }
 
 impl<'m> Run<'m> {
     fn new(
         case: &QueueChainCase,
         pool: &'m mut Pool,
+        spare: Spare,
         mutant: Option<Mutant>,
     ) -> Result<Self, Finding> {
         let cfg = case.config();
@@ -946,6 +967,25 @@ impl<'m> Run<'m> {
         vq.set_ready(true);
         let mut backend = EntropyBackend::new(0x5eed);
         backend.set_writes_readable(mutant == Some(Mutant::WritesReadableBuffers));
+        let Spare {
+            mut free,
+            mut chains,
+            mut outstanding,
+            mut tables,
+            mut vbuf,
+            mut readable,
+            mut writable,
+            mut reads,
+        } = spare;
+        free.clear();
+        free.extend((0..cfg.size).rev());
+        chains.resize_with(cfg.size as usize, Vec::new);
+        chains.iter_mut().for_each(Vec::clear);
+        outstanding.clear();
+        for v in [&mut tables, &mut readable, &mut writable, &mut reads] {
+            v.clear();
+        }
+        vbuf.clear();
         let mut run = Run {
             cfg,
             ram,
@@ -960,24 +1000,40 @@ impl<'m> Run<'m> {
             vq,
             backend,
             drv: Driver {
-                free: (0..cfg.size).rev().collect(),
-                chains: vec![Vec::new(); cfg.size as usize],
+                free,
+                chains,
                 avail_idx: cfg.start,
                 used_idx: cfg.start,
                 signalled: cfg.start,
-                outstanding: Vec::new(),
+                outstanding,
                 broke_contract: false,
             },
             dead: false,
-            tables: Vec::new(),
-            vbuf: Vec::new(),
-            readable: Vec::new(),
-            writable: Vec::new(),
+            tables,
+            vbuf,
+            readable,
+            writable,
+            reads,
         };
         run.poke_u16(AVAIL_RING + 2, cfg.start);
         run.poke_u16(USED_RING + 2, cfg.start);
         run.poke_u16(run.used_event_addr(), cfg.start);
         Ok(run)
+    }
+
+    /// Ends the run: what it wrote (`[start, end)`) and its vectors for the next one.
+    fn finish(self) -> ((u64, u64), Spare) {
+        let spare = Spare {
+            free: self.drv.free,
+            chains: self.drv.chains,
+            outstanding: self.drv.outstanding,
+            tables: self.tables,
+            vbuf: self.vbuf,
+            readable: self.readable,
+            writable: self.writable,
+            reads: self.reads,
+        };
+        (self.written, spare)
     }
 
     fn used_event_addr(&self) -> u64 {
@@ -1085,10 +1141,13 @@ impl<'m> Run<'m> {
         let corr = Corruption::from_knob(spec.knob);
         let n = 1 + spec.n as usize % MAX_BUFS;
         let arg = spec.arg;
-        let mut bufs: Vec<(u32, bool)> = spec.bufs[..n]
-            .iter()
-            .map(|b| ((b & 0x7f) as u32 + 1, b & 0x80 != 0))
-            .collect();
+        // Fixed arrays, not vectors: a chain has at most MAX_BUFS buffers (plus one indirect
+        // descriptor), and this runs for every chain of every input.
+        let mut bufs = [(0u32, false); MAX_BUFS];
+        for (b, &v) in bufs.iter_mut().zip(&spec.bufs[..n]) {
+            *b = ((v & 0x7f) as u32 + 1, v & 0x80 != 0);
+        }
+        let bufs = &mut bufs[..n];
         if corr == Some(Corruption::WritableBeforeReadable) {
             if n >= 2 {
                 bufs[0].1 = true;
@@ -1097,16 +1156,21 @@ impl<'m> Run<'m> {
         } else {
             bufs.sort_by_key(|b| b.1);
         }
-        let mut descs: Vec<Descriptor> = bufs
-            .iter()
-            .enumerate()
-            .map(|(p, &(len, w))| Descriptor {
+        const UNSET: Descriptor = Descriptor {
+            addr: 0,
+            len: 0,
+            flags: 0,
+            next: 0,
+        };
+        let mut descs = [UNSET; MAX_BUFS];
+        for (p, (d, &(len, w))) in descs.iter_mut().zip(bufs.iter()).enumerate() {
+            *d = Descriptor {
                 addr: DATA + p as u64 * STRIDE,
                 len,
                 flags: if w { VIRTQ_DESC_F_WRITE } else { 0 },
                 next: 0,
-            })
-            .collect();
+            };
+        }
         let j = arg as usize % n;
         match corr {
             Some(Corruption::AddrAtEnd) => descs[j].addr = RAM_SIZE - descs[j].len as u64,
@@ -1127,7 +1191,6 @@ impl<'m> Run<'m> {
         } else {
             n.min(size)
         };
-        descs.truncate(if use_indirect { n } else { direct });
         let need = direct + use_indirect as usize;
         if self.drv.free.len() < need {
             self.kick()?;
@@ -1138,20 +1201,30 @@ impl<'m> Run<'m> {
         let Some(split) = self.drv.free.len().checked_sub(need) else {
             return Ok(());
         };
-        let indices: Vec<u16> = self.drv.free.split_off(split).into_iter().rev().collect();
-        let (mut head_part, mut table_part) = (descs.clone(), Vec::new());
+        // The chain's descriptor indices go into the vector kept for its head (reused).
+        let head = self.drv.free[self.drv.free.len() - 1];
+        let mut indices = std::mem::take(&mut self.drv.chains[head as usize]);
+        indices.clear();
+        indices.extend(self.drv.free.drain(split..).rev());
+        // The descriptor-table part (with room for the indirect descriptor) and the
+        // indirect table's part.
+        let mut head_buf = [UNSET; MAX_BUFS + 1];
+        head_buf[..direct].copy_from_slice(&descs[..direct]);
+        let mut head_len = direct;
+        let mut table_buf = [UNSET; MAX_BUFS];
+        let mut m = 0;
         if use_indirect {
-            table_part = head_part.split_off(direct);
             // §2.7.5.3.1: an indirect table holds at most queue-size descriptors.
-            table_part.truncate(size);
+            m = (n - direct).min(size);
+            table_buf[..m].copy_from_slice(&descs[direct..direct + m]);
         }
+        let table_part = &mut table_buf[..m];
         for i in 0..direct {
             if i + 1 < need {
-                head_part[i].flags |= VIRTQ_DESC_F_NEXT;
-                head_part[i].next = indices[i + 1];
+                head_buf[i].flags |= VIRTQ_DESC_F_NEXT;
+                head_buf[i].next = indices[i + 1];
             }
         }
-        let m = table_part.len();
         if use_indirect {
             for (i, d) in table_part.iter_mut().enumerate() {
                 if i + 1 < m {
@@ -1198,7 +1271,8 @@ impl<'m> Run<'m> {
                 }
                 _ => {}
             }
-            head_part.push(ptr);
+            head_buf[head_len] = ptr;
+            head_len += 1;
             for (i, d) in table_part.iter().enumerate() {
                 self.poke_desc(table, i as u16, d);
             }
@@ -1206,22 +1280,22 @@ impl<'m> Run<'m> {
             let last = direct - 1;
             match corr {
                 Some(Corruption::Loop) => {
-                    head_part[last].flags |= VIRTQ_DESC_F_NEXT;
-                    head_part[last].next = indices[0];
+                    head_buf[last].flags |= VIRTQ_DESC_F_NEXT;
+                    head_buf[last].next = indices[0];
                 }
                 Some(Corruption::NextOutOfRange) => {
-                    head_part[last].flags |= VIRTQ_DESC_F_NEXT;
-                    head_part[last].next = self.cfg.size + (arg % 4) as u16;
+                    head_buf[last].flags |= VIRTQ_DESC_F_NEXT;
+                    head_buf[last].next = self.cfg.size + (arg % 4) as u16;
                 }
                 _ => {}
             }
         }
-        for (i, d) in head_part.iter().enumerate() {
+        for (i, d) in head_buf[..head_len].iter().enumerate() {
             self.poke_desc(DESC_TABLE, indices[i], d);
         }
-        let head = indices[0];
         let published = if corr == Some(Corruption::HeadOutOfRange) {
-            self.drv.free.extend(indices.iter().rev());
+            self.drv.free.extend(indices.drain(..).rev());
+            self.drv.chains[head as usize] = indices;
             self.cfg.size + (arg % 16) as u16
         } else {
             self.drv.chains[head as usize] = indices;
@@ -1382,7 +1456,7 @@ impl<'m> Run<'m> {
         self.notification()?;
         if self.ram.accesses().len() > 4096 {
             self.fold_device_writes();
-            self.ram.take_accesses();
+            self.ram.clear_accesses();
             self.seen = 0;
             self.folded = 0;
         }
@@ -1453,13 +1527,14 @@ impl<'m> Run<'m> {
         self.tables.clear();
         self.tables.extend(trace.tables());
         if !in_rings {
-            let mut reads = rings.to_vec();
-            reads.extend_from_slice(&self.tables);
+            self.reads.clear();
+            self.reads.extend_from_slice(rings);
+            self.reads.extend_from_slice(&self.tables);
             check_accesses(
                 self.ram.accesses().get(acc_from..acc_to).unwrap_or(&[]),
                 &Allowed {
                     phase: "pop",
-                    reads: &reads,
+                    reads: &self.reads,
                     writes: &[],
                     readable: &[],
                     tables: &self.tables,
@@ -1624,9 +1699,15 @@ impl<'m> Run<'m> {
         self.vq
             .add_used(self.vmem, head, len)
             .map_err(|e| vq_err(format!("add_used({head}, {len}): {e}")))?;
-        let _ = self
+        // The one region directly, as in `sync_vq`.
+        if let Some(slice) = self
             .vmem
-            .read_slice(&mut after[..n], GuestAddress(USED_RING));
+            .iter()
+            .next()
+            .and_then(|r| r.get_slice(MemoryRegionAddress(USED_RING), n).ok())
+        {
+            slice.copy_to(&mut after[..n]);
+        }
         if before[..n] != after[..n] {
             return Err(Finding::new(
                 TARGET,
@@ -1643,8 +1724,7 @@ impl<'m> Run<'m> {
             self.drv.outstanding.swap_remove(pos);
         }
         if let Some(ix) = self.drv.chains.get_mut(head as usize) {
-            let ix = std::mem::take(ix);
-            self.drv.free.extend(ix.into_iter().rev());
+            self.drv.free.extend(ix.drain(..).rev());
         }
         Ok(())
     }
@@ -1671,7 +1751,8 @@ impl<'m> Run<'m> {
             tables: &[],
         })?;
         let mem = &mut *self.drv_mem;
-        let (want, ids, why) = if self.cfg.event_idx {
+        // The field the decision rests on: `used_event` with EVENT_IDX, `avail.flags` without.
+        let (want, ids, field) = if self.cfg.event_idx {
             let used_event = read_u16(mem, ue);
             let want = new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old);
             (
@@ -1681,7 +1762,7 @@ impl<'m> Run<'m> {
                 } else {
                     &["VQ-DEV-13"][..]
                 },
-                format!("EVENT_IDX: used_event {used_event}, used idx moved {old} -> {new}"),
+                used_event,
             )
         } else {
             let flags = read_u16(mem, AVAIL_RING);
@@ -1693,10 +1774,20 @@ impl<'m> Run<'m> {
                 } else {
                     &["VQ-DEV-09"][..]
                 },
-                format!("no EVENT_IDX: avail.flags {flags:#x}"),
+                flags,
             )
         };
+        // Formatted only for a finding (this runs after every kick).
+        let event_idx = self.cfg.event_idx;
+        let why = || {
+            if event_idx {
+                format!("EVENT_IDX: used_event {field}, used idx moved {old} -> {new}")
+            } else {
+                format!("no EVENT_IDX: avail.flags {field:#x}")
+            }
+        };
         if got != want {
+            let why = why();
             return Err(Finding::new(
                 TARGET,
                 "notification",
@@ -1715,6 +1806,7 @@ impl<'m> Run<'m> {
             .map_err(|e| vq_err(format!("needs_notification: {e}")))?;
         // Without EVENT_IDX virtio-queue always notifies: justified ("NoInterruptIgnored").
         if vq != want && (self.cfg.event_idx || want) {
+            let why = why();
             return Err(Finding::new(
                 TARGET,
                 "divergence",

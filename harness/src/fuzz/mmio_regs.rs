@@ -18,7 +18,7 @@
 //! | QueueNumMax reads 0 for a queue that does not exist | MMIO-REG-02 |
 //! | SHMLen/SHMBase read all ones for an unused region id | SHM-REG-01 |
 //! | no guest-memory access on a notification before DRIVER_OK (version 2) | STATUS-DEV-01 |
-//! | no ring access for a queue whose QueueNum is not a power of 2 up to QueueNumMax | VQ-DEV-20 |
+//! | no ring access for a queue whose QueueNum is 0 or above QueueNumMax, or (split ring) not a power of 2 | VQ-DEV-20 |
 //! | every device access lies inside guest memory | SPLIT-DEV-MALFORMED-CHAIN |
 
 use super::mmio::{decode_mmio, Effects, Exec, Hook, MmioCase};
@@ -87,6 +87,8 @@ pub struct Oracles {
     driver_sel: u32,
     features: u64,
     features_beyond: bool,
+    /// The driver accepted VIRTIO_F_RING_PACKED at some point since the last reset.
+    packed_accepted: bool,
     queue_sel: u32,
     /// Per queue: the QueueNum the driver set (`None`: unknown, written while the queue was
     /// live) and whether the driver enabled it.
@@ -126,6 +128,7 @@ impl Oracles {
             driver_sel: 0,
             features: 0,
             features_beyond: false,
+            packed_accepted: false,
             queue_sel: 0,
             queue_num: vec![None; n],
             queue_ready: vec![false; n],
@@ -147,6 +150,7 @@ impl Oracles {
         self.driver_sel = 0;
         self.features = 0;
         self.features_beyond = false;
+        self.packed_accepted = false;
         self.queue_sel = 0;
         for (i, n) in self.queue_num.iter_mut().enumerate() {
             *n = Some(if self.default_num {
@@ -166,8 +170,16 @@ impl Oracles {
         Err(Finding::new(TARGET, oracle, ids, msg))
     }
 
+    /// Whether a queue of `num` entries is one the device may use: 1 to QueueNumMax, and a
+    /// power of 2 for a split ring (§2.7). A packed ring's size need not be a power of 2
+    /// (§2.8), so once the driver accepted VIRTIO_F_RING_PACKED only the bounds are judged,
+    /// from the first acceptance until the next reset: the driver may take the bit back, or
+    /// set DRIVER_OK without FEATURES_OK (with the bit offered or not), and the spec does not
+    /// say which layout a device then uses for a queue (FEATURES_OK with an unoffered bit is
+    /// graded by FEAT-DEV-02b).
     fn valid_num(&self, q: usize, num: u32) -> bool {
-        num != 0 && num.is_power_of_two() && num <= self.queue_max[q]
+        let packed = !self.legacy && self.packed_accepted;
+        num != 0 && (packed || num.is_power_of_two()) && num <= self.queue_max[q]
     }
 
     /// Checks that hold after every access, from the device's own state.
@@ -418,7 +430,10 @@ impl Hook<SmallTarget> for Oracles {
             DRIVER_FEATURES_SEL => self.driver_sel = v,
             DRIVER_FEATURES if self.legacy || live & FEATURES_OK == 0 => match self.driver_sel {
                 0 => self.features = (self.features & !0xffff_ffff) | v as u64,
-                1 => self.features = (self.features & 0xffff_ffff) | (v as u64) << 32,
+                1 => {
+                    self.features = (self.features & 0xffff_ffff) | (v as u64) << 32;
+                    self.packed_accepted |= self.features & bit(VIRTIO_F_RING_PACKED) != 0;
+                }
                 _ => self.features_beyond |= v != 0,
             },
             QUEUE_SEL => self.queue_sel = v,

@@ -197,7 +197,7 @@ fi
 echo "== cargo install: the installed binary runs the suite outside the checkout"
 suite_run bash scripts/install-check.sh
 
-echo "== cargo package: both crates, the harness carrying its specs"
+echo "== cargo package: the three crates (guest-ram, reference-device, harness), the harness carrying its specs"
 suite_run bash scripts/package-check.sh
 
 # The gate's own `cargo test` results count like the workspace's; a gate that skipped (no

@@ -194,35 +194,27 @@ impl GuestRam {
     #[inline(never)]
     pub fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), OutOfBounds> {
         let len = buf.len() as u64;
+        let oob = OutOfBounds { gpa, len };
         if buf.is_empty() {
             if !self.contains(gpa, len) {
-                return Err(OutOfBounds { gpa, len });
+                return Err(oob);
             }
-            self.record(AccessKind::Read, gpa, len);
-            return Ok(());
-        }
-        match &self.mem {
-            Backing::Flat(bytes) => {
-                let bytes = lock(bytes);
-                let src = flat_range(&bytes, gpa, len).ok_or(OutOfBounds { gpa, len })?;
-                buf.copy_from_slice(src);
-            }
-            Backing::Mmap(mem) => {
-                // The range lies inside one region, so one slice of that region covers it.
-                let slice =
-                    region_slice(&self.regions, mem, gpa, len).ok_or(OutOfBounds { gpa, len })?;
-                if slice.copy_to(buf) != buf.len() {
-                    return Err(OutOfBounds { gpa, len });
+        } else {
+            match &self.mem {
+                Backing::Flat(bytes) => {
+                    let bytes = lock(bytes);
+                    buf.copy_from_slice(flat_range(&bytes, gpa, len).ok_or(oob)?);
+                }
+                Backing::Mmap(mem) => {
+                    // The range lies inside one region, so one slice of that region covers it.
+                    let slice = region_slice(&self.regions, mem, gpa, len).ok_or(oob)?;
+                    if slice.copy_to(buf) != buf.len() {
+                        return Err(oob);
+                    }
                 }
             }
         }
-        if self.recording {
-            self.log.push(MemoryAccess {
-                kind: AccessKind::Read,
-                gpa,
-                len,
-            });
-        }
+        self.record(AccessKind::Read, gpa, len);
         Ok(())
     }
 
@@ -231,36 +223,30 @@ impl GuestRam {
     #[inline(never)]
     pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), OutOfBounds> {
         let len = data.len() as u64;
+        let oob = OutOfBounds { gpa, len };
         if data.is_empty() {
             if !self.contains(gpa, len) {
-                return Err(OutOfBounds { gpa, len });
+                return Err(oob);
             }
-            self.record(AccessKind::Write, gpa, len);
-            return Ok(());
-        }
-        match &self.mem {
-            Backing::Flat(bytes) => {
-                let mut bytes = lock(bytes);
-                let dst = flat_range_mut(&mut bytes, gpa, len).ok_or(OutOfBounds { gpa, len })?;
-                dst.copy_from_slice(data);
-            }
-            Backing::Mmap(mem) => {
-                // One region holds the whole range: see `read`.
-                let slice =
-                    region_slice(&self.regions, mem, gpa, len).ok_or(OutOfBounds { gpa, len })?;
-                if slice.len() != data.len() {
-                    return Err(OutOfBounds { gpa, len });
+        } else {
+            match &self.mem {
+                Backing::Flat(bytes) => {
+                    let mut bytes = lock(bytes);
+                    flat_range_mut(&mut bytes, gpa, len)
+                        .ok_or(oob)?
+                        .copy_from_slice(data);
                 }
-                slice.copy_from(data);
+                Backing::Mmap(mem) => {
+                    // One region holds the whole range: see `read`.
+                    let slice = region_slice(&self.regions, mem, gpa, len).ok_or(oob)?;
+                    if slice.len() != data.len() {
+                        return Err(oob);
+                    }
+                    slice.copy_from(data);
+                }
             }
         }
-        if self.recording {
-            self.log.push(MemoryAccess {
-                kind: AccessKind::Write,
-                gpa,
-                len,
-            });
-        }
+        self.record(AccessKind::Write, gpa, len);
         Ok(())
     }
 

@@ -55,7 +55,7 @@ use virtio_reference_device::{
 };
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    MemoryRegionAddress,
+    MemoryRegionAddress, VolatileSlice,
 };
 
 const TARGET: &str = "queue_chain";
@@ -535,22 +535,22 @@ struct Pool {
     drv_mem: GuestRam,
     /// `virtio-queue`'s copy.
     vmem: GuestMemoryMmap,
-    /// Scratch for [`Run::sync_vq`].
-    scratch: Vec<u8>,
     /// `[start, end)` of what any side may have written since both memories were last zero.
     written: (u64, u64),
-    /// The vectors of the last [`Run`], kept for the next one (their capacity is reused).
-    spare: Spare,
+    /// The driver's bookkeeping and the scratch vectors, reset by each [`Run`] and kept
+    /// across cases so that a case allocates almost nothing.
+    drv: Driver,
+    scratch: Scratch,
 }
 
-/// Vectors a [`Run`] fills and empties, handed from one case to the next so that a case
-/// allocates almost nothing.
+/// Vectors a [`Run`] refills as it goes, kept across chains and cases.
 #[derive(Default)]
-struct Spare {
-    free: Vec<u16>,
-    chains: Vec<Vec<u16>>,
-    outstanding: Vec<u16>,
+struct Scratch {
+    /// Bytes copied by [`Run::sync_vq`] (`RAM_SIZE` of them).
+    bytes: Vec<u8>,
+    /// Indirect tables of the chain popped last.
     tables: Vec<(u64, u64)>,
+    /// `virtio-queue`'s chain.
     vbuf: Vec<Descriptor>,
     readable: Vec<(u64, u64)>,
     writable: Vec<(u64, u64)>,
@@ -567,9 +567,12 @@ impl Pool {
             ram,
             drv_mem,
             vmem,
-            scratch: vec![0; RAM_SIZE as usize],
             written: (0, RAM_SIZE),
-            spare: Spare::default(),
+            drv: Driver::default(),
+            scratch: Scratch {
+                bytes: vec![0; RAM_SIZE as usize],
+                ..Scratch::default()
+            },
         })
     }
 
@@ -583,8 +586,7 @@ impl Pool {
         let _ = self.drv_mem.write(lo, zeros);
         let _ = self.vmem.write_slice(zeros, GuestAddress(lo));
         self.ram.clear_accesses();
-        let spare = std::mem::take(&mut self.spare);
-        let mut run = Run::new(case, self, spare, mutant)?;
+        let mut run = Run::new(case, self, mutant)?;
         let mut result = Ok(());
         for (i, op) in case.ops.iter().enumerate() {
             result = run.op(op).map_err(|f| f.at(i).on(mutant));
@@ -597,15 +599,22 @@ impl Pool {
             result = run.kick().map_err(|f| f.at(case.ops.len()).on(mutant));
         }
         run.fold_device_writes();
-        let (written, spare) = run.finish();
+        let written = run.written;
         self.written = written;
-        self.spare = spare;
         result
     }
 }
 
 thread_local! {
     static POOL: RefCell<Option<Pool>> = const { RefCell::new(None) };
+}
+
+/// The `len` bytes at `gpa` of `virtio-queue`'s mapping (one region at 0), taken from the
+/// region directly: `Bytes::read_slice`/`write_slice` walk a slice iterator per call.
+fn vq_slice(vmem: &GuestMemoryMmap, gpa: u64, len: usize) -> Option<VolatileSlice<'_, ()>> {
+    vmem.iter()
+        .next()
+        .and_then(|r| r.get_slice(MemoryRegionAddress(gpa), len).ok())
 }
 
 fn vq_err(e: impl fmt::Display) -> Finding {
@@ -889,6 +898,7 @@ enum Popped {
     Stopped,
 }
 
+#[derive(Default)]
 struct Driver {
     free: Vec<u16>,
     /// Descriptor indices of the chain with head `h`, at index `h`.
@@ -902,13 +912,28 @@ struct Driver {
     broke_contract: bool,
 }
 
+impl Driver {
+    /// The state of a fresh queue of `size` entries whose indices start at `start`; the
+    /// vectors keep their capacity.
+    fn reset(&mut self, size: u16, start: u16) {
+        self.free.clear();
+        self.free.extend((0..size).rev());
+        self.chains.resize_with(size as usize, Vec::new);
+        self.chains.iter_mut().for_each(Vec::clear);
+        self.outstanding.clear();
+        (self.avail_idx, self.used_idx, self.signalled) = (start, start, start);
+        self.broke_contract = false;
+    }
+}
+
 struct Run<'m> {
     cfg: QcConfig,
     ram: &'m mut GuestRam,
     vmem: &'m GuestMemoryMmap,
     /// The driver's (unrecorded) view of the guest memory.
     drv_mem: &'m mut GuestRam,
-    scratch: &'m mut Vec<u8>,
+    /// Reused vectors (see [`Scratch`]).
+    s: &'m mut Scratch,
     /// `[start, end)` written since the last [`Run::sync_vq`] (empty when `start >= end`).
     dirty: (u64, u64),
     /// `[start, end)` written during this case.
@@ -920,22 +945,14 @@ struct Run<'m> {
     rq: SplitQueue,
     vq: Queue,
     backend: EntropyBackend,
-    drv: Driver,
+    drv: &'m mut Driver,
     dead: bool,
-    /// Indirect tables of the chain popped last.
-    tables: Vec<(u64, u64)>,
-    /// Scratch buffers reused across chains.
-    vbuf: Vec<Descriptor>,
-    readable: Vec<(u64, u64)>,
-    writable: Vec<(u64, u64)>,
-    reads: Vec<(u64, u64)>,
 }
 
 impl<'m> Run<'m> {
     fn new(
         case: &QueueChainCase,
         pool: &'m mut Pool,
-        spare: Spare,
         mutant: Option<Mutant>,
     ) -> Result<Self, Finding> {
         let cfg = case.config();
@@ -943,6 +960,7 @@ impl<'m> Run<'m> {
             ram,
             drv_mem,
             vmem,
+            drv,
             scratch,
             ..
         } = pool;
@@ -967,31 +985,13 @@ impl<'m> Run<'m> {
         vq.set_ready(true);
         let mut backend = EntropyBackend::new(0x5eed);
         backend.set_writes_readable(mutant == Some(Mutant::WritesReadableBuffers));
-        let Spare {
-            mut free,
-            mut chains,
-            mut outstanding,
-            mut tables,
-            mut vbuf,
-            mut readable,
-            mut writable,
-            mut reads,
-        } = spare;
-        free.clear();
-        free.extend((0..cfg.size).rev());
-        chains.resize_with(cfg.size as usize, Vec::new);
-        chains.iter_mut().for_each(Vec::clear);
-        outstanding.clear();
-        for v in [&mut tables, &mut readable, &mut writable, &mut reads] {
-            v.clear();
-        }
-        vbuf.clear();
+        drv.reset(cfg.size, cfg.start);
         let mut run = Run {
             cfg,
             ram,
             vmem,
             drv_mem,
-            scratch,
+            s: scratch,
             dirty: (u64::MAX, 0),
             written: (u64::MAX, 0),
             folded: 0,
@@ -999,41 +999,13 @@ impl<'m> Run<'m> {
             rq,
             vq,
             backend,
-            drv: Driver {
-                free,
-                chains,
-                avail_idx: cfg.start,
-                used_idx: cfg.start,
-                signalled: cfg.start,
-                outstanding,
-                broke_contract: false,
-            },
+            drv,
             dead: false,
-            tables,
-            vbuf,
-            readable,
-            writable,
-            reads,
         };
         run.poke_u16(AVAIL_RING + 2, cfg.start);
         run.poke_u16(USED_RING + 2, cfg.start);
         run.poke_u16(run.used_event_addr(), cfg.start);
         Ok(run)
-    }
-
-    /// Ends the run: what it wrote (`[start, end)`) and its vectors for the next one.
-    fn finish(self) -> ((u64, u64), Spare) {
-        let spare = Spare {
-            free: self.drv.free,
-            chains: self.drv.chains,
-            outstanding: self.drv.outstanding,
-            tables: self.tables,
-            vbuf: self.vbuf,
-            readable: self.readable,
-            writable: self.writable,
-            reads: self.reads,
-        };
-        (self.written, spare)
     }
 
     fn used_event_addr(&self) -> u64 {
@@ -1076,16 +1048,11 @@ impl<'m> Run<'m> {
         if lo >= hi {
             return Ok(());
         }
-        let buf = &mut self.scratch[..(hi - lo) as usize];
+        let buf = &mut self.s.bytes[..(hi - lo) as usize];
         self.drv_mem
             .read(lo, buf)
             .map_err(|e| Finding::new(TARGET, "harness", &[], format!("sync: {e}")))?;
-        // The one region directly: `Bytes::write_slice` walks a slice iterator per call.
-        let slice = self
-            .vmem
-            .iter()
-            .next()
-            .and_then(|r| r.get_slice(MemoryRegionAddress(lo), buf.len()).ok())
+        let slice = vq_slice(self.vmem, lo, buf.len())
             .ok_or_else(|| Finding::new(TARGET, "harness", &[], "sync: no guest memory"))?;
         slice.copy_from(buf);
         Ok(())
@@ -1384,14 +1351,14 @@ impl<'m> Run<'m> {
                         Completion::Written(n) | Completion::Partial(n) => n,
                         Completion::Malformed | Completion::Held => 0,
                     };
-                    self.readable.clear();
-                    self.writable.clear();
+                    self.s.readable.clear();
+                    self.s.writable.clear();
                     for d in self.rq.chain() {
                         let r = (d.addr, d.addr.saturating_add(d.len as u64));
                         if d.is_write_only() {
-                            self.writable.push(r);
+                            self.s.writable.push(r);
                         } else {
-                            self.readable.push(r);
+                            self.s.readable.push(r);
                         }
                     }
                     let (a, b) = self.unchecked();
@@ -1400,13 +1367,13 @@ impl<'m> Run<'m> {
                         &Allowed {
                             phase: "backend write",
                             reads: &[],
-                            writes: &self.writable,
-                            readable: &self.readable,
-                            tables: &self.tables,
+                            writes: &self.s.writable,
+                            readable: &self.s.readable,
+                            tables: &self.s.tables,
                         },
                         &self.cfg,
                     )?;
-                    let capacity: u64 = self.writable.iter().map(|(a, b)| b - a).sum();
+                    let capacity: u64 = self.s.writable.iter().map(|(a, b)| b - a).sum();
                     if len as u64 > capacity {
                         return Err(Finding::new(
                             TARGET,
@@ -1468,7 +1435,7 @@ impl<'m> Run<'m> {
         let r = self.rq.pop(self.ram, budget);
         let (acc_from, acc_to) = self.unchecked();
         self.sync_vq()?;
-        let mut vd = std::mem::take(&mut self.vbuf);
+        let mut vd = std::mem::take(&mut self.s.vbuf);
         vd.clear();
         let v = self.vq.pop_descriptor_chain(self.vmem).map(|c| {
             let head = c.head_index();
@@ -1481,7 +1448,7 @@ impl<'m> Run<'m> {
             head
         });
         let result = self.compare_pops(r, v, &vd, rings, acc_from, acc_to);
-        self.vbuf = vd;
+        self.s.vbuf = vd;
         result
     }
 
@@ -1524,20 +1491,20 @@ impl<'m> Run<'m> {
                 end: TraceEnd::End,
             }
         };
-        self.tables.clear();
-        self.tables.extend(trace.tables());
+        self.s.tables.clear();
+        self.s.tables.extend(trace.tables());
         if !in_rings {
-            self.reads.clear();
-            self.reads.extend_from_slice(rings);
-            self.reads.extend_from_slice(&self.tables);
+            self.s.reads.clear();
+            self.s.reads.extend_from_slice(rings);
+            self.s.reads.extend_from_slice(&self.s.tables);
             check_accesses(
                 self.ram.accesses().get(acc_from..acc_to).unwrap_or(&[]),
                 &Allowed {
                     phase: "pop",
-                    reads: &self.reads,
+                    reads: &self.s.reads,
                     writes: &[],
                     readable: &[],
-                    tables: &self.tables,
+                    tables: &self.s.tables,
                 },
                 &self.cfg,
             )?;
@@ -1699,13 +1666,7 @@ impl<'m> Run<'m> {
         self.vq
             .add_used(self.vmem, head, len)
             .map_err(|e| vq_err(format!("add_used({head}, {len}): {e}")))?;
-        // The one region directly, as in `sync_vq`.
-        if let Some(slice) = self
-            .vmem
-            .iter()
-            .next()
-            .and_then(|r| r.get_slice(MemoryRegionAddress(USED_RING), n).ok())
-        {
+        if let Some(slice) = vq_slice(self.vmem, USED_RING, n) {
             slice.copy_to(&mut after[..n]);
         }
         if before[..n] != after[..n] {

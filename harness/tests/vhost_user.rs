@@ -1,15 +1,18 @@
 //! The vhost-user target: a real run against vhost-device-rng and vhost-device-vsock (each
 //! skipped with the reason when the binary is not installed), a back-end that never answers,
+//! a back-end that closes connections before its first reply (retried, then an error),
 //! a killed back-end, and a bad `--socket` on the command line.
 
 mod common;
 
 use std::os::unix::net::UnixListener;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use virtio_conform::expectations::Expectations;
 use virtio_conform::suite::{run_suite, Options, Suite};
 use virtio_conform::target::vhost_user::{
-    on_path, BackendSource, VhostUserTarget, VSOCK_GUEST_CID,
+    on_path, BackendSource, VhostUserTarget, EARLY_DROP_ATTEMPTS, VSOCK_GUEST_CID,
 };
 use virtio_conform::target::{DeviceKind, IrqEvent, Target, TargetError, TargetMemory};
 use virtio_reference_device::regs::*;
@@ -140,6 +143,79 @@ fn a_back_end_that_never_answers_is_an_error_not_a_hang() {
     };
     assert!(msg.contains("GET_FEATURES"), "{msg}");
     drop(keep.join());
+}
+
+#[test]
+fn a_back_end_that_closes_every_connection_early_is_an_error_after_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("closing.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    // Accepts every connection and closes it at once, before any reply.
+    let acceptor = std::thread::spawn(move || {
+        let mut accepted = 0u32;
+        while !stop2.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    accepted += 1;
+                    drop(s);
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        }
+        accepted
+    });
+    let r = VhostUserTarget::new(BackendSource::Socket(path.clone()), DeviceKind::Entropy);
+    stop.store(true, Ordering::Relaxed);
+    let accepted = acceptor.join().unwrap();
+    let Err(TargetError::Unavailable(msg)) = r else {
+        panic!("expected Unavailable");
+    };
+    assert!(
+        msg.contains(&format!(
+            "closed {EARLY_DROP_ATTEMPTS} connections in a row before its first reply"
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("SET_OWNER") || msg.contains("GET_FEATURES"), "{msg}");
+    assert_eq!(accepted, EARLY_DROP_ATTEMPTS);
+}
+
+#[test]
+fn a_connection_closed_before_the_first_reply_is_retried() {
+    if rng_missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // vhost-device-rng adds the back-end's index to the path it is given.
+    let path = dir.path().join("vhu.sock0");
+    let listener = UnixListener::bind(&path).unwrap();
+    let given = dir.path().join("vhu.sock");
+    // The first connection is closed before any reply, as by a back-end between listeners;
+    // then the real back-end takes the socket over.
+    let handover = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        drop(s);
+        drop(listener);
+        std::fs::remove_file(&path).unwrap();
+        Command::new(RNG)
+            .arg("--socket-path")
+            .arg(&given)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    });
+    let r = VhostUserTarget::new(
+        BackendSource::Socket(dir.path().join("vhu.sock0")),
+        DeviceKind::Entropy,
+    );
+    let mut rng = handover.join().unwrap();
+    let outcome = r.and_then(|mut t| t.read32(DEVICE_ID));
+    let _ = rng.kill();
+    let _ = rng.wait();
+    assert_eq!(outcome.unwrap(), 4);
 }
 
 #[test]

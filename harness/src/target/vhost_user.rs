@@ -21,7 +21,9 @@
 
 pub mod frontend;
 
-use self::frontend::{lock, shared_ram, Connection, SharedConnection, VhostUserDevice};
+use self::frontend::{
+    lock, shared_ram, Connection, OpenError, SharedConnection, VhostUserDevice,
+};
 use super::hybrid_vsock::HybridVsockPeer;
 use super::reference::guarded_call;
 use super::{Capabilities, DeviceKind, IrqEvent, Target, TargetError, TargetInfo};
@@ -113,6 +115,9 @@ pub fn backend_entry(name: &str) -> Option<&'static BackendEntry> {
 pub const VHOST_USER_RAM: u64 = 16 << 20;
 /// How long a started back-end may take to create its socket, and a reconnection to succeed.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many connections in a row the back-end may close before its first reply before
+/// [`VhostUserTarget`] gives up (see `OpenError::DroppedEarly`).
+pub const EARLY_DROP_ATTEMPTS: u32 = 5;
 const STDERR_TAIL_LINES: usize = 20;
 
 /// Where the back-end comes from.
@@ -318,32 +323,46 @@ impl VhostUserTarget {
         }
     }
 
-    /// Opens a connection, retrying while the back-end re-creates its listener.
+    /// Opens a connection, retrying while the back-end re-creates its listener: while nothing
+    /// listens (up to [`START_TIMEOUT`]), and up to [`EARLY_DROP_ATTEMPTS`] connections in a
+    /// row that the back-end closes before its first reply. The last error is kept when the
+    /// retries run out.
     fn connect(&mut self, mem: GuestMemoryMmap) -> Result<Connection, TargetError> {
         let socket = self.socket();
         let t0 = Instant::now();
+        let mut drops = 0;
         loop {
-            match Connection::open(
+            let e = match Connection::open(
                 &socket,
                 mem.clone(),
                 self.entry.queues,
                 &vec![0; usize::from(self.entry.config_len)],
             ) {
                 Ok(c) => return Ok(c),
-                Err(e) => {
-                    let dead = self.process.as_mut().and_then(|p| p.exited());
-                    if let Some(st) = dead {
-                        return Err(TargetError::Unavailable(
-                            self.with_tail(format!("the back-end exited ({st}): {e}")),
-                        ));
-                    }
-                    let retry = e.starts_with("connecting to ") && t0.elapsed() < START_TIMEOUT;
-                    if !retry {
-                        return Err(TargetError::Unavailable(self.with_tail(e)));
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                Err(e) => e,
+            };
+            if let Some(st) = self.process.as_mut().and_then(|p| p.exited()) {
+                return Err(TargetError::Unavailable(self.with_tail(format!(
+                    "the back-end exited ({st}): {}",
+                    e.message()
+                ))));
             }
+            let in_time = t0.elapsed() < START_TIMEOUT;
+            let pause = match &e {
+                OpenError::NotListening(_) if in_time => Duration::from_millis(1),
+                OpenError::DroppedEarly(_) if in_time && drops + 1 < EARLY_DROP_ATTEMPTS => {
+                    drops += 1;
+                    Duration::from_millis(10)
+                }
+                OpenError::DroppedEarly(m) => {
+                    return Err(TargetError::Unavailable(self.with_tail(format!(
+                        "{m} (the back-end closed {} connections in a row before its first reply)",
+                        drops + 1
+                    ))))
+                }
+                _ => return Err(TargetError::Unavailable(self.with_tail(e.message().into()))),
+            };
+            std::thread::sleep(pause);
         }
     }
 

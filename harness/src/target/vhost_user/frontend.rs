@@ -84,6 +84,12 @@ impl Watchdog {
         Ok(Watchdog { state })
     }
 
+    /// Whether the watchdog has ended the connection because a request timed out.
+    fn fired(&self) -> bool {
+        let (m, _) = &*self.state;
+        m.lock().unwrap_or_else(|p| p.into_inner()).fired
+    }
+
     /// Runs one request under the deadline; a request the watchdog ended says so.
     fn run<R, E: std::fmt::Display>(&self, f: impl FnOnce() -> Result<R, E>) -> Result<R, String> {
         let (m, cv) = &*self.state;
@@ -113,6 +119,34 @@ impl Drop for Watchdog {
         let (m, cv) = &*self.state;
         m.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
         cv.notify_all();
+    }
+}
+
+/// Why [`Connection::open`] failed; each variant carries a message naming the step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// Nothing accepted the connection at the socket (not created yet, or refused).
+    NotListening(String),
+    /// The back-end closed the connection before its first reply. A back-end that serves one
+    /// front-end at a time and re-creates its listener after each can drop a connection that
+    /// arrived while it was between listeners; another attempt is worth making.
+    DroppedEarly(String),
+    /// Any other failure: a later request failed, or a request timed out.
+    Failed(String),
+}
+
+impl OpenError {
+    /// The message, whatever the kind.
+    pub fn message(&self) -> &str {
+        match self {
+            OpenError::NotListening(m) | OpenError::DroppedEarly(m) | OpenError::Failed(m) => m,
+        }
+    }
+}
+
+impl From<String> for OpenError {
+    fn from(m: String) -> Self {
+        OpenError::Failed(m)
     }
 }
 
@@ -166,14 +200,19 @@ impl Connection {
     /// Connects to the back-end listening on `socket` and does the handshake over `mem`
     /// (see the module docs). `queues` and `config` are what the table says of the device,
     /// used when the back-end has no MQ / CONFIG protocol feature.
+    ///
+    /// Errors: [`OpenError::NotListening`] when the socket cannot be connected to,
+    /// [`OpenError::DroppedEarly`] when the back-end closes the connection before its first
+    /// reply (GET_FEATURES), [`OpenError::Failed`] for any later failure or a timeout.
     pub fn open(
         socket: &Path,
         mem: GuestMemoryMmap,
         queues: u16,
         config: &[u8],
-    ) -> Result<Self, String> {
-        let stream = UnixStream::connect(socket)
-            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+    ) -> Result<Self, OpenError> {
+        let stream = UnixStream::connect(socket).map_err(|e| {
+            OpenError::NotListening(format!("connecting to {}: {e}", socket.display()))
+        })?;
         let watchdog = Watchdog::new(
             stream
                 .try_clone()
@@ -181,12 +220,18 @@ impl Connection {
         )?;
         let mut frontend = Frontend::from_stream(stream, u64::from(queues.max(1)));
         let step = |what: &str, e: String| format!("vhost-user {what}: {e}");
+        // Until the back-end has answered once, a closed connection means it was not ready
+        // for this one (a timeout is not that: the back-end is there and silent).
+        let early = |what: &str, e: String, w: &Watchdog| match w.fired() {
+            true => OpenError::Failed(step(what, e)),
+            false => OpenError::DroppedEarly(step(what, e)),
+        };
         watchdog
             .run(|| frontend.set_owner())
-            .map_err(|e| step("SET_OWNER", e))?;
+            .map_err(|e| early("SET_OWNER", e, &watchdog))?;
         let backend_features = watchdog
             .run(|| frontend.get_features())
-            .map_err(|e| step("GET_FEATURES", e))?;
+            .map_err(|e| early("GET_FEATURES", e, &watchdog))?;
         let mut protocol = VhostUserProtocolFeatures::empty();
         if backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
             let offered = watchdog

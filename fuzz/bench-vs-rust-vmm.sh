@@ -13,9 +13,13 @@
 # Two measurements:
 #   exec/s     libFuzzer's own figure (stat::average_exec_per_sec), alternating the two
 #              targets ROUNDS times (default 3) for SECONDS each (default 20), each from its
-#              own seeds (ours: corpora/queue_chain; vm-virtio ships none: empty corpus),
-#              libFuzzer seed = round number, one process each (no -fork/-jobs). Sensitive to
-#              the machine's load: compare only figures from the same run.
+#              own seeds (ours: corpora/<target>; vm-virtio's: the files its fuzz README says to
+#              generate first, `cargo test --package common --lib <target>` in its fuzz/,
+#              which writes fuzz/corpus/<target>/ inside that checkout; PEER_SEEDS=none runs
+#              the peer from an empty corpus instead, as this script did before),
+#              libFuzzer seed = round number, one process each (no -fork/-jobs). Each run
+#              starts from a fresh copy of its seeds. Sensitive to the machine's load: compare
+#              only figures from the same run.
 #   instr/exec (CALLGRIND=1) instructions per fuzzing iteration under callgrind: the
 #              instruction count of RUNS iterations (default 20000) minus that of 0 iterations,
 #              divided by RUNS. Load-immune; includes libFuzzer's mutation and feedback work.
@@ -47,6 +51,14 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   echo "== building vm-virtio's $peer_target (cargo fuzz build -s none)" >&2
   (cd "$peer" && cargo fuzz build -s none "$peer_target") >&2
 fi
+peer_seeds="$peer/fuzz/corpus/$peer_target"
+if [ "${PEER_SEEDS:-}" = none ]; then
+  peer_seeds=""
+elif [ ! -d "$peer_seeds" ]; then
+  echo "== generating vm-virtio's $peer_target seeds (cargo test --package common --lib $peer_target)" >&2
+  (cd "$peer/fuzz" && cargo test --quiet --package common --lib "$peer_target") >&2
+  [ -d "$peer_seeds" ] || { echo "vm-virtio's tests wrote no $peer_seeds" >&2; exit 2; }
+fi
 ours_bin="$here/fuzz/target/$triple/release/$ours_target"
 peer_bin="$peer/fuzz/target/$triple/release/$peer_target"
 for b in "$ours_bin" "$peer_bin"; do
@@ -61,8 +73,13 @@ export VIRTIO_CONFORM_MUTANT=reference
 run() {
   local name="$1" bin="$2" round="$3"
   shift 3
+  local seeds="$1"
+  shift
   rm -rf "$work/corpus-$name"
   mkdir -p "$work/corpus-$name"
+  if [ -n "$seeds" ]; then
+    find "$seeds" -maxdepth 1 -type f -exec cp {} "$work/corpus-$name/" \;
+  fi
   "$bin" "$work/corpus-$name" "$@" -max_total_time="$secs" -seed="$round" \
     -print_final_stats=1 -rss_limit_mb=2048 -timeout=10 >"$work/$name.log" 2>&1 || {
     echo "!! $name stopped early (finding or failure); see its log:" >&2
@@ -75,12 +92,12 @@ run() {
   echo "${eps:-0} ${edges:-0}"
 }
 
-echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); peer seeds: ${peer_seeds:-none (empty corpus)}"
 printf '%-6s %-22s %-22s %s\n' round "$ours_target exec/s (edges)" "$peer_target exec/s (edges)" ratio
 ratios=()
 for r in $(seq 1 "$rounds"); do
   read -r o oe < <(run ours "$ours_bin" "$r" "$here/corpora/$ours_target")
-  read -r p pe < <(run peer "$peer_bin" "$r")
+  read -r p pe < <(run peer "$peer_bin" "$r" "$peer_seeds")
   ratio="$(awk -v a="$o" -v b="$p" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')"
   ratios+=("$ratio")
   printf '%-6s %-22s %-22s %s\n' "$r" "$o ($oe)" "$p ($pe)" "$ratio"
@@ -103,8 +120,8 @@ if [ "${CALLGRIND:-0}" = 1 ]; then
   }
   o0="$(instr ours "$ours_bin" 0 "$here/corpora/$ours_target")"
   on="$(instr ours "$ours_bin" "$n" "$here/corpora/$ours_target")"
-  p0="$(instr peer "$peer_bin" 0)"
-  pn="$(instr peer "$peer_bin" "$n")"
+  p0="$(instr peer "$peer_bin" 0 ${peer_seeds:+"$peer_seeds"})"
+  pn="$(instr peer "$peer_bin" "$n" ${peer_seeds:+"$peer_seeds"})"
   awk -v o0="$o0" -v on="$on" -v p0="$p0" -v pn="$pn" -v n="$n" -v t="$ours_target" -v pt="$peer_target" 'BEGIN {
     oi = (on - o0) / n; pi = (pn - p0) / n;
     printf "instructions per iteration (callgrind, %d iterations, seed 1): %s %.0f, %s %.0f, ratio of rates %.2f\n", n, t, oi, pt, pi, pi / oi

@@ -179,7 +179,10 @@ fn a_back_end_that_closes_every_connection_early_is_an_error_after_retries() {
         )),
         "{msg}"
     );
-    assert!(msg.contains("SET_OWNER") || msg.contains("GET_FEATURES"), "{msg}");
+    assert!(
+        msg.contains("SET_OWNER") || msg.contains("GET_FEATURES"),
+        "{msg}"
+    );
     assert_eq!(accepted, EARLY_DROP_ATTEMPTS);
 }
 

@@ -21,9 +21,7 @@
 
 pub mod frontend;
 
-use self::frontend::{
-    lock, shared_ram, Connection, OpenError, SharedConnection, VhostUserDevice,
-};
+use self::frontend::{lock, shared_ram, Connection, OpenError, SharedConnection, VhostUserDevice};
 use super::hybrid_vsock::HybridVsockPeer;
 use super::reference::guarded_call;
 use super::{Capabilities, DeviceKind, IrqEvent, Target, TargetError, TargetInfo};
@@ -342,10 +340,9 @@ impl VhostUserTarget {
                 Err(e) => e,
             };
             if let Some(st) = self.process.as_mut().and_then(|p| p.exited()) {
-                return Err(TargetError::Unavailable(self.with_tail(format!(
-                    "the back-end exited ({st}): {}",
-                    e.message()
-                ))));
+                return Err(TargetError::Unavailable(
+                    self.with_tail(format!("the back-end exited ({st}): {}", e.message())),
+                ));
             }
             let in_time = t0.elapsed() < START_TIMEOUT;
             let pause = match &e {

@@ -80,6 +80,50 @@ pub const KICK_BUDGET: u64 = 2048;
 pub const MAX_BUFS: usize = 8;
 const STRIDE: u64 = 0x80;
 const TRACE_LIMIT: usize = 96;
+/// Bytes per bit of a [`Blocks`] set.
+const BLOCK: u64 = 64;
+const _: () = assert!(RAM_SIZE == 128 * BLOCK);
+
+/// A set of 64-byte blocks of the guest memory (bit `i`: bytes `[64 i, 64 i + 64)`), for
+/// what was written since a point: copying and zeroing only those blocks moves far fewer
+/// bytes than one span from the lowest to the highest address written.
+type Blocks = u128;
+
+/// The blocks `len` bytes at `gpa` touch (clamped to guest memory).
+fn blocks(gpa: u64, len: u64) -> Blocks {
+    let (lo, hi) = (gpa.min(RAM_SIZE), gpa.saturating_add(len).min(RAM_SIZE));
+    if lo >= hi {
+        return 0;
+    }
+    let (first, last) = (lo / BLOCK, (hi - 1) / BLOCK);
+    ones(last - first + 1) << first
+}
+
+/// The lowest `n` bits set (`n` <= 128).
+fn ones(n: u64) -> Blocks {
+    if n >= 128 {
+        Blocks::MAX
+    } else {
+        (1 << n) - 1
+    }
+}
+
+/// The `[start, end)` byte ranges of the runs of consecutive blocks in `set`, lowest first.
+fn block_runs(mut set: Blocks) -> impl Iterator<Item = (u64, u64)> {
+    std::iter::from_fn(move || {
+        if set == 0 {
+            return None;
+        }
+        let start = u64::from(set.trailing_zeros());
+        let len = u64::from((set >> start).trailing_ones());
+        set &= !(ones(len) << start);
+        Some((start * BLOCK, (start + len) * BLOCK))
+    })
+}
+
+/// The blocks `virtio-queue` writes in its own copy (its used ring of up to 16 entries and
+/// `avail_event`), which no dirty set records.
+const USED_RING_BYTES: u64 = 4 + 8 * 16 + 2;
 const VQ_LIMIT: usize = 96;
 
 /// First bytes of an input: the queue configuration.
@@ -520,23 +564,22 @@ pub fn queue_chain_on(data: &[u8], mutant: Option<Mutant>) -> Result<(), Finding
 
 /// The guest memory both queues work on, reused across cases.
 ///
-/// The reference and the driver share one flat memory ([`GuestRam::flat`]: an access is a
-/// bounds check and a copy); `virtio-queue` needs vm-memory's `GuestMemory`, so it gets a
+/// The reference and the driver use one flat memory ([`GuestRam::owned`]: an access is a
+/// bounds check and a copy, with no lock; the driver's accesses go through [`as_driver`], with
+/// recording off); `virtio-queue` needs vm-memory's `GuestMemory`, so it gets a
 /// mapping that is brought up to date with the flat bytes right before each of its calls
-/// ([`Run::sync_vq`]: only the span written since the last copy, by the driver or by the
+/// ([`Run::sync_vq`]: only the 64-byte blocks written since the last copy, by the driver or by the
 /// reference, whose writes are in its access log). So both queues see the same bytes at every step: the driver writes once,
 /// the backend's writes into device-writable buffers are visible to both (a buffer may overlap
 /// a later chain's indirect table), and the used ring `virtio-queue` writes over the
 /// reference's is compared byte for byte ([`Run::add_used_both`]).
 struct Pool {
-    /// The reference's view (recording on).
+    /// The guest memory (recording on, except for the driver's accesses: [`as_driver`]).
     ram: GuestRam,
-    /// The driver's unrecorded view of the same bytes.
-    drv_mem: GuestRam,
     /// `virtio-queue`'s copy.
     vmem: GuestMemoryMmap,
-    /// `[start, end)` of what any side may have written since both memories were last zero.
-    written: (u64, u64),
+    /// What any side may have written since both memories were last zero.
+    written: Blocks,
     /// The driver's bookkeeping and the scratch vectors, reset by each [`Run`] and kept
     /// across cases so that a case allocates almost nothing.
     drv: Driver,
@@ -560,14 +603,12 @@ struct Scratch {
 impl Pool {
     fn new() -> Option<Pool> {
         let vmem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).ok()?;
-        let mut ram = GuestRam::flat(RAM_SIZE).ok()?;
-        let drv_mem = ram.clone();
+        let mut ram = GuestRam::owned(RAM_SIZE).ok()?;
         ram.set_recording(true);
         Some(Pool {
             ram,
-            drv_mem,
             vmem,
-            written: (0, RAM_SIZE),
+            written: Blocks::MAX,
             drv: Driver::default(),
             scratch: Scratch {
                 bytes: vec![0; RAM_SIZE as usize],
@@ -578,13 +619,13 @@ impl Pool {
 
     fn run(&mut self, case: &QueueChainCase, mutant: Option<Mutant>) -> Result<(), Finding> {
         static ZEROS: [u8; RAM_SIZE as usize] = [0; RAM_SIZE as usize];
-        // Zero what the last case wrote, on both sides (the rings always: `virtio-queue`
-        // writes its used ring into its own copy).
-        let (lo, hi) = self.written;
-        let (lo, hi) = (lo.min(DESC_TABLE), hi.clamp(DATA, RAM_SIZE));
-        let zeros = &ZEROS[..(hi - lo) as usize];
-        let _ = self.drv_mem.write(lo, zeros);
-        let _ = self.vmem.write_slice(zeros, GuestAddress(lo));
+        // Zero what the last case wrote, on both sides (the used ring always: `virtio-queue`
+        // writes its own into its copy).
+        for (lo, hi) in block_runs(self.written | blocks(USED_RING, USED_RING_BYTES)) {
+            let zeros = &ZEROS[..(hi - lo) as usize];
+            let _ = as_driver(&mut self.ram, |m| m.write(lo, zeros));
+            let _ = self.vmem.write_slice(zeros, GuestAddress(lo));
+        }
         self.ram.clear_accesses();
         let mut run = Run::new(case, self, mutant)?;
         let mut result = Ok(());
@@ -691,6 +732,16 @@ fn read_desc(mem: &mut GuestRam, at: u64) -> Option<Descriptor> {
         flags: u16::from_le_bytes([raw[12], raw[13]]),
         next: u16::from_le_bytes([raw[14], raw[15]]),
     })
+}
+
+/// Runs `f` on the guest memory as the driver: with recording off (the driver's reads and
+/// writes are not the device's accesses), then restores it.
+fn as_driver<R>(ram: &mut GuestRam, f: impl FnOnce(&mut GuestRam) -> R) -> R {
+    let was = ram.recording();
+    ram.set_recording(false);
+    let r = f(ram);
+    ram.set_recording(was);
+    r
 }
 
 fn read_u16(mem: &mut GuestRam, at: u64) -> u16 {
@@ -930,14 +981,12 @@ struct Run<'m> {
     cfg: QcConfig,
     ram: &'m mut GuestRam,
     vmem: &'m GuestMemoryMmap,
-    /// The driver's (unrecorded) view of the guest memory.
-    drv_mem: &'m mut GuestRam,
     /// Reused vectors (see [`Scratch`]).
     s: &'m mut Scratch,
-    /// `[start, end)` written since the last [`Run::sync_vq`] (empty when `start >= end`).
-    dirty: (u64, u64),
-    /// `[start, end)` written during this case.
-    written: (u64, u64),
+    /// Blocks written since the last [`Run::sync_vq`].
+    dirty: Blocks,
+    /// Blocks written during this case.
+    written: Blocks,
     /// Entries of the reference's access log already folded into `dirty`.
     folded: usize,
     /// Accesses in the reference's log already checked.
@@ -958,7 +1007,6 @@ impl<'m> Run<'m> {
         let cfg = case.config();
         let Pool {
             ram,
-            drv_mem,
             vmem,
             drv,
             scratch,
@@ -990,10 +1038,9 @@ impl<'m> Run<'m> {
             cfg,
             ram,
             vmem,
-            drv_mem,
             s: scratch,
-            dirty: (u64::MAX, 0),
-            written: (u64::MAX, 0),
+            dirty: 0,
+            written: 0,
             folded: 0,
             seen: 0,
             rq,
@@ -1016,51 +1063,45 @@ impl<'m> Run<'m> {
         USED_RING + 4 + 8 * self.cfg.size as u64
     }
 
-    /// Widens the dirty span by `len` bytes at `gpa` (clamped to guest memory).
+    /// Adds the blocks of `len` bytes at `gpa` to the dirty and written sets.
     fn mark(&mut self, gpa: u64, len: u64) {
-        let (lo, hi) = (gpa.min(RAM_SIZE), gpa.saturating_add(len).min(RAM_SIZE));
-        if lo < hi {
-            self.dirty = (self.dirty.0.min(lo), self.dirty.1.max(hi));
-            self.written = (self.written.0.min(lo), self.written.1.max(hi));
-        }
+        let b = blocks(gpa, len);
+        self.dirty |= b;
+        self.written |= b;
     }
 
-    /// Adds the reference's writes logged since the last call to the dirty span.
+    /// Adds the reference's writes logged since the last call to the dirty and written sets.
     fn fold_device_writes(&mut self) {
         let from = self.folded.min(self.ram.accesses().len());
-        let mut span = (u64::MAX, 0u64);
+        let mut set = 0;
         for a in &self.ram.accesses()[from..] {
             if a.kind == AccessKind::Write {
-                span = (span.0.min(a.gpa), span.1.max(a.end()));
+                set |= blocks(a.gpa, a.len);
             }
         }
         self.folded = self.ram.accesses().len();
-        if span.0 < span.1 {
-            self.mark(span.0, span.1 - span.0);
-        }
+        self.dirty |= set;
+        self.written |= set;
     }
 
     /// Brings `virtio-queue`'s mapping up to date with the flat guest memory (before each of
-    /// its calls): copies the span written since the last call.
+    /// its calls): copies the blocks written since the last call.
     fn sync_vq(&mut self) -> Result<(), Finding> {
         self.fold_device_writes();
-        let (lo, hi) = std::mem::replace(&mut self.dirty, (u64::MAX, 0));
-        if lo >= hi {
-            return Ok(());
+        for (lo, hi) in block_runs(std::mem::take(&mut self.dirty)) {
+            let buf = &mut self.s.bytes[..(hi - lo) as usize];
+            as_driver(self.ram, |m| m.read(lo, buf))
+                .map_err(|e| Finding::new(TARGET, "harness", &[], format!("sync: {e}")))?;
+            let slice = vq_slice(self.vmem, lo, buf.len())
+                .ok_or_else(|| Finding::new(TARGET, "harness", &[], "sync: no guest memory"))?;
+            slice.copy_from(buf);
         }
-        let buf = &mut self.s.bytes[..(hi - lo) as usize];
-        self.drv_mem
-            .read(lo, buf)
-            .map_err(|e| Finding::new(TARGET, "harness", &[], format!("sync: {e}")))?;
-        let slice = vq_slice(self.vmem, lo, buf.len())
-            .ok_or_else(|| Finding::new(TARGET, "harness", &[], "sync: no guest memory"))?;
-        slice.copy_from(buf);
         Ok(())
     }
 
     /// Driver write into guest memory (not recorded: it is not the device).
     fn poke(&mut self, gpa: u64, data: &[u8]) {
-        let _ = self.drv_mem.write(gpa, data);
+        let _ = as_driver(self.ram, |m| m.write(gpa, data));
         self.mark(gpa, data.len() as u64);
     }
 
@@ -1484,7 +1525,8 @@ impl<'m> Run<'m> {
         });
         let need_trace = head_read && (!in_rings || r.is_err());
         let trace = if need_trace {
-            walk(self.drv_mem, self.cfg.size, self.rq.last_head())
+            let (size, head) = (self.cfg.size, self.rq.last_head());
+            as_driver(self.ram, |m| walk(m, size, head))
         } else {
             Trace {
                 steps: Vec::new(),
@@ -1529,7 +1571,7 @@ impl<'m> Run<'m> {
                 Popped::Chain(h)
             }
             (Err(QueueError::AvailIdxJump { ahead, .. }), None) => {
-                let avail = read_u16(self.drv_mem, AVAIL_RING + 2);
+                let avail = as_driver(self.ram, |m| read_u16(m, AVAIL_RING + 2));
                 let real = avail.wrapping_sub(self.vq.next_avail());
                 if real != ahead || ahead <= self.cfg.size {
                     return Err(Finding::new(
@@ -1629,8 +1671,7 @@ impl<'m> Run<'m> {
             tables: &[],
         })?;
         self.drv.used_idx = self.drv.used_idx.wrapping_add(1);
-        let mem = &mut *self.drv_mem;
-        let idx = read_u16(mem, USED_RING + 2);
+        let idx = as_driver(self.ram, |m| read_u16(m, USED_RING + 2));
         if idx != self.drv.used_idx {
             return Err(Finding::new(
                 TARGET,
@@ -1646,7 +1687,7 @@ impl<'m> Run<'m> {
         }
         let slot = (self.drv.used_idx.wrapping_sub(1) & (self.cfg.size - 1)) as u64;
         let mut elem = [0u8; 8];
-        let _ = mem.read(USED_RING + 4 + 8 * slot, &mut elem);
+        let _ = as_driver(self.ram, |m| m.read(USED_RING + 4 + 8 * slot, &mut elem));
         let id = u32::from_le_bytes([elem[0], elem[1], elem[2], elem[3]]);
         let ulen = u32::from_le_bytes([elem[4], elem[5], elem[6], elem[7]]);
         if id != head as u32 || ulen != len {
@@ -1661,7 +1702,7 @@ impl<'m> Run<'m> {
         // (flags, idx, every element; `avail_event` excluded); it must not change a byte.
         let n = 4 + 8 * self.cfg.size as usize;
         let (mut before, mut after) = ([0u8; 4 + 8 * 16], [0u8; 4 + 8 * 16]);
-        let _ = mem.read(USED_RING, &mut before[..n]);
+        let _ = as_driver(self.ram, |m| m.read(USED_RING, &mut before[..n]));
         self.sync_vq()?;
         self.vq
             .add_used(self.vmem, head, len)
@@ -1711,10 +1752,10 @@ impl<'m> Run<'m> {
             readable: &[],
             tables: &[],
         })?;
-        let mem = &mut *self.drv_mem;
+        let mem = &mut *self.ram;
         // The field the decision rests on: `used_event` with EVENT_IDX, `avail.flags` without.
         let (want, ids, field) = if self.cfg.event_idx {
-            let used_event = read_u16(mem, ue);
+            let used_event = as_driver(mem, |m| read_u16(m, ue));
             let want = new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old);
             (
                 want,
@@ -1726,7 +1767,7 @@ impl<'m> Run<'m> {
                 used_event,
             )
         } else {
-            let flags = read_u16(mem, AVAIL_RING);
+            let flags = as_driver(mem, |m| read_u16(m, AVAIL_RING));
             let want = flags & VIRTQ_AVAIL_F_NO_INTERRUPT == 0;
             (
                 want,
@@ -1857,6 +1898,25 @@ fn check_accesses(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Block sets: clamped to guest memory, runs split where a block is missing, the whole
+    /// memory one run.
+    #[test]
+    fn block_sets_cover_exactly_the_bytes_touched() {
+        assert_eq!(blocks(0, 1), 1);
+        assert_eq!(blocks(63, 2), 0b11);
+        assert_eq!(blocks(64, 64), 0b10);
+        assert_eq!(blocks(RAM_SIZE - 1, 10), 1 << 127);
+        assert_eq!(blocks(0, RAM_SIZE), Blocks::MAX);
+        assert_eq!(blocks(RAM_SIZE, 5), 0);
+        assert_eq!(blocks(u64::MAX, 5), 0);
+        assert_eq!(blocks(100, 0), 0);
+        let runs: Vec<_> = block_runs(Blocks::MAX).collect();
+        assert_eq!(runs, [(0, RAM_SIZE)]);
+        let runs: Vec<_> = block_runs(0b1011 | 1 << 127).collect();
+        assert_eq!(runs, [(0, 128), (192, 256), (RAM_SIZE - 64, RAM_SIZE)]);
+        assert_eq!(block_runs(0).count(), 0);
+    }
 
     #[test]
     fn encode_round_trips() {

@@ -551,7 +551,7 @@ pub fn queue_chain(data: &[u8]) -> Result<(), Finding> {
 pub fn queue_chain_on(data: &[u8], mutant: Option<Mutant>) -> Result<(), Finding> {
     let case = decode_queue_chain(data);
     // The guest memories and their wrappers are reused for every case (a fresh mapping costs
-    // mmap, munmap and page faults): cleared with one memcpy each.
+    // mmap, munmap and page faults): only the blocks the last case wrote are zeroed.
     let mut pool = match POOL.with(|p| p.borrow_mut().take()) {
         Some(p) => p,
         None => Pool::new()

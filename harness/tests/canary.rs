@@ -217,7 +217,10 @@ fn qemu_wrapping_descriptor_corrupts_address_zero() {
         assert!(
             found.iter().any(|f| f.starts_with("Critical")
                 && f.contains("SPLIT-DEV-MALFORMED-CHAIN")
-                && f.contains("guest memory corruption: 16 bytes at 0x0..0x10")),
+                // QEMU writes random bytes there: one may equal the canary's byte at that
+                // spot, so the count and the end of the range are not pinned.
+                && f.contains("guest memory corruption: ")
+                && f.contains(" bytes at 0x0..0x")),
             "{version:?}: {found:?}"
         );
         assert_eq!(r.severity, Severity::Critical, "{version:?}");

@@ -221,6 +221,23 @@ impl Drop for VsockBackendProcess {
 // ---------------------------------------------------------------------------------------------
 // The host-side peer.
 
+/// The state a host-side connection starts in, from how sending its `CONNECT` went. A back-end
+/// that closes the connection before reading the request (one with no device set up does so
+/// at once) refuses it: usually that shows as the end of the stream before the answer, but
+/// when the close comes first the send fails with a broken pipe or a reset, and that is the
+/// same refusal, not a protocol error.
+fn request_state(port: u32, sent: std::io::Result<()>) -> Result<State, TargetError> {
+    match sent {
+        Ok(()) => Ok(State::Pending),
+        Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
+            Ok(State::Refused)
+        }
+        Err(e) => Err(TargetError::Protocol(format!(
+            "sending CONNECT {port}: {e}"
+        ))),
+    }
+}
+
 /// Where one host-side connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -317,14 +334,15 @@ impl HybridVsockPeer {
                         file_name(&self.uds)
                     ))
                 })?;
-                s.write_all(format!("CONNECT {port}\n").as_bytes())
-                    .and_then(|_| s.set_nonblocking(true))
+                let state =
+                    request_state(port, s.write_all(format!("CONNECT {port}\n").as_bytes()))?;
+                s.set_nonblocking(true)
                     .map_err(|e| TargetError::Protocol(format!("sending CONNECT {port}: {e}")))?;
                 self.conns.insert(
                     port,
                     Conn {
                         stream: s,
-                        state: State::Pending,
+                        state,
                         line: Vec::new(),
                         inbox: Vec::new(),
                         closed_by_host: false,
@@ -544,4 +562,30 @@ impl Drop for HybridVsockPeer {
 fn file_name(p: &Path) -> String {
     p.file_name()
         .map_or_else(|| "?".into(), |n| n.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A send that fails because the back-end already closed is a refusal; any other failure
+    /// stays a protocol error naming the port.
+    #[test]
+    fn a_close_before_the_request_is_a_refusal() {
+        let err = |k| Err(std::io::Error::from(k));
+        assert_eq!(request_state(7, Ok(())).unwrap(), State::Pending);
+        assert_eq!(
+            request_state(7, err(ErrorKind::BrokenPipe)).unwrap(),
+            State::Refused
+        );
+        assert_eq!(
+            request_state(7, err(ErrorKind::ConnectionReset)).unwrap(),
+            State::Refused
+        );
+        let Err(TargetError::Protocol(m)) = request_state(7, err(ErrorKind::PermissionDenied))
+        else {
+            panic!("expected a protocol error");
+        };
+        assert!(m.starts_with("sending CONNECT 7: "), "{m}");
+    }
 }

@@ -124,11 +124,8 @@ impl GuestRam {
     ///
     /// Errors when `size` bytes cannot be allocated.
     pub fn flat(size: u64) -> Result<Self, TryReserveError> {
-        let mut bytes = Vec::new();
-        bytes.try_reserve_exact(usize::try_from(size).unwrap_or(usize::MAX))?;
-        bytes.resize(size as usize, 0);
         Ok(GuestRam {
-            mem: Backing::Flat(Arc::new(Mutex::new(bytes))),
+            mem: Backing::Flat(Arc::new(Mutex::new(zeroed(size)?))),
             regions: vec![(0, size)],
             recording: false,
             log: Vec::new(),
@@ -142,11 +139,8 @@ impl GuestRam {
     ///
     /// Errors when `size` bytes cannot be allocated.
     pub fn owned(size: u64) -> Result<Self, TryReserveError> {
-        let mut bytes = Vec::new();
-        bytes.try_reserve_exact(usize::try_from(size).unwrap_or(usize::MAX))?;
-        bytes.resize(size as usize, 0);
         Ok(GuestRam {
-            mem: Backing::Owned(bytes),
+            mem: Backing::Owned(zeroed(size)?),
             regions: vec![(0, size)],
             recording: false,
             log: Vec::new(),
@@ -318,6 +312,14 @@ fn region_slice<'a>(
     region
         .get_slice(MemoryRegionAddress(gpa - start), len as usize)
         .ok()
+}
+
+/// `size` zero bytes, or the allocation error.
+fn zeroed(size: u64) -> Result<Vec<u8>, TryReserveError> {
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(usize::try_from(size).unwrap_or(usize::MAX))?;
+    bytes.resize(size as usize, 0);
+    Ok(bytes)
 }
 
 /// Locks a flat memory. A panic while the lock was held leaves plain bytes, which stay usable.

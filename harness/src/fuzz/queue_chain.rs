@@ -121,8 +121,8 @@ fn block_runs(mut set: Blocks) -> impl Iterator<Item = (u64, u64)> {
     })
 }
 
-/// The blocks `virtio-queue` writes in its own copy (its used ring of up to 16 entries and
-/// `avail_event`), which no dirty set records.
+/// Bytes from [`USED_RING`] that `virtio-queue` writes in its own copy (a used ring of up to
+/// 16 entries and `avail_event`), which no dirty set records.
 const USED_RING_BYTES: u64 = 4 + 8 * 16 + 2;
 const VQ_LIMIT: usize = 96;
 
@@ -1752,10 +1752,9 @@ impl<'m> Run<'m> {
             readable: &[],
             tables: &[],
         })?;
-        let mem = &mut *self.ram;
         // The field the decision rests on: `used_event` with EVENT_IDX, `avail.flags` without.
         let (want, ids, field) = if self.cfg.event_idx {
-            let used_event = as_driver(mem, |m| read_u16(m, ue));
+            let used_event = as_driver(self.ram, |m| read_u16(m, ue));
             let want = new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old);
             (
                 want,
@@ -1767,7 +1766,7 @@ impl<'m> Run<'m> {
                 used_event,
             )
         } else {
-            let flags = as_driver(mem, |m| read_u16(m, AVAIL_RING));
+            let flags = as_driver(self.ram, |m| read_u16(m, AVAIL_RING));
             let want = flags & VIRTQ_AVAIL_F_NO_INTERRUPT == 0;
             (
                 want,

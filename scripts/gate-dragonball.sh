@@ -26,6 +26,7 @@ if ! command -v cmake >/dev/null 2>&1; then
   echo "Dragonball gate skipped: cmake (needed to build libz-sys) is unavailable and could not be installed"
   exit 0
 fi
+bash scripts/gate-locks.sh
 cd gates/dragonball
 rc=0
 VIRTIO_CONFORM_REQUIRE_KVM=1 cargo test --locked --lib --test gate --test fuzz -- --nocapture 2>&1 || rc=$?

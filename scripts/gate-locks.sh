@@ -12,7 +12,8 @@
 #   grep -v '^source = "registry+' Cargo.lock > Cargo.lock.pinned
 set -euo pipefail
 cd "$(dirname "$0")/.."
-src="$(sed -n 's/^source = "\(registry+[^"]*\)"$/\1/p' Cargo.lock | head -n 1)"
+# The first match only, without a pipe into head (under pipefail, sed's SIGPIPE would end the script).
+src="$(sed -n '/^source = "registry+/{s/^source = "\([^"]*\)"$/\1/p;q}' Cargo.lock)"
 [ -n "$src" ] || { echo "gate-locks.sh: no registry source line in Cargo.lock" >&2; exit 2; }
 for d in gates/dragonball gates/dragonball/fuzz; do
   awk -v src="$src" '/^checksum = /{ print "source = \"" src "\"" } { print }' \

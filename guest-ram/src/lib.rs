@@ -6,13 +6,12 @@
 //! access is appended to a log that the harness inspects (the "device touched memory it must
 //! not" oracle, VQ-DEV-03/05).
 //!
-//! Three backings: a [`GuestMemoryMmap`] (what the targets and the tests use: it can be handed
-//! to other rust-vmm crates); a flat byte vector at guest physical address 0 shared by clones
-//! behind a lock ([`GuestRam::flat`]), where an access is a bounds check and a slice copy
-//! instead of a vm-memory region lookup and volatile slice; and the same vector owned by one
-//! handle ([`GuestRam::owned`]), without the lock, for a fuzz body that does all its driver and
-//! device accesses through one handle (the two atomic operations of a lock cost more than the
-//! copy for a descriptor-sized access).
+//! The bytes live in a vm-memory [`GuestMemoryMmap`], so the same mapping can be handed to
+//! other rust-vmm crates (`virtio-queue` in the `queue_chain` fuzz body works on the very bytes
+//! the reference device does). An access finds its region in a cached list of `[start, end)`
+//! pairs and copies through the region's host address: no vm-memory slice iterator, no
+//! volatile slice, which cost more than the copy for the 2- to 16-byte accesses of a
+//! virtqueue.
 //!
 //! # Why a crate of its own
 //!
@@ -23,12 +22,7 @@
 //! entry points [`GuestRam::read`] and [`GuestRam::write`] are `#[inline(never)]` so they are
 //! not inlined, and so instrumented, into the device code that calls them.
 
-use std::collections::TryReserveError;
-use std::sync::{Arc, Mutex, MutexGuard};
-use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
-    VolatileSlice,
-};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Direction of a device access to guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,27 +61,16 @@ pub struct OutOfBounds {
     pub len: u64,
 }
 
-/// Where the bytes of a [`GuestRam`] live.
-#[derive(Debug, Clone)]
-enum Backing {
-    /// vm-memory's mapping (shared by clones).
-    Mmap(GuestMemoryMmap),
-    /// One region at guest physical address 0 (shared by clones).
-    Flat(Arc<Mutex<Vec<u8>>>),
-    /// One region at guest physical address 0 owned by this handle (a clone is a copy).
-    Owned(Vec<u8>),
-}
-
 /// The guest memory as the device sees it.
 ///
-/// Cloning shares the bytes (a [`GuestMemoryMmap`] shares its mapping; a flat memory its
-/// vector), so the harness keeps a clone and sees the device's writes; the access log is not
-/// shared. The exception is an owned memory ([`GuestRam::owned`]): its clone is an independent
-/// copy. Regions are cached as `[start, end)` pairs so a range check is a few comparisons.
+/// Cloning shares the bytes (the [`GuestMemoryMmap`] shares its mapping), so the harness keeps
+/// a clone, or the mapping itself ([`GuestRam::memory`]), and sees the device's writes; the
+/// access log is not shared. Regions are cached as `[start, end)` pairs so a range check is a
+/// few comparisons.
 #[derive(Debug, Clone)]
 pub struct GuestRam {
-    mem: Backing,
-    regions: Vec<(u64, u64)>,
+    mem: GuestMemoryMmap,
+    regions: Vec<Region>,
     recording: bool,
     log: Vec<MemoryAccess>,
 }
@@ -95,16 +78,20 @@ pub struct GuestRam {
 impl GuestRam {
     /// Wraps `mem`. Recording starts switched off.
     pub fn new(mem: GuestMemoryMmap) -> Self {
-        let mut regions: Vec<(u64, u64)> = mem
+        let mut regions: Vec<Region> = mem
             .iter()
             .map(|r| {
                 let start = r.start_addr().0;
-                (start, start.saturating_add(r.len()))
+                Region {
+                    start,
+                    end: start.saturating_add(r.len()),
+                    host: HostAddress(r.as_ptr()),
+                }
             })
             .collect();
-        regions.sort_unstable();
+        regions.sort_unstable_by_key(|r| r.start);
         GuestRam {
-            mem: Backing::Mmap(mem),
+            mem,
             regions,
             recording: false,
             log: Vec::new(),
@@ -119,51 +106,20 @@ impl GuestRam {
         Ok(Self::new(mem))
     }
 
-    /// A flat guest memory of `size` bytes at guest physical address 0, zero-filled, not
-    /// backed by vm-memory (see the module documentation).
-    ///
-    /// Errors when `size` bytes cannot be allocated.
-    pub fn flat(size: u64) -> Result<Self, TryReserveError> {
-        Ok(GuestRam {
-            mem: Backing::Flat(Arc::new(Mutex::new(zeroed(size)?))),
-            regions: vec![(0, size)],
-            recording: false,
-            log: Vec::new(),
-        })
-    }
-
-    /// A flat guest memory of `size` bytes at guest physical address 0, zero-filled, owned by
-    /// this handle: accesses take no lock, and a clone copies the bytes instead of sharing
-    /// them. For a caller that makes every access, the driver's included, through this one
-    /// handle (switching recording off for the driver's: [`GuestRam::set_recording`]).
-    ///
-    /// Errors when `size` bytes cannot be allocated.
-    pub fn owned(size: u64) -> Result<Self, TryReserveError> {
-        Ok(GuestRam {
-            mem: Backing::Owned(zeroed(size)?),
-            regions: vec![(0, size)],
-            recording: false,
-            log: Vec::new(),
-        })
-    }
-
-    /// The shared vm-memory mapping, for the harness (driver side) to lay out rings; `None`
-    /// for a flat or owned memory ([`GuestRam::flat`], [`GuestRam::owned`]).
-    pub fn memory(&self) -> Option<&GuestMemoryMmap> {
-        match &self.mem {
-            Backing::Mmap(m) => Some(m),
-            Backing::Flat(_) | Backing::Owned(_) => None,
-        }
+    /// The vm-memory mapping, to hand to other rust-vmm crates or for the harness (driver
+    /// side) to lay out rings: it holds the same bytes.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
     }
 
     /// Total size in bytes of all regions.
     pub fn size(&self) -> u64 {
-        self.regions.iter().map(|(s, e)| e - s).sum()
+        self.regions.iter().map(|r| r.end - r.start).sum()
     }
 
     /// Guest physical address one past the highest byte of guest memory.
     pub fn end(&self) -> u64 {
-        self.regions.last().map(|r| r.1).unwrap_or(0)
+        self.regions.last().map(|r| r.end).unwrap_or(0)
     }
 
     /// Whether `[gpa, gpa+len)` lies inside one region. A zero-length range is inside when
@@ -172,7 +128,7 @@ impl GuestRam {
         let Some(end) = gpa.checked_add(len) else {
             return false;
         };
-        self.regions.iter().any(|&(s, e)| gpa >= s && end <= e)
+        self.regions.iter().any(|r| gpa >= r.start && end <= r.end)
     }
 
     /// Switches access recording on or off. Switching it on clears nothing.
@@ -218,22 +174,13 @@ impl GuestRam {
                 return Err(oob);
             }
         } else {
-            match &self.mem {
-                Backing::Flat(bytes) => {
-                    let bytes = lock(bytes);
-                    buf.copy_from_slice(flat_range(&bytes, gpa, len).ok_or(oob)?);
-                }
-                Backing::Owned(bytes) => {
-                    buf.copy_from_slice(flat_range(bytes, gpa, len).ok_or(oob)?);
-                }
-                Backing::Mmap(mem) => {
-                    // The range lies inside one region, so one slice of that region covers it.
-                    let slice = region_slice(&self.regions, mem, gpa, len).ok_or(oob)?;
-                    if slice.copy_to(buf) != buf.len() {
-                        return Err(oob);
-                    }
-                }
-            }
+            let src = host_range(&self.regions, gpa, len).ok_or(oob)?;
+            // SAFETY: `host_range` returned the host address of `len` bytes inside one mapped
+            // region of `self.mem`, which this handle keeps alive (see `HostAddress`); `buf` is a distinct Rust
+            // allocation of `len` bytes, so the two do not overlap. Other holders of the mapping
+            // may write it from another thread: vm-memory's own accesses copy the same way (a
+            // plain copy for more than 8 bytes), guest memory being shared by nature.
+            unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
         }
         self.record(AccessKind::Read, gpa, len);
         Ok(())
@@ -250,27 +197,10 @@ impl GuestRam {
                 return Err(oob);
             }
         } else {
-            match &mut self.mem {
-                Backing::Flat(bytes) => {
-                    let mut bytes = lock(bytes);
-                    flat_range_mut(&mut bytes, gpa, len)
-                        .ok_or(oob)?
-                        .copy_from_slice(data);
-                }
-                Backing::Owned(bytes) => {
-                    flat_range_mut(bytes, gpa, len)
-                        .ok_or(oob)?
-                        .copy_from_slice(data);
-                }
-                Backing::Mmap(mem) => {
-                    // One region holds the whole range: see `read`.
-                    let slice = region_slice(&self.regions, mem, gpa, len).ok_or(oob)?;
-                    if slice.len() != data.len() {
-                        return Err(oob);
-                    }
-                    slice.copy_from(data);
-                }
-            }
+            let dst = host_range(&self.regions, gpa, len).ok_or(oob)?;
+            // SAFETY: as in `read`, with the roles swapped: `data` is a distinct allocation of
+            // `len` bytes and `dst` the host address of `len` mapped bytes of one region.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
         }
         self.record(AccessKind::Write, gpa, len);
         Ok(())
@@ -294,127 +224,94 @@ impl GuestRam {
     }
 }
 
-/// The volatile slice of `len` (> 0) bytes at `gpa` when the range lies inside one region of
-/// `mem` (`regions` are its `[start, end)` pairs).
+/// One region of the mapping: guest physical `[start, end)` and the host address of `start`.
+#[derive(Debug, Clone, Copy)]
+struct Region {
+    start: u64,
+    end: u64,
+    host: HostAddress,
+}
+
+/// The host address where a region of a [`GuestRam`]'s mapping begins.
 ///
-/// Goes to the region directly instead of through `GuestMemoryBackend::get_slice`, whose
+/// Valid for the region's length as long as the [`GuestMemoryMmap`] it came from lives:
+/// vm-memory unmaps a region when the last handle on it drops, and the `GuestRam` holding this
+/// address holds a handle on the mapping (a clone shares it), whose regions cannot change.
+#[derive(Debug, Clone, Copy)]
+struct HostAddress(*mut u8);
+
+// SAFETY: the address is only dereferenced by `GuestRam::read` and `GuestRam::write`, which
+// check the range against the region first, while the mapping is alive (see above). vm-memory's
+// `GuestMemoryMmap`, which owns the same memory, is itself `Send` and `Sync`.
+unsafe impl Send for HostAddress {}
+// SAFETY: as for `Send`: a shared reference only copies the address.
+unsafe impl Sync for HostAddress {}
+
+/// The host address of the `len` (> 0) bytes at `gpa` when the range lies inside one region,
+/// or `None`.
+///
+/// A comparison per region and an addition, instead of `GuestMemoryBackend::get_slice`, whose
 /// region lookup and slice iterator cost more than the copy for the small accesses of a
 /// virtqueue.
-fn region_slice<'a>(
-    regions: &[(u64, u64)],
-    mem: &'a GuestMemoryMmap,
-    gpa: u64,
-    len: u64,
-) -> Option<VolatileSlice<'a, ()>> {
+fn host_range(regions: &[Region], gpa: u64, len: u64) -> Option<*mut u8> {
     let end = gpa.checked_add(len)?;
-    let &(start, _) = regions.iter().find(|&&(s, e)| gpa >= s && end <= e)?;
-    let region = mem.iter().find(|r| r.start_addr().0 == start)?;
-    region
-        .get_slice(MemoryRegionAddress(gpa - start), len as usize)
-        .ok()
-}
-
-/// `size` zero bytes, or the allocation error.
-fn zeroed(size: u64) -> Result<Vec<u8>, TryReserveError> {
-    let mut bytes = Vec::new();
-    bytes.try_reserve_exact(usize::try_from(size).unwrap_or(usize::MAX))?;
-    bytes.resize(size as usize, 0);
-    Ok(bytes)
-}
-
-/// Locks a flat memory. A panic while the lock was held leaves plain bytes, which stay usable.
-fn lock(bytes: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
-    bytes
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The `len` bytes at `gpa` of a flat memory, when they lie inside it.
-fn flat_range(bytes: &[u8], gpa: u64, len: u64) -> Option<&[u8]> {
-    let start = usize::try_from(gpa).ok()?;
-    let end = start.checked_add(usize::try_from(len).ok()?)?;
-    bytes.get(start..end)
-}
-
-/// Mutable form of [`flat_range`].
-fn flat_range_mut(bytes: &mut [u8], gpa: u64, len: u64) -> Option<&mut [u8]> {
-    let start = usize::try_from(gpa).ok()?;
-    let end = start.checked_add(usize::try_from(len).ok()?)?;
-    bytes.get_mut(start..end)
+    let r = regions.iter().find(|r| gpa >= r.start && end <= r.end)?;
+    let offset = usize::try_from(gpa - r.start).ok()?;
+    Some(r.host.0.wrapping_add(offset))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::Bytes;
 
-    /// The same accesses on both backings: same results, same bytes, same log.
+    /// Bounds: inside, at the end, past the end, overflowing; only what succeeded is logged.
     #[test]
-    fn flat_and_mapped_memories_agree() {
+    fn accesses_are_bounds_checked_and_logged() {
         let size = 0x1000u64;
-        let mut a = GuestRam::anonymous(size).unwrap();
-        let mut b = GuestRam::flat(size).unwrap();
-        let mut c = GuestRam::owned(size).unwrap();
-        a.set_recording(true);
-        b.set_recording(true);
-        c.set_recording(true);
-        let writes: [(u64, &[u8]); 6] = [
-            (0, &[1, 2, 3]),
-            (size - 2, &[9, 8]),
-            (size - 1, &[7, 7]),
-            (u64::MAX - 1, &[1, 2, 3]),
-            (size, &[]),
-            (size + 1, &[]),
-        ];
-        for (gpa, data) in writes {
-            let (ra, rb, rc) = (a.write(gpa, data), b.write(gpa, data), c.write(gpa, data));
-            assert!(
-                ra == rb && rb == rc,
-                "write at {gpa:#x}: {ra:?} {rb:?} {rc:?}"
-            );
-        }
-        for (gpa, len) in [
-            (0u64, 4usize),
-            (size - 2, 2),
-            (size - 2, 3),
-            (u64::MAX, 1),
-            (size, 0),
-        ] {
-            let (mut x, mut y, mut z) = (vec![0xaa; len], vec![0xaa; len], vec![0xaa; len]);
-            let (ra, rb, rc) = (
-                a.read(gpa, &mut x),
-                b.read(gpa, &mut y),
-                c.read(gpa, &mut z),
-            );
-            assert!(
-                ra == rb && rb == rc,
-                "read at {gpa:#x}: {ra:?} {rb:?} {rc:?}"
-            );
-            assert_eq!(x, y, "bytes at {gpa:#x}");
-            assert_eq!(y, z, "bytes at {gpa:#x}");
-        }
-        assert_eq!(a.accesses(), b.accesses());
-        assert_eq!(b.accesses(), c.accesses());
-        assert_eq!((a.size(), a.end()), (b.size(), b.end()));
-        assert_eq!((c.size(), c.end()), (b.size(), b.end()));
-        assert!(b.memory().is_none() && c.memory().is_none() && a.memory().is_some());
+        let mut m = GuestRam::anonymous(size).unwrap();
+        m.set_recording(true);
+        assert_eq!(m.write(0, &[1, 2, 3]), Ok(()));
+        assert_eq!(m.write(size - 2, &[9, 8]), Ok(()));
+        assert_eq!(
+            m.write(size - 1, &[7, 7]),
+            Err(OutOfBounds {
+                gpa: size - 1,
+                len: 2
+            })
+        );
+        assert!(m.write(u64::MAX - 1, &[1, 2, 3]).is_err());
+        assert_eq!(m.write(size, &[]), Ok(()));
+        assert!(m.write(size + 1, &[]).is_err());
+        let mut b = [0xaa; 4];
+        assert_eq!(m.read(0, &mut b), Ok(()));
+        assert_eq!(b, [1, 2, 3, 0]);
+        assert_eq!(m.read_u16(size - 2), Ok(0x0809));
+        let mut b = [0xaa; 3];
+        assert!(m.read(size - 2, &mut b).is_err());
+        assert_eq!(b, [0xaa; 3], "a failed read leaves the buffer alone");
+        assert!(m.read(u64::MAX, &mut [0]).is_err());
+        let logged: Vec<_> = m
+            .accesses()
+            .iter()
+            .map(|a| (a.kind, a.gpa, a.len))
+            .collect();
+        assert_eq!(
+            logged,
+            [
+                (AccessKind::Write, 0, 3),
+                (AccessKind::Write, size - 2, 2),
+                (AccessKind::Write, size, 0),
+                (AccessKind::Read, 0, 4),
+                (AccessKind::Read, size - 2, 2),
+            ]
+        );
     }
 
-    /// A clone of an owned memory is a copy: later writes on either side stay on that side.
+    /// Clones and the vm-memory mapping share the bytes, not the log.
     #[test]
-    fn owned_clones_are_copies() {
-        let mut a = GuestRam::owned(64).unwrap();
-        a.write_u16(10, 0xbeef).unwrap();
-        let mut b = a.clone();
-        assert_eq!(b.read_u16(10), Ok(0xbeef));
-        b.write_u16(10, 0x1234).unwrap();
-        assert_eq!(a.read_u16(10), Ok(0xbeef));
-        assert_eq!(a.read_u16(63), Err(OutOfBounds { gpa: 63, len: 2 }));
-    }
-
-    /// Clones of a flat memory share the bytes, not the log.
-    #[test]
-    fn flat_clones_share_bytes() {
-        let mut dev = GuestRam::flat(64).unwrap();
+    fn clones_and_the_mapping_share_bytes() {
+        let mut dev = GuestRam::anonymous(64).unwrap();
         let mut drv = dev.clone();
         dev.set_recording(true);
         drv.write_u16(10, 0xbeef).unwrap();
@@ -422,5 +319,34 @@ mod tests {
         assert_eq!(dev.accesses().len(), 1);
         assert!(drv.accesses().is_empty());
         assert_eq!(dev.read_u16(63), Err(OutOfBounds { gpa: 63, len: 2 }));
+        let v: u16 = dev.memory().read_obj(GuestAddress(10)).unwrap();
+        assert_eq!(v, 0xbeef);
+        dev.memory().write_obj(0x1234u16, GuestAddress(20)).unwrap();
+        assert_eq!(drv.read_u16(20), Ok(0x1234));
+    }
+
+    /// Two regions with a hole: each access lands at its own address, none spans the hole.
+    #[test]
+    fn regions_are_addressed_by_their_start() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x3000), 0x1000),
+        ])
+        .unwrap();
+        let mut m = GuestRam::new(mem.clone());
+        assert_eq!((m.size(), m.end()), (0x2000, 0x4000));
+        m.write_u32(0x3ffc, 0xdead_beef).unwrap();
+        m.write_u16(0xffe, 0x55aa).unwrap();
+        let v: u32 = mem.read_obj(GuestAddress(0x3ffc)).unwrap();
+        assert_eq!(v, 0xdead_beef);
+        let v: u16 = mem.read_obj(GuestAddress(0xffe)).unwrap();
+        assert_eq!(v, 0x55aa);
+        assert!(
+            m.write(0xfff, &[1, 2]).is_err(),
+            "spans the end of region 0"
+        );
+        assert!(m.write(0x1000, &[1]).is_err(), "in the hole");
+        assert!(m.read(0x2fff, &mut [0, 0]).is_err(), "runs into region 1");
+        assert!(m.write(0x3fff, &[1, 2]).is_err(), "past the end");
     }
 }

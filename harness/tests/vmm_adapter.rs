@@ -24,7 +24,7 @@ struct MyVmmBlock {
 impl MyVmmBlock {
     fn boot() -> Self {
         let ram = GuestRam::anonymous(32 << 20).expect("guest RAM");
-        let mem = ram.memory().expect("mapped guest memory").clone();
+        let mem = ram.memory().clone();
         let dev = MmioDevice::new(
             DeviceConfig::new(TransportVersion::Modern),
             Box::new(BlockBackend::new(128)),

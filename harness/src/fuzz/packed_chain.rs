@@ -169,10 +169,7 @@ impl Rig {
     fn new(size: u16, mutant: Option<Mutant>) -> Result<Rig, Finding> {
         let ram = GuestRam::anonymous(RAM)
             .map_err(|e| Finding::new(TARGET, "setup", &[], e.to_string()))?;
-        let mem = ram
-            .memory()
-            .cloned()
-            .ok_or_else(|| Finding::new(TARGET, "setup", &[], "guest memory has no mapping"))?;
+        let mem = ram.memory().clone();
         let mut cfg = DeviceConfig::new(TransportVersion::Modern);
         cfg.knobs.offer_ring_packed = true;
         cfg.knobs.offer_in_order = true;

@@ -53,10 +53,7 @@ use virtio_reference_device::{
     AccessKind, Budget, Completion, Descriptor, DeviceBackend, EntropyBackend, GuestRam,
     MemoryAccess, Mutant, QueueError, SplitQueue,
 };
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    MemoryRegionAddress, VolatileSlice,
-};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 const TARGET: &str = "queue_chain";
 
@@ -85,8 +82,8 @@ const BLOCK: u64 = 64;
 const _: () = assert!(RAM_SIZE == 128 * BLOCK);
 
 /// A set of 64-byte blocks of the guest memory (bit `i`: bytes `[64 i, 64 i + 64)`), for
-/// what was written since a point: copying and zeroing only those blocks moves far fewer
-/// bytes than one span from the lowest to the highest address written.
+/// what was written since a point: zeroing only those blocks moves far fewer bytes than one
+/// span from the lowest to the highest address written.
 type Blocks = u128;
 
 /// The blocks `len` bytes at `gpa` touch (clamped to guest memory).
@@ -121,8 +118,8 @@ fn block_runs(mut set: Blocks) -> impl Iterator<Item = (u64, u64)> {
     })
 }
 
-/// Bytes from [`USED_RING`] that `virtio-queue` writes in its own copy (a used ring of up to
-/// 16 entries and `avail_event`), which no dirty set records.
+/// Bytes from [`USED_RING`] that `virtio-queue` may write (a used ring of up to 16 entries
+/// and `avail_event`): its writes are not in the access log, so no written set records them.
 const USED_RING_BYTES: u64 = 4 + 8 * 16 + 2;
 const VQ_LIMIT: usize = 96;
 
@@ -564,21 +561,19 @@ pub fn queue_chain_on(data: &[u8], mutant: Option<Mutant>) -> Result<(), Finding
 
 /// The guest memory both queues work on, reused across cases.
 ///
-/// The reference and the driver use one flat memory ([`GuestRam::owned`]: an access is a
-/// bounds check and a copy, with no lock; the driver's accesses go through [`as_driver`], with
-/// recording off); `virtio-queue` needs vm-memory's `GuestMemory`, so it gets a
-/// mapping that is brought up to date with the flat bytes right before each of its calls
-/// ([`Run::sync_vq`]: only the 64-byte blocks written since the last copy, by the driver or by the
-/// reference, whose writes are in its access log). So both queues see the same bytes at every step: the driver writes once,
-/// the backend's writes into device-writable buffers are visible to both (a buffer may overlap
-/// a later chain's indirect table), and the used ring `virtio-queue` writes over the
-/// reference's is compared byte for byte ([`Run::add_used_both`]).
+/// One vm-memory mapping holds the bytes: the reference and the driver reach it through a
+/// [`GuestRam`] (recording on; the driver's accesses go through [`as_driver`], with recording
+/// off), `virtio-queue` through a clone of the mapping. So both queues see the same bytes at
+/// every step, with nothing to copy: the driver writes once, the backend's writes into
+/// device-writable buffers are visible to both (a buffer may overlap a later chain's indirect
+/// table), and `virtio-queue` writes its used element over the reference's, which must leave
+/// the used ring unchanged byte for byte ([`Run::add_used_both`]).
 struct Pool {
     /// The guest memory (recording on, except for the driver's accesses: [`as_driver`]).
     ram: GuestRam,
-    /// `virtio-queue`'s copy.
+    /// The same mapping, for `virtio-queue`.
     vmem: GuestMemoryMmap,
-    /// What any side may have written since both memories were last zero.
+    /// What any side may have written since the memory was last zero.
     written: Blocks,
     /// The driver's bookkeeping and the scratch vectors, reset by each [`Run`] and kept
     /// across cases so that a case allocates almost nothing.
@@ -589,8 +584,6 @@ struct Pool {
 /// Vectors a [`Run`] refills as it goes, kept across chains and cases.
 #[derive(Default)]
 struct Scratch {
-    /// Bytes copied by [`Run::sync_vq`] (`RAM_SIZE` of them).
-    bytes: Vec<u8>,
     /// Indirect tables of the chain popped last.
     tables: Vec<(u64, u64)>,
     /// `virtio-queue`'s chain.
@@ -603,28 +596,24 @@ struct Scratch {
 impl Pool {
     fn new() -> Option<Pool> {
         let vmem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).ok()?;
-        let mut ram = GuestRam::owned(RAM_SIZE).ok()?;
+        let mut ram = GuestRam::new(vmem.clone());
         ram.set_recording(true);
         Some(Pool {
             ram,
             vmem,
             written: Blocks::MAX,
             drv: Driver::default(),
-            scratch: Scratch {
-                bytes: vec![0; RAM_SIZE as usize],
-                ..Scratch::default()
-            },
+            scratch: Scratch::default(),
         })
     }
 
     fn run(&mut self, case: &QueueChainCase, mutant: Option<Mutant>) -> Result<(), Finding> {
         static ZEROS: [u8; RAM_SIZE as usize] = [0; RAM_SIZE as usize];
-        // Zero what the last case wrote, on both sides (the used ring always: `virtio-queue`
-        // writes its own into its copy).
+        // Zero what the last case wrote (the used ring always: `virtio-queue`'s writes are not
+        // logged).
         for (lo, hi) in block_runs(self.written | blocks(USED_RING, USED_RING_BYTES)) {
             let zeros = &ZEROS[..(hi - lo) as usize];
             let _ = as_driver(&mut self.ram, |m| m.write(lo, zeros));
-            let _ = self.vmem.write_slice(zeros, GuestAddress(lo));
         }
         self.ram.clear_accesses();
         let mut run = Run::new(case, self, mutant)?;
@@ -648,14 +637,6 @@ impl Pool {
 
 thread_local! {
     static POOL: RefCell<Option<Pool>> = const { RefCell::new(None) };
-}
-
-/// The `len` bytes at `gpa` of `virtio-queue`'s mapping (one region at 0), taken from the
-/// region directly: `Bytes::read_slice`/`write_slice` walk a slice iterator per call.
-fn vq_slice(vmem: &GuestMemoryMmap, gpa: u64, len: usize) -> Option<VolatileSlice<'_, ()>> {
-    vmem.iter()
-        .next()
-        .and_then(|r| r.get_slice(MemoryRegionAddress(gpa), len).ok())
 }
 
 fn vq_err(e: impl fmt::Display) -> Finding {
@@ -983,11 +964,9 @@ struct Run<'m> {
     vmem: &'m GuestMemoryMmap,
     /// Reused vectors (see [`Scratch`]).
     s: &'m mut Scratch,
-    /// Blocks written since the last [`Run::sync_vq`].
-    dirty: Blocks,
     /// Blocks written during this case.
     written: Blocks,
-    /// Entries of the reference's access log already folded into `dirty`.
+    /// Entries of the reference's access log already folded into `written`.
     folded: usize,
     /// Accesses in the reference's log already checked.
     seen: usize,
@@ -1039,7 +1018,6 @@ impl<'m> Run<'m> {
             ram,
             vmem,
             s: scratch,
-            dirty: 0,
             written: 0,
             folded: 0,
             seen: 0,
@@ -1063,14 +1041,12 @@ impl<'m> Run<'m> {
         USED_RING + 4 + 8 * self.cfg.size as u64
     }
 
-    /// Adds the blocks of `len` bytes at `gpa` to the dirty and written sets.
+    /// Adds the blocks of `len` bytes at `gpa` to the written set.
     fn mark(&mut self, gpa: u64, len: u64) {
-        let b = blocks(gpa, len);
-        self.dirty |= b;
-        self.written |= b;
+        self.written |= blocks(gpa, len);
     }
 
-    /// Adds the reference's writes logged since the last call to the dirty and written sets.
+    /// Adds the reference's writes logged since the last call to the written set.
     fn fold_device_writes(&mut self) {
         let from = self.folded.min(self.ram.accesses().len());
         let mut set = 0;
@@ -1080,23 +1056,7 @@ impl<'m> Run<'m> {
             }
         }
         self.folded = self.ram.accesses().len();
-        self.dirty |= set;
         self.written |= set;
-    }
-
-    /// Brings `virtio-queue`'s mapping up to date with the flat guest memory (before each of
-    /// its calls): copies the blocks written since the last call.
-    fn sync_vq(&mut self) -> Result<(), Finding> {
-        self.fold_device_writes();
-        for (lo, hi) in block_runs(std::mem::take(&mut self.dirty)) {
-            let buf = &mut self.s.bytes[..(hi - lo) as usize];
-            as_driver(self.ram, |m| m.read(lo, buf))
-                .map_err(|e| Finding::new(TARGET, "harness", &[], format!("sync: {e}")))?;
-            let slice = vq_slice(self.vmem, lo, buf.len())
-                .ok_or_else(|| Finding::new(TARGET, "harness", &[], "sync: no guest memory"))?;
-            slice.copy_from(buf);
-        }
-        Ok(())
     }
 
     /// Driver write into guest memory (not recorded: it is not the device).
@@ -1475,7 +1435,6 @@ impl<'m> Run<'m> {
     fn pop_both(&mut self, budget: &mut Budget, rings: &[(u64, u64)]) -> Result<Popped, Finding> {
         let r = self.rq.pop(self.ram, budget);
         let (acc_from, acc_to) = self.unchecked();
-        self.sync_vq()?;
         let mut vd = std::mem::take(&mut self.s.vbuf);
         vd.clear();
         let v = self.vq.pop_descriptor_chain(self.vmem).map(|c| {
@@ -1703,13 +1662,10 @@ impl<'m> Run<'m> {
         let n = 4 + 8 * self.cfg.size as usize;
         let (mut before, mut after) = ([0u8; 4 + 8 * 16], [0u8; 4 + 8 * 16]);
         let _ = as_driver(self.ram, |m| m.read(USED_RING, &mut before[..n]));
-        self.sync_vq()?;
         self.vq
             .add_used(self.vmem, head, len)
             .map_err(|e| vq_err(format!("add_used({head}, {len}): {e}")))?;
-        if let Some(slice) = vq_slice(self.vmem, USED_RING, n) {
-            slice.copy_to(&mut after[..n]);
-        }
+        let _ = as_driver(self.ram, |m| m.read(USED_RING, &mut after[..n]));
         if before[..n] != after[..n] {
             return Err(Finding::new(
                 TARGET,
@@ -1800,7 +1756,6 @@ impl<'m> Run<'m> {
                 ),
             ));
         }
-        self.sync_vq()?;
         let vq = self
             .vq
             .needs_notification(self.vmem)

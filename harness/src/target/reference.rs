@@ -230,10 +230,7 @@ impl Target for ReferenceTarget {
         let mut ram = GuestRam::anonymous(self.ram_size)
             .map_err(|e| TargetError::Unavailable(e.to_string()))?;
         ram.set_recording(true);
-        self.mem = ram
-            .memory()
-            .cloned()
-            .ok_or_else(|| TargetError::Unavailable("guest memory has no mapping".into()))?;
+        self.mem = ram.memory().clone();
         self.dev = Some((self.factory)(ram));
         Ok(())
     }

@@ -25,7 +25,7 @@ pub fn block(version: TransportVersion) -> Rig {
 
 pub fn rig(cfg: DeviceConfig, backend: Box<dyn DeviceBackend>) -> Rig {
     let ram = GuestRam::anonymous(RAM).unwrap();
-    let mem = ram.memory().expect("mapped guest memory").clone();
+    let mem = ram.memory().clone();
     let dev = MmioDevice::new(cfg, backend, ram);
     Rig {
         dev,

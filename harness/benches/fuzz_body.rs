@@ -7,7 +7,7 @@
 //! per input of that corpus.
 //!
 //! What it isolates: the harness side of a fuzz iteration (decoding, the driver model laying
-//! out chains, both queue implementations, the copies between their guest memories, the
+//! out chains, both queue implementations on their one shared guest memory, the
 //! oracles). `fuzz/bench-vs-rust-vmm.sh` gives the exec/s a user of `cargo fuzz run` sees.
 //!
 //! Run with `cargo bench -p virtio-conform --bench fuzz_body` (or

@@ -108,6 +108,7 @@ impl GuestRam {
 
     /// The vm-memory mapping, to hand to other rust-vmm crates or for the harness (driver
     /// side) to lay out rings: it holds the same bytes.
+    #[inline]
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
     }
@@ -125,10 +126,7 @@ impl GuestRam {
     /// Whether `[gpa, gpa+len)` lies inside one region. A zero-length range is inside when
     /// `gpa` is inside a region or at its end. Never overflows.
     pub fn contains(&self, gpa: u64, len: u64) -> bool {
-        let Some(end) = gpa.checked_add(len) else {
-            return false;
-        };
-        self.regions.iter().any(|r| gpa >= r.start && end <= r.end)
+        host_range(&self.regions, gpa, len).is_some()
     }
 
     /// Switches access recording on or off. Switching it on clears nothing.
@@ -176,10 +174,11 @@ impl GuestRam {
         } else {
             let src = host_range(&self.regions, gpa, len).ok_or(oob)?;
             // SAFETY: `host_range` returned the host address of `len` bytes inside one mapped
-            // region of `self.mem`, which this handle keeps alive (see `HostAddress`); `buf` is a distinct Rust
-            // allocation of `len` bytes, so the two do not overlap. Other holders of the mapping
-            // may write it from another thread: vm-memory's own accesses copy the same way (a
-            // plain copy for more than 8 bytes), guest memory being shared by nature.
+            // region of `self.mem`, which this handle keeps alive (see `HostAddress`); `buf` is
+            // a distinct Rust allocation of `len` bytes, so the two do not overlap. Other
+            // holders of the mapping may write it from another thread: vm-memory's own accesses
+            // copy the same way (a plain copy for more than 8 bytes), guest memory being shared
+            // by nature.
             unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
         }
         self.record(AccessKind::Read, gpa, len);
@@ -247,8 +246,8 @@ unsafe impl Send for HostAddress {}
 // SAFETY: as for `Send`: a shared reference only copies the address.
 unsafe impl Sync for HostAddress {}
 
-/// The host address of the `len` (> 0) bytes at `gpa` when the range lies inside one region,
-/// or `None`.
+/// The host address of the `len` bytes at `gpa` when the range lies inside one region (for
+/// `len` 0: `gpa` inside a region or at its end), or `None`.
 ///
 /// A comparison per region and an addition, instead of `GuestMemoryBackend::get_slice`, whose
 /// region lookup and slice iterator cost more than the copy for the small accesses of a

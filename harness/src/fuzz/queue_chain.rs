@@ -53,7 +53,6 @@ use virtio_reference_device::{
     AccessKind, Budget, Completion, Descriptor, DeviceBackend, EntropyBackend, GuestRam,
     MemoryAccess, Mutant, QueueError, SplitQueue,
 };
-use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 const TARGET: &str = "queue_chain";
 
@@ -563,7 +562,7 @@ pub fn queue_chain_on(data: &[u8], mutant: Option<Mutant>) -> Result<(), Finding
 ///
 /// One vm-memory mapping holds the bytes: the reference and the driver reach it through a
 /// [`GuestRam`] (recording on; the driver's accesses go through [`as_driver`], with recording
-/// off), `virtio-queue` through a clone of the mapping. So both queues see the same bytes at
+/// off), `virtio-queue` through the mapping itself ([`GuestRam::memory`]). So both queues see the same bytes at
 /// every step, with nothing to copy: the driver writes once, the backend's writes into
 /// device-writable buffers are visible to both (a buffer may overlap a later chain's indirect
 /// table), and `virtio-queue` writes its used element over the reference's, which must leave
@@ -571,8 +570,6 @@ pub fn queue_chain_on(data: &[u8], mutant: Option<Mutant>) -> Result<(), Finding
 struct Pool {
     /// The guest memory (recording on, except for the driver's accesses: [`as_driver`]).
     ram: GuestRam,
-    /// The same mapping, for `virtio-queue`.
-    vmem: GuestMemoryMmap,
     /// What any side may have written since the memory was last zero.
     written: Blocks,
     /// The driver's bookkeeping and the scratch vectors, reset by each [`Run`] and kept
@@ -595,12 +592,10 @@ struct Scratch {
 
 impl Pool {
     fn new() -> Option<Pool> {
-        let vmem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).ok()?;
-        let mut ram = GuestRam::new(vmem.clone());
+        let mut ram = GuestRam::anonymous(RAM_SIZE).ok()?;
         ram.set_recording(true);
         Some(Pool {
             ram,
-            vmem,
             written: Blocks::MAX,
             drv: Driver::default(),
             scratch: Scratch::default(),
@@ -961,7 +956,6 @@ impl Driver {
 struct Run<'m> {
     cfg: QcConfig,
     ram: &'m mut GuestRam,
-    vmem: &'m GuestMemoryMmap,
     /// Reused vectors (see [`Scratch`]).
     s: &'m mut Scratch,
     /// Blocks written during this case.
@@ -985,11 +979,7 @@ impl<'m> Run<'m> {
     ) -> Result<Self, Finding> {
         let cfg = case.config();
         let Pool {
-            ram,
-            vmem,
-            drv,
-            scratch,
-            ..
+            ram, drv, scratch, ..
         } = pool;
         let mut rq = SplitQueue::new(cfg.size);
         rq.desc_table = DESC_TABLE;
@@ -1016,7 +1006,6 @@ impl<'m> Run<'m> {
         let mut run = Run {
             cfg,
             ram,
-            vmem,
             s: scratch,
             written: 0,
             folded: 0,
@@ -1437,7 +1426,7 @@ impl<'m> Run<'m> {
         let (acc_from, acc_to) = self.unchecked();
         let mut vd = std::mem::take(&mut self.s.vbuf);
         vd.clear();
-        let v = self.vq.pop_descriptor_chain(self.vmem).map(|c| {
+        let v = self.vq.pop_descriptor_chain(self.ram.memory()).map(|c| {
             let head = c.head_index();
             vd.extend(c.take(VQ_LIMIT).map(|d| Descriptor {
                 addr: d.addr().0,
@@ -1663,7 +1652,7 @@ impl<'m> Run<'m> {
         let (mut before, mut after) = ([0u8; 4 + 8 * 16], [0u8; 4 + 8 * 16]);
         let _ = as_driver(self.ram, |m| m.read(USED_RING, &mut before[..n]));
         self.vq
-            .add_used(self.vmem, head, len)
+            .add_used(self.ram.memory(), head, len)
             .map_err(|e| vq_err(format!("add_used({head}, {len}): {e}")))?;
         let _ = as_driver(self.ram, |m| m.read(USED_RING, &mut after[..n]));
         if before[..n] != after[..n] {
@@ -1758,7 +1747,7 @@ impl<'m> Run<'m> {
         }
         let vq = self
             .vq
-            .needs_notification(self.vmem)
+            .needs_notification(self.ram.memory())
             .map_err(|e| vq_err(format!("needs_notification: {e}")))?;
         // Without EVENT_IDX virtio-queue always notifies: justified ("NoInterruptIgnored").
         if vq != want && (self.cfg.event_idx || want) {

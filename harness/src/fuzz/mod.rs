@@ -19,6 +19,7 @@
 //! A [`Mutant`] can be pinned for a whole fuzzing run with the environment variable
 //! [`MUTANT_ENV`] (`VIRTIO_CONFORM_MUTANT=<name>`), read once per process.
 
+mod buffer_filler;
 pub mod crash;
 pub mod device_chains;
 pub mod diff_mmio;

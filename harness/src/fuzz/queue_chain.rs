@@ -13,8 +13,8 @@
 //!
 //! The driver side (this module) lays out descriptors, indirect tables and the available ring
 //! in guest memory. A kick pops every available chain from both queues; for each chain the
-//! reference's is handed to an [`EntropyBackend`] that writes into its device-writable
-//! buffers, and both queues `add_used` the head with the number of bytes written. After the
+//! reference's is handed to a [`BufferFiller`] that writes into its device-writable buffers
+//! (as the entropy device would, from a fixed table instead of a ChaCha stream), and both queues `add_used` the head with the number of bytes written. After the
 //! kick the reference publishes `avail_event` and decides whether to notify. The end of the
 //! input is one more kick (reported as the operation after the last one).
 //!
@@ -39,6 +39,7 @@
 //!   `virtio-queue` agreeing on everything before it. `virtio-queue` returning the same used
 //!   element must leave the used ring the reference wrote unchanged, byte for byte.
 
+use super::buffer_filler::BufferFiller;
 use super::encode::{variant, Encode};
 use super::Finding;
 use arbitrary::Arbitrary;
@@ -50,8 +51,7 @@ use virtio_reference_device::regs::{
     VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use virtio_reference_device::{
-    AccessKind, Budget, Completion, Descriptor, DeviceBackend, EntropyBackend, GuestRam,
-    MemoryAccess, Mutant, QueueError, SplitQueue,
+    AccessKind, Budget, Descriptor, GuestRam, MemoryAccess, Mutant, QueueError, SplitQueue,
 };
 
 const TARGET: &str = "queue_chain";
@@ -588,6 +588,8 @@ struct Scratch {
     readable: Vec<(u64, u64)>,
     writable: Vec<(u64, u64)>,
     reads: Vec<(u64, u64)>,
+    /// The driver-side walk of the chain popped last ([`walk`]).
+    steps: Vec<Step>,
 }
 
 impl Pool {
@@ -724,8 +726,9 @@ fn read_u16(mem: &mut GuestRam, at: u64) -> u16 {
     mem.read_u16(at).unwrap_or(0)
 }
 
-fn walk(mem: &mut GuestRam, size: u16, head: u16) -> Trace {
-    let mut steps = Vec::new();
+/// `steps` is an emptied vector kept from an earlier walk (its allocation is reused).
+fn walk(mem: &mut GuestRam, size: u16, head: u16, mut steps: Vec<Step>) -> Trace {
+    steps.clear();
     if head >= size {
         return Trace {
             steps,
@@ -966,7 +969,7 @@ struct Run<'m> {
     seen: usize,
     rq: SplitQueue,
     vq: Queue,
-    backend: EntropyBackend,
+    filler: BufferFiller,
     drv: &'m mut Driver,
     dead: bool,
 }
@@ -1000,8 +1003,7 @@ impl<'m> Run<'m> {
         vq.set_next_avail(cfg.start);
         vq.set_next_used(cfg.start);
         vq.set_ready(true);
-        let mut backend = EntropyBackend::new(0x5eed);
-        backend.set_writes_readable(mutant == Some(Mutant::WritesReadableBuffers));
+        let filler = BufferFiller::new(mutant == Some(Mutant::WritesReadableBuffers));
         drv.reset(cfg.size, cfg.start);
         let mut run = Run {
             cfg,
@@ -1012,7 +1014,7 @@ impl<'m> Run<'m> {
             seen: 0,
             rq,
             vq,
-            backend,
+            filler,
             drv,
             dead: false,
         };
@@ -1337,10 +1339,7 @@ impl<'m> Run<'m> {
                             format!("the device popped head {head}, which is not an outstanding chain the driver made available (outstanding: {:?})", self.drv.outstanding),
                         ));
                     }
-                    let len = match self.backend.process(0, self.rq.chain(), self.ram) {
-                        Completion::Written(n) | Completion::Partial(n) => n,
-                        Completion::Malformed | Completion::Held => 0,
-                    };
+                    let len = self.filler.fill(self.rq.chain(), self.ram);
                     self.s.readable.clear();
                     self.s.writable.clear();
                     for d in self.rq.chain() {
@@ -1472,12 +1471,14 @@ impl<'m> Run<'m> {
             a.kind == AccessKind::Read && rings.iter().any(|&r| inside((a.gpa, a.end()), r))
         });
         let need_trace = head_read && (!in_rings || r.is_err());
+        let mut steps = std::mem::take(&mut self.s.steps);
+        steps.clear();
         let trace = if need_trace {
             let (size, head) = (self.cfg.size, self.rq.last_head());
-            as_driver(self.ram, |m| walk(m, size, head))
+            as_driver(self.ram, |m| walk(m, size, head, steps))
         } else {
             Trace {
-                steps: Vec::new(),
+                steps,
                 end: TraceEnd::End,
             }
         };
@@ -1604,6 +1605,7 @@ impl<'m> Run<'m> {
                 format!("after the pop the reference's next available index is {ra}, virtio-queue's {va}: they consumed different numbers of entries"),
             ));
         }
+        self.s.steps = trace.steps;
         Ok(popped)
     }
 

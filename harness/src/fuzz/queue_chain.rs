@@ -1621,7 +1621,12 @@ impl<'m> Run<'m> {
             tables: &[],
         })?;
         self.drv.used_idx = self.drv.used_idx.wrapping_add(1);
-        let idx = as_driver(self.ram, |m| read_u16(m, USED_RING + 2));
+        // The used ring as the reference left it (flags, idx, every element; `avail_event`
+        // excluded), read once: the checks below and the differential use this copy.
+        let n = 4 + 8 * self.cfg.size as usize;
+        let (mut before, mut after) = ([0u8; 4 + 8 * 16], [0u8; 4 + 8 * 16]);
+        let _ = as_driver(self.ram, |m| m.read(USED_RING, &mut before[..n]));
+        let idx = u16::from_le_bytes([before[2], before[3]]);
         if idx != self.drv.used_idx {
             return Err(Finding::new(
                 TARGET,
@@ -1635,9 +1640,8 @@ impl<'m> Run<'m> {
                 ),
             ));
         }
-        let slot = (self.drv.used_idx.wrapping_sub(1) & (self.cfg.size - 1)) as u64;
-        let mut elem = [0u8; 8];
-        let _ = as_driver(self.ram, |m| m.read(USED_RING + 4 + 8 * slot, &mut elem));
+        let slot = (self.drv.used_idx.wrapping_sub(1) & (self.cfg.size - 1)) as usize;
+        let elem = &before[4 + 8 * slot..12 + 8 * slot];
         let id = u32::from_le_bytes([elem[0], elem[1], elem[2], elem[3]]);
         let ulen = u32::from_le_bytes([elem[4], elem[5], elem[6], elem[7]]);
         if id != head as u32 || ulen != len {
@@ -1648,11 +1652,8 @@ impl<'m> Run<'m> {
                 format!("used element {slot} reads (id {id}, len {ulen}); the device returned (id {head}, len {len})"),
             ));
         }
-        // Differential: virtio-queue returns the same element over the reference's used ring
-        // (flags, idx, every element; `avail_event` excluded); it must not change a byte.
-        let n = 4 + 8 * self.cfg.size as usize;
-        let (mut before, mut after) = ([0u8; 4 + 8 * 16], [0u8; 4 + 8 * 16]);
-        let _ = as_driver(self.ram, |m| m.read(USED_RING, &mut before[..n]));
+        // Differential: virtio-queue returns the same element over the reference's used ring;
+        // it must not change a byte.
         self.vq
             .add_used(self.ram.memory(), head, len)
             .map_err(|e| vq_err(format!("add_used({head}, {len}): {e}")))?;

@@ -89,7 +89,7 @@ pub fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
     if let Some(c) = t.chars().find(|c| !c.is_ascii_hexdigit()) {
         return Err(format!("`{s}` is not hex: `{c}` is not a hex digit"));
     }
-    if t.len() % 2 != 0 {
+    if !t.len().is_multiple_of(2) {
         return Err(format!(
             "`{s}` is not hex: odd number of digits ({})",
             t.len()

@@ -1895,10 +1895,9 @@ impl Exec<'_> {
                 }
             },
             || format!("advanced by {n}"),
-        ) {
-            if n == 0 {
-                return Ok(());
-            }
+        ) && n == 0
+        {
+            return Ok(());
         }
         let elems = self.take_used(queue)?;
         for (id, l) in elems {

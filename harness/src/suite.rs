@@ -91,6 +91,9 @@ impl Suite {
     }
 }
 
+/// A callback handed each case's result as soon as the case ends ([`Options::on_result`]).
+pub type ResultCallback = Box<dyn Fn(&CaseResult) + Send + Sync>;
+
 /// What to run and how to grade it.
 pub struct Options {
     /// Only cases whose id matches one of these globs (empty = all).
@@ -109,7 +112,7 @@ pub struct Options {
     pub progress: Option<Box<dyn Fn(usize, usize) + Send + Sync>>,
     /// Called with each result as soon as its case ends (to stream results to a file, so an
     /// interrupted run loses none), from the worker that ran it.
-    pub on_result: Option<Box<dyn Fn(&CaseResult) + Send + Sync>>,
+    pub on_result: Option<ResultCallback>,
     /// Wall-clock limits per case and per target call, enforced whatever the target.
     pub budget: Budget,
     /// Number of workers, each with its own target instance from the factory (`0` and `1`

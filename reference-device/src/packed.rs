@@ -653,7 +653,7 @@ mod tests {
         // The mutant walks the ring round and round until the budget runs out.
         let (mut m, mut ram2) = setup(4);
         m.mutant = Some(Mutant::PackedNoListCap);
-        ram2.write(RING, &vec![0u8; 64]).unwrap();
+        ram2.write(RING, &[0u8; 64]).unwrap();
         for pos in 0..4u16 {
             let d = PackedDesc {
                 addr: BUF,
@@ -717,7 +717,9 @@ mod tests {
 
     #[test]
     fn malformed_lists_are_refused_and_consumed() {
-        let cases: Vec<(Vec<(u64, u32, u16)>, bool)> = vec![
+        /// A descriptor list (`addr`, `len`, `flags` each) and whether the device accepts it.
+        type Case = (Vec<(u64, u32, u16)>, bool);
+        let cases: Vec<Case> = vec![
             (vec![(BUF, 4, VIRTQ_DESC_F_WRITE), (BUF, 4, 0)], false),
             (vec![(u64::MAX - 1, 4, 0)], false),
             (vec![(0x9000, 0, VIRTQ_DESC_F_INDIRECT)], false),

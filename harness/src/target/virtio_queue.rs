@@ -125,7 +125,7 @@ impl Target for VirtioQueueTarget {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
-        let v = (data.len() == 4 && offset % 4 == 0)
+        let v = (data.len() == 4 && offset.is_multiple_of(4))
             .then(|| u32::from_le_bytes([data[0], data[1], data[2], data[3]]));
         let Some(v) = v else {
             return self.inner.write(offset, data);

@@ -318,14 +318,12 @@ impl DeviceBackend for BalloonBackend {
         self.driver_write = Some((start, self.config[start..end].to_vec()));
         // §5.5.6.2.1: the device uses `actual` once its most significant byte was written.
         let msb = ACTUAL_OFFSET + 3;
-        if (start..end).contains(&msb)
-            || (self.is(Mutant::BalloonActualTornWrite)
-                && (start..end).any(|o| (ACTUAL_OFFSET..=msb).contains(&o)))
-        {
-            if !self.is(Mutant::BalloonActualIgnored) {
-                let a = &self.config[ACTUAL_OFFSET..ACTUAL_OFFSET + 4];
-                self.actual = u32::from_le_bytes([a[0], a[1], a[2], a[3]]);
-            }
+        let msb_written = (start..end).contains(&msb);
+        let torn = self.is(Mutant::BalloonActualTornWrite)
+            && (start..end).any(|o| (ACTUAL_OFFSET..=msb).contains(&o));
+        if (msb_written || torn) && !self.is(Mutant::BalloonActualIgnored) {
+            let a = &self.config[ACTUAL_OFFSET..ACTUAL_OFFSET + 4];
+            self.actual = u32::from_le_bytes([a[0], a[1], a[2], a[3]]);
         }
     }
 

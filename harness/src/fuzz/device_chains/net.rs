@@ -160,7 +160,7 @@ impl StreamDevice for Net {
     fn role(&self, q: u16) -> Role {
         if q == 2 * self.layout_pairs() {
             Role::ControlTransmit
-        } else if q % 2 == 0 {
+        } else if q.is_multiple_of(2) {
             Role::Receive(u32::from(q / 2))
         } else {
             Role::Transmit(u32::from(q / 2))

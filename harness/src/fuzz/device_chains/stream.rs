@@ -64,7 +64,7 @@ pub const QUEUE_SIZE: u16 = 16;
 /// Entries of queue `q`: 16 for even queues, 8 for odd ones, so that a device keeping one
 /// queue size for all queues (MMIO-REG-05) shows.
 pub fn queue_size(q: u16) -> u16 {
-    if q % 2 == 0 {
+    if q.is_multiple_of(2) {
         QUEUE_SIZE
     } else {
         QUEUE_SIZE / 2
@@ -1398,7 +1398,7 @@ mod permitted {
             self.0.ready_for(q)
         }
         fn process(&mut self, q: u16, chain: &[Desc], ram: &mut GuestRam) -> Completion {
-            let receive = q == 0 || (q >= 4 && q % 2 == 0);
+            let receive = q == 0 || (q >= 4 && q.is_multiple_of(2));
             if !receive {
                 return self.0.process(q, chain, ram);
             }

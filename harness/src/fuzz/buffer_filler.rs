@@ -3,17 +3,15 @@
 //! A queue fuzz body tests the queue (how chains are read and returned, VIRTIO §2.7), not what
 //! a device type puts in its buffers; it needs only some device that writes into every
 //! device-writable buffer of a chain and reports how many bytes it wrote (the used element's
-//! `len`, §2.7.8). [`BufferFiller`] does that the way the reference entropy device (§5.4) does:
-//! buffers in 4096-byte pieces, stopping at the first piece outside guest memory, counting only
-//! the bytes of device-writable buffers. Its bytes come from a fixed table built at compile
-//! time instead of a ChaCha stream, so one fill is a bounds check and a `memcpy`: the fuzzer
-//! spends its time in the queues, and the bytes still look random where a writable buffer
-//! overlaps a descriptor or indirect table.
+//! `len`, §2.7.8). [`BufferFiller`] follows the reference entropy device's rule (§5.4,
+//! [`fill_chain`]: 4096-byte pieces, stop at the first piece outside guest memory, count only
+//! device-writable bytes) with bytes from a fixed table built at compile time instead of a
+//! ChaCha stream. It is compiled with the harness, outside the coverage instrumentation, so one
+//! piece is a bounds check and a `memcpy`: the fuzzer spends its time in the queues, and the
+//! bytes still look random where a writable buffer overlaps a descriptor or indirect table.
 
+use virtio_reference_device::devices::entropy::{fill_chain, FILL_PIECE as PIECE};
 use virtio_reference_device::{Descriptor, GuestRam};
-
-/// Bytes per piece written at once (as the entropy device).
-const PIECE: usize = 4096;
 
 /// `2 * PIECE` pseudo-random bytes (SplitMix64 from a fixed seed), so any piece of up to
 /// [`PIECE`] bytes starting in the first half is one contiguous slice.
@@ -63,27 +61,12 @@ impl BufferFiller {
     /// number of bytes written into device-writable buffers: the `len` of the used element.
     /// Stops at the first piece that is not inside guest memory.
     pub(crate) fn fill(&mut self, chain: &[Descriptor], ram: &mut GuestRam) -> u32 {
-        let mut written: u32 = 0;
-        for d in chain {
-            if !d.is_write_only() && !self.writes_readable {
-                continue;
-            }
-            let mut addr = d.addr;
-            let mut left = d.len as usize;
-            while left > 0 {
-                let n = left.min(PIECE);
-                if ram.write(addr, &TABLE[self.pos..self.pos + n]).is_err() {
-                    return written;
-                }
-                self.pos = (self.pos + n) % PIECE;
-                addr = addr.wrapping_add(n as u64);
-                left -= n;
-                if d.is_write_only() {
-                    written = written.saturating_add(n as u32);
-                }
-            }
-        }
-        written
+        let pos = &mut self.pos;
+        fill_chain(chain, ram, self.writes_readable, |ram, gpa, n| {
+            let ok = ram.write(gpa, &TABLE[*pos..*pos + n]).is_ok();
+            *pos = (*pos + n) % PIECE;
+            ok
+        })
     }
 }
 

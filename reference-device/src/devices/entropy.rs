@@ -46,28 +46,60 @@ impl DeviceBackend for EntropyBackend {
     }
 
     fn process(&mut self, _queue: u16, chain: &[Descriptor], ram: &mut GuestRam) -> Completion {
-        let mut written: u32 = 0;
-        for d in chain {
-            if !d.is_write_only() && !self.writes_readable {
-                continue;
-            }
-            // Fill in pieces so a huge descriptor does not allocate its whole length.
-            let mut addr = d.addr;
-            let mut left = d.len as usize;
-            while left > 0 {
-                let n = left.min(4096);
-                self.scratch.resize(n, 0);
-                self.rng.fill_bytes(&mut self.scratch[..n]);
-                if ram.write(addr, &self.scratch[..n]).is_err() {
-                    return Completion::Written(written);
-                }
-                addr += n as u64;
-                left -= n;
-                if d.is_write_only() {
-                    written = written.saturating_add(n as u32);
-                }
-            }
-        }
+        let (rng, scratch) = (&mut self.rng, &mut self.scratch);
+        let written = fill_chain(chain, ram, self.writes_readable, |ram, gpa, n| {
+            scratch.resize(n, 0);
+            rng.fill_bytes(&mut scratch[..n]);
+            ram.write(gpa, &scratch[..n]).is_ok()
+        });
         Completion::Written(written)
     }
+}
+
+/// Bytes the entropy device writes at once: a huge descriptor is filled piece by piece, so it
+/// never needs a buffer of its whole length.
+pub const FILL_PIECE: usize = 4096;
+
+/// The entropy device's fill rule (§5.4: the device answers a request by writing random bytes
+/// into its device-writable buffers), with the byte source left to the caller.
+///
+/// Walks `chain` (the descriptors the device read, indirect tables resolved) and writes every
+/// device-writable buffer in pieces of at most [`FILL_PIECE`] bytes:
+/// `write_piece(ram, gpa, len)` writes `len` bytes at guest physical address `gpa` and returns
+/// `false` when it could not (the range is outside guest memory), which ends the fill. With
+/// `writes_readable` (the `writes-readable-buffers` mutant) driver-readable buffers are written
+/// too, and not counted.
+///
+/// Returns the number of bytes written into device-writable buffers: the used element's `len`
+/// (§2.7.8).
+///
+/// Generic on purpose: each caller's instance is compiled in the caller's crate, so a fuzz body
+/// outside the coverage instrumentation can use the rule without paying for edge counters.
+#[inline]
+pub fn fill_chain(
+    chain: &[Descriptor],
+    ram: &mut GuestRam,
+    writes_readable: bool,
+    mut write_piece: impl FnMut(&mut GuestRam, u64, usize) -> bool,
+) -> u32 {
+    let mut written: u32 = 0;
+    for d in chain {
+        if !d.is_write_only() && !writes_readable {
+            continue;
+        }
+        let mut addr = d.addr;
+        let mut left = d.len as usize;
+        while left > 0 {
+            let n = left.min(FILL_PIECE);
+            if !write_piece(ram, addr, n) {
+                return written;
+            }
+            addr = addr.wrapping_add(n as u64);
+            left -= n;
+            if d.is_write_only() {
+                written = written.saturating_add(n as u32);
+            }
+        }
+    }
+    written
 }

@@ -14,9 +14,10 @@
 //! The driver side (this module) lays out descriptors, indirect tables and the available ring
 //! in guest memory. A kick pops every available chain from both queues; for each chain the
 //! reference's is handed to a [`BufferFiller`] that writes into its device-writable buffers
-//! (as the entropy device would, from a fixed table instead of a ChaCha stream), and both queues `add_used` the head with the number of bytes written. After the
-//! kick the reference publishes `avail_event` and decides whether to notify. The end of the
-//! input is one more kick (reported as the operation after the last one).
+//! (as the entropy device would, from a fixed table instead of a ChaCha stream), and both
+//! queues `add_used` the head with the number of bytes written. After the kick the reference
+//! publishes `avail_event` and decides whether to notify. The end of the input is one more kick
+//! (reported as the operation after the last one).
 //!
 //! # Oracles
 //!
@@ -726,9 +727,9 @@ fn read_u16(mem: &mut GuestRam, at: u64) -> u16 {
     mem.read_u16(at).unwrap_or(0)
 }
 
-/// `steps` is an emptied vector kept from an earlier walk (its allocation is reused).
+/// `steps` is an empty vector kept from an earlier walk (its allocation is reused).
 fn walk(mem: &mut GuestRam, size: u16, head: u16, mut steps: Vec<Step>) -> Trace {
-    steps.clear();
+    debug_assert!(steps.is_empty());
     if head >= size {
         return Trace {
             steps,
